@@ -1,0 +1,44 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Both (re)create .venv through `make install` when pyproject.toml changed.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Torch first: on this CPU machine that takes the CPU wheel; on a GPU cluster the CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+DEMO_DIR ?= demo
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-unit test-integration lint clean-demo help
+
+help:
+	@echo "make demo   - synth -> ingest -> train -> register -> infer on a synthetic export (CPU, minutes)"
+	@echo "make test   - the whole test suite (unit, integration with real Slurm + MLflow, e2e)"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	IMAGING_ROOT=$(CURDIR) $(BIN)/python -m imaging.demo demo_dir=$(DEMO_DIR)
+
+test: install
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check imaging tests benchmarks
+	$(BIN)/mypy imaging
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

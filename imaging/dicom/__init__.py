@@ -1,0 +1,1 @@
+"""DICOM: scan, group, assemble, de-identify, SEG. Never imports torch or mlflow."""

@@ -1,0 +1,11 @@
+"""Shared fixtures. Services (Slurm, MLflow server) are started for real by
+fixtures in tests/integration/conftest.py and stopped by PID."""
+
+from __future__ import annotations
+
+import os
+
+# Two cores here: keep each test process from oversubscribing them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("IMAGING_TEST", "1")
