@@ -9,3 +9,10 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("IMAGING_TEST", "1")
+
+# Fixture modules: real services and shared synthetic data, each owned by one part.
+pytest_plugins = [
+    "tests.fixtures.datasets",
+    "tests.fixtures.mlflow_server",
+    "tests.fixtures.slurm_cluster",
+]
