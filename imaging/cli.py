@@ -9,6 +9,7 @@ Each command lives in :mod:`imaging.apps` and is imported only when called, so
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # command -> (module, kind, help). kind "hydra": module.main() reads sys.argv;
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     if kind == "hydra":
         sys.argv = [f"imaging {name}", *rest]
+        # Hydra resolves config_path="../../conf" against the app's *file* only when the
+        # task function looks like a script (module "__main__"); imported from a package it
+        # would look for an importable package named 'conf' and fail. Say it is a script.
+        os.environ["HYDRA_MAIN_MODULE"] = "__main__"
         result = module.main()
     else:
         result = module.main(rest)
