@@ -1,0 +1,71 @@
+"""`imaging infer model=models:/NAME@champion input=PATH output_dir=OUT [shard.index=..] [...]`.
+
+Thin: compose the config, run :func:`imaging.tracking.inference.run_inference`,
+print a summary table. Exit 1 when ``fail_on_error=true`` and a series failed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+
+def main() -> None:
+    """Entry point: ``model=URI`` is accepted as the documented spelling of ``model_uri=URI``.
+
+    Hydra reads ``model=...`` as a choice in the ``conf/model/`` group (training's
+    networks), so the URI is renamed before Hydra parses the command line.
+    """
+    sys.argv = [("model_uri=" + a[len("model="):]) if a.startswith("model=models:/") else a for a in sys.argv]
+    _main()
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="infer")
+def _main(cfg: DictConfig) -> None:
+    import logging
+
+    from mlflow.exceptions import MlflowException
+    from rich.console import Console
+    from rich.table import Table
+
+    from imaging.dicom.pseudonym import SecretError
+    from imaging.engine.report import read_report
+    from imaging.tracking.inference import run_inference
+
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every copied module at INFO
+    console = Console()
+    try:
+        outcome = run_inference(cfg)
+    except (SecretError, FileNotFoundError, ValueError, MlflowException) as exc:
+        # Set-up errors (no secret, no input, bad URI, unknown model): one clear line, exit 2.
+        console.print(f"[red]imaging infer: {exc}")
+        raise SystemExit(2) from None
+    res = outcome.result
+    report = res.merged_report
+    if report is not None and report.is_file():
+        rows = read_report(report)
+        table = Table(title=f"imaging infer: {outcome.model.name} v{outcome.model.version}")
+        vol_cols = [c for c in (rows[0] if rows else {}) if c.startswith("volume_ml_")]
+        for col in ["series_key", "status", *vol_cols, "reason"]:
+            table.add_column(col.replace("volume_ml_", "") + (" mL" if col in vol_cols else ""))
+        for row in rows[:50]:
+            table.add_row(*(str(row.get(c, "")) for c in ["series_key", "status", *vol_cols]), row["reason"][:60])
+        console.print(table)
+        if len(rows) > 50:
+            console.print(f"... {len(rows) - 50} more rows in {report}")
+    if not cfg.merge_only:
+        console.print(
+            f"shard {cfg.shard.index}/{cfg.shard.count}: {res.n_total} series, {res.n_ok} ok, {res.n_error} error, "
+            f"{res.n_skipped_done} already done; {res.series_per_s:.2f} series/s"
+        )
+    console.print(f"report: {report} ({'complete' if res.merged_complete else 'other shards pending'}); "
+                  f"SEG/NIfTI per series under {cfg.output_dir}/<series_key>/")
+    if outcome.run_id:
+        console.print(f"MLflow run {outcome.run_id} (experiment '{cfg.tracking.experiment_name}')")
+    raise SystemExit(outcome.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,402 @@
+"""DICOM SEG that lands on the source pixels: sample a NIfTI mask on each source frame, write with highdicom.
+
+The mask comes from inference on the ingested NIfTI grid (RAS affine), which may
+differ from the source DICOM grid: ingest reorders slices, resamples gantry-tilted
+CT and splits 4D series. So the SEG is not built by reshaping the NIfTI array;
+instead, for every source frame, the world position of each pixel centre is
+computed from *that frame's* ImagePositionPatient / ImageOrientationPatient /
+PixelSpacing and the mask is sampled there (nearest neighbour through the NIfTI
+affine). Oblique, feet-first, decubitus and tilted sources are then right by
+construction, and every SEG frame references the exact source instance/frame.
+
+``identity="deidentified"`` (default) writes the keyed pseudonyms instead of the
+patient/study identifiers (the same mapping ``imaging deid`` uses, so the SEG
+resolves against the de-identified copy of the study); ``identity="source"``
+keeps the original identifiers for writing back to the hospital PACS.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from highdicom.seg import SegmentationTypeValues
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.fsutil import atomic_path
+
+log = logging.getLogger(__name__)
+
+IDENTITIES = ("deidentified", "source")
+# LPS (DICOM patient coordinates) -> RAS (NIfTI world): flip x and y.
+_LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+# Used when the config has no codes for a label name (a warning says so).
+_FALLBACK_CATEGORY = {"value": "123037004", "scheme": "SCT", "meaning": "Anatomical Structure"}
+_FALLBACK_TYPE = {"value": "85756007", "scheme": "SCT", "meaning": "Tissue"}
+
+
+class SegGeometryError(ValueError):
+    """A source frame lacks the geometry needed to place the mask (names file, tag, value)."""
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """Where one source frame's pixels are, in LPS millimetres."""
+
+    ipp: np.ndarray  # (3,) ImagePositionPatient
+    iop: np.ndarray  # (6,) ImageOrientationPatient: row direction, column direction
+    spacing: np.ndarray  # (2,) PixelSpacing: between rows, between columns
+    rows: int
+    cols: int
+
+    def pixel_centres_lps(self) -> np.ndarray:
+        """(rows, cols, 3) LPS coordinates of every pixel centre (PS3.3 C.7.6.2.1.1)."""
+        r = np.arange(self.rows, dtype=np.float64)[:, None, None]
+        c = np.arange(self.cols, dtype=np.float64)[None, :, None]
+        x_dir, y_dir = self.iop[:3], self.iop[3:]
+        return self.ipp + c * self.spacing[1] * x_dir + r * self.spacing[0] * y_dir
+
+
+@dataclass
+class SourceSeries:
+    """Headers of the source instances of one volume and its frames in volume k order."""
+
+    headers: list[Dataset]  # metadata only, no pixel data
+    frames: list[tuple[int, int]]  # (index into headers, 1-based frame number)
+    paths: list[Path] = field(default_factory=list)
+
+    @property
+    def is_multiframe(self) -> bool:
+        return len(self.headers) == 1 and int(self.headers[0].get("NumberOfFrames", 1) or 1) > 1
+
+    def geometry(self, header_index: int, frame_number: int) -> FrameGeometry:
+        return frame_geometry(self.headers[header_index], frame_number, self._name(header_index))
+
+    def _name(self, i: int) -> str:
+        return str(self.paths[i]) if i < len(self.paths) else f"source[{i}]"
+
+
+def _attr(ds: Dataset, keyword: str, where: str, n: int) -> np.ndarray:
+    if keyword not in ds:
+        raise SegGeometryError(f"{where}: attribute {keyword} is missing")
+    value = np.asarray([float(v) for v in ds[keyword].value], dtype=np.float64)
+    if value.shape != (n,) or not np.all(np.isfinite(value)):
+        raise SegGeometryError(f"{where}: attribute {keyword} has invalid value {list(ds[keyword].value)}")
+    return value
+
+
+def _functional(ds: Dataset, frame_number: int, seq: str, keyword: str) -> Dataset | None:
+    """The item of functional group ``seq`` that holds ``keyword`` for a frame (per-frame wins)."""
+    for groups_kw, index in (("PerFrameFunctionalGroupsSequence", frame_number - 1), ("SharedFunctionalGroupsSequence", 0)):
+        groups = ds.get(groups_kw)
+        if groups and index < len(groups) and seq in groups[index]:
+            item = groups[index][seq][0]
+            if keyword in item:
+                return item
+    return None
+
+
+def frame_geometry(ds: Dataset, frame_number: int = 1, where: str = "source") -> FrameGeometry:
+    """Geometry of frame ``frame_number`` (1-based) of a single- or multi-frame image.
+
+    Raises:
+        SegGeometryError: a position, orientation or spacing attribute is missing or invalid.
+    """
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    if rows <= 0 or cols <= 0:
+        raise SegGeometryError(f"{where}: Rows/Columns invalid ({rows}x{cols})")
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    if not 1 <= frame_number <= nframes:
+        raise SegGeometryError(f"{where}: frame {frame_number} outside NumberOfFrames={nframes}")
+    where_f = f"{where} frame {frame_number}"
+    pos = _functional(ds, frame_number, "PlanePositionSequence", "ImagePositionPatient") or ds
+    ori = _functional(ds, frame_number, "PlaneOrientationSequence", "ImageOrientationPatient") or ds
+    pix = _functional(ds, frame_number, "PixelMeasuresSequence", "PixelSpacing") or ds
+    iop = _attr(ori, "ImageOrientationPatient", where_f, 6)
+    if abs(float(np.dot(iop[:3], iop[3:]))) > 1e-3 or not np.allclose(
+        [np.linalg.norm(iop[:3]), np.linalg.norm(iop[3:])], 1.0, atol=1e-3
+    ):
+        raise SegGeometryError(f"{where_f}: ImageOrientationPatient {iop.tolist()} is not two orthonormal vectors")
+    spacing = _attr(pix, "PixelSpacing", where_f, 2)
+    if np.any(spacing <= 0):
+        raise SegGeometryError(f"{where_f}: PixelSpacing {spacing.tolist()} must be positive")
+    return FrameGeometry(_attr(pos, "ImagePositionPatient", where_f, 3), iop, spacing, rows, cols)
+
+
+def load_source(sources_json: str | os.PathLike[str]) -> SourceSeries:
+    """Read the private ``sources/<series_key>.json`` written by ingest and the source headers.
+
+    Raises:
+        FileNotFoundError: the JSON or a listed DICOM file is missing.
+        pydicom.errors.InvalidDicomError: a listed file is not DICOM.
+    """
+    spec = json.loads(Path(sources_json).read_text(encoding="utf-8"))
+    paths = [Path(p) for p in spec["files"]]
+    headers: list[Dataset] = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    frames = [(int(i), int(f)) for i, f in spec.get("frames") or [(i, 1) for i in range(len(paths))]]
+    # Single-frame files have one frame whatever number the index gives it (0 or 1).
+    frames = [(i, f if int(headers[i].get("NumberOfFrames", 1) or 1) > 1 else 1) for i, f in frames]
+    if frames and min(f for _, f in frames) == 0:
+        frames = [(i, f + 1) for i, f in frames]  # a 0-based index: DICOM frame numbers start at 1
+    return SourceSeries(headers, frames, paths)
+
+
+def sample_labels(labels: np.ndarray, affine_ras: np.ndarray, geom: FrameGeometry) -> np.ndarray:
+    """Nearest-neighbour sample a (i, j, k) label volume at a source frame's pixel centres.
+
+    Returns a (rows, cols) array of the volume's dtype; pixels outside the volume are 0.
+    """
+    ras = geom.pixel_centres_lps() * _LPS_TO_RAS
+    inv = np.linalg.inv(affine_ras)
+    ijk = ras @ inv[:3, :3].T + inv[:3, 3]
+    idx = np.rint(ijk).astype(np.int64)
+    inside = np.all((idx >= 0) & (idx < np.asarray(labels.shape[:3])), axis=-1)
+    out = np.zeros((geom.rows, geom.cols), dtype=labels.dtype)
+    sel = idx[inside]
+    out[inside] = labels[sel[:, 0], sel[:, 1], sel[:, 2]]
+    return out
+
+
+def _code(spec: Mapping[str, Any]) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(str(spec["value"]), str(spec["scheme"]), str(spec["meaning"]))
+
+
+def segment_descriptions(
+    present: Sequence[tuple[int, str]],
+    coded: Mapping[str, Mapping[str, Any]],
+    algorithm: hd.AlgorithmIdentificationSequence,
+) -> list[hd.seg.SegmentDescription]:
+    """One description per (segment number, label name) with codes from config."""
+    out = []
+    for number, name in present:
+        spec = coded.get(name)
+        if spec is None:
+            log.warning("no coded description configured for label '%s': using 'Tissue'", name)
+            spec = {"category": _FALLBACK_CATEGORY, "type": _FALLBACK_TYPE}
+        out.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=name,
+                segmented_property_category=_code(spec.get("category", _FALLBACK_CATEGORY)),
+                segmented_property_type=_code(spec["type"]),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                display_color=hd.color.CIELabColor(*spec["display_lab"]) if spec.get("display_lab") else None,
+            )
+        )
+    return out
+
+
+# Patient- and study-level attributes highdicom copies from the first source image;
+# in deidentified mode all are dropped and only the keyed pseudonyms below are set.
+def _patient_study_keywords() -> set[str]:
+    # The same tables highdicom copies by (every module of the Patient and Study IEs).
+    from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map
+
+    modules = {m["key"] for iod in get_iod_module_map().values() for m in iod if m["ie"] in ("Patient", "Study")}
+    attrs = get_module_attribute_map()
+    return {str(it["keyword"]) for key in modules for it in attrs.get(key, []) if len(it["path"]) == 0}
+
+
+_PATIENT_STUDY = _patient_study_keywords()
+_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+
+
+_TYPE2 = ("PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
+          "StudyTime", "ReferringPhysicianName")
+
+
+def deidentified_header(ds: Dataset, pseudo: Pseudonymizer) -> Dataset:
+    """A metadata copy of ``ds`` de-identified exactly as ``imaging deid`` does it.
+
+    Running the de-identification itself (not a re-implementation) keeps the SEG's
+    patient ID, dates and every UID identical to the de-identified copy of the study.
+    A series ``imaging deid`` withholds (burned-in annotation) still gets the same
+    keyed IDs and UIDs here, with every other patient/study attribute dropped.
+    """
+    from imaging.dicom.deid import deidentify_dataset, shift_da, truncate_tm
+
+    header = copy.deepcopy(ds)  # deid works in place; the source header stays as read
+    header.pop("PixelData", None)
+    out = deidentify_dataset(header, pseudo)
+    if out is None:
+        out = Dataset()
+        for elem in ds:
+            if elem.keyword not in _PATIENT_STUDY and elem.tag.group != 0x0010 and elem.keyword != "PixelData":
+                out.add(copy.deepcopy(elem))
+        patient_id = str(ds.get("PatientID", ""))
+        out.PatientID = pseudo.pseudo_id(patient_id, "subject", "SUBJ")
+        out.PatientName = out.PatientID
+        out.StudyDate = shift_da(str(ds.get("StudyDate", "")), pseudo.date_shift_days(patient_id))
+        out.StudyTime = truncate_tm(str(ds.get("StudyTime", "")))
+        for kw in _UID_KEYWORDS:
+            if kw in ds:
+                setattr(out, kw, pseudo.uid(str(ds.get(kw))))
+        out.PatientIdentityRemoved = "YES"
+    for kw in _TYPE2:  # highdicom reads these from the first source image
+        if kw not in out:
+            setattr(out, kw, "")
+    return out
+
+
+@dataclass
+class SegResult:
+    """What was written: segments (number -> label name) and the number of non-empty frames."""
+
+    path: Path
+    segments: dict[int, str]
+    n_frames: int
+    series_instance_uid: str
+    sop_instance_uid: str
+
+
+def write_seg(
+    out_path: str | os.PathLike[str],
+    source: SourceSeries,
+    labels: np.ndarray,
+    affine_ras: np.ndarray,
+    label_names: Mapping[int, str],
+    coded: Mapping[str, Mapping[str, Any]],
+    *,
+    algorithm_name: str,
+    algorithm_version: str,
+    pseudonymizer: Pseudonymizer | None = None,
+    identity: str = "deidentified",
+    segmentation_type: str = "BINARY",
+    series_number: int = 9001,
+    software_version: str = "imaging",
+) -> SegResult | None:
+    """Write a DICOM SEG of ``labels`` (an (i, j, k) integer volume) over the source frames.
+
+    Segments are the label values present (background 0 excluded), renumbered
+    1..n in label order; empty frames are omitted. Returns None (and writes
+    nothing) when no label is present: a SEG must have at least one segment.
+
+    Raises:
+        ValueError: ``identity`` unknown, or deidentified without a pseudonymizer.
+        SegGeometryError: a source frame's geometry is missing or invalid.
+    """
+    if identity not in IDENTITIES:
+        raise ValueError(f"seg.identity '{identity}' is not one of {IDENTITIES}")
+    if identity == "deidentified" and pseudonymizer is None:
+        raise ValueError("seg.identity=deidentified needs the project secret (pseudonymizer)")
+    present = [int(v) for v in np.unique(labels) if v != 0]
+    if not present:
+        return None
+    remap = np.zeros(int(labels.max()) + 1, dtype=np.uint8)
+    for number, value in enumerate(present, start=1):
+        remap[value] = number
+    frames = _sampled_frames(source, labels, affine_ras)
+    pixel_array = remap[frames]
+
+    headers = source.headers
+    if identity == "deidentified":
+        assert pseudonymizer is not None
+        headers = [deidentified_header(h, pseudonymizer) for h in headers]
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=str(algorithm_version)
+    )
+    names = [(n, label_names.get(v, f"label_{v}")) for n, v in enumerate(present, start=1)]
+    # Deterministic SEG UIDs: a re-run of the same model on the same series rewrites the same object.
+    seed = f"seg:{headers[0].SeriesInstanceUID}:{algorithm_name}:{algorithm_version}"
+    uid_src = pseudonymizer.uid if pseudonymizer is not None else (lambda s: hd.UID())
+    series_uid, sop_uid = uid_src(seed + ":series"), uid_src(seed + ":sop")
+    with warnings.catch_warnings():
+        # The pseudonymous PatientName is one component by design (as `imaging deid` writes it).
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        seg = hd.seg.Segmentation(
+            source_images=headers,
+            pixel_array=pixel_array,
+            segmentation_type=SegmentationTypeValues(segmentation_type),
+            segment_descriptions=segment_descriptions(names, coded, algorithm),
+            series_instance_uid=series_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_uid,
+            instance_number=1,
+            manufacturer="imaging",
+            manufacturer_model_name=algorithm_name[:64],
+            software_versions=software_version,
+            device_serial_number=str(algorithm_version),
+            series_description=f"{algorithm_name} v{algorithm_version}"[:64],
+            omit_empty_frames=True,
+        )
+    if identity == "deidentified":
+        # SOP Common, so highdicom does not copy it: declares the study dates shifted
+        # (as `imaging deid` does); `imaging audit` flags undeclared dates.
+        seg.LongitudinalTemporalInformationModified = "MODIFIED"
+    out = Path(out_path)
+    with atomic_path(out, suffix=".dcm") as tmp:
+        seg.save_as(tmp)
+    return SegResult(out, dict(names), int(seg.NumberOfFrames), series_uid, sop_uid)
+
+
+def _sampled_frames(source: SourceSeries, labels: np.ndarray, affine_ras: np.ndarray) -> np.ndarray:
+    """(n_frames, rows, cols): one plane per frame of the source image(s), in highdicom's order.
+
+    Single-frame sources: one plane per header, in header order. A multi-frame
+    source: one plane per frame of the file; frames not in this volume (other
+    time points of a 4D file) stay empty and are omitted from the SEG.
+    """
+    if source.is_multiframe:
+        n = int(source.headers[0].NumberOfFrames)
+        wanted = {f for _, f in source.frames}
+        g0 = source.geometry(0, 1)
+        out = np.zeros((n, g0.rows, g0.cols), dtype=labels.dtype)
+        for f in sorted(wanted):
+            out[f - 1] = sample_labels(labels, affine_ras, source.geometry(0, f))
+        return out
+    planes = [sample_labels(labels, affine_ras, source.geometry(i, 1)) for i in range(len(source.headers))]
+    return np.stack(planes)
+
+
+@dataclass
+class SegFrame:
+    """One frame read back from a SEG: where it is, what it references, its mask."""
+
+    position: np.ndarray
+    orientation: np.ndarray
+    spacing: np.ndarray
+    segment_number: int
+    referenced_sop_instance_uid: str
+    referenced_frame: int | None
+    mask: np.ndarray
+
+
+def read_seg_frames(path: str | os.PathLike[str]) -> list[SegFrame]:
+    """Decode a SEG frame by frame with pydicom (a reader independent of how it was written).
+
+    For a LABELMAP SEG ``segment_number`` is 0 and ``mask`` holds segment numbers.
+    """
+    ds = pydicom.dcmread(path)
+    pixels = ds.pixel_array.reshape(int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns))
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    out = []
+    for k, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        ori = (item if "PlaneOrientationSequence" in item else shared).PlaneOrientationSequence[0]
+        pix = (item if "PixelMeasuresSequence" in item else shared).PixelMeasuresSequence[0]
+        src = item.DerivationImageSequence[0].SourceImageSequence[0]
+        seg_id = item.get("SegmentIdentificationSequence")
+        out.append(
+            SegFrame(
+                position=np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float),
+                orientation=np.asarray(ori.ImageOrientationPatient, dtype=float),
+                spacing=np.asarray(pix.PixelSpacing, dtype=float),
+                segment_number=int(seg_id[0].ReferencedSegmentNumber) if seg_id else 0,
+                referenced_sop_instance_uid=str(src.ReferencedSOPInstanceUID),
+                referenced_frame=int(src.ReferencedFrameNumber[0] if isinstance(src.get("ReferencedFrameNumber"), list) else src.ReferencedFrameNumber) if "ReferencedFrameNumber" in src else None,
+                mask=pixels[k],
+            )
+        )
+    return out

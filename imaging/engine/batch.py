@@ -1,0 +1,363 @@
+"""Batch inference over a dataset catalog: sharded, resumable, prefetching, failure-isolated.
+
+Three stages on three threads, joined by small bounded queues (memory does not
+grow with the number of series):
+
+1. *prefetch*: read + preprocess the next series (CPU);
+2. *model*: sliding-window inference (the main thread: it owns the GPU);
+3. *writer*: invert to the source grid, write ``seg.nii.gz``, ``seg.dcm``,
+   ``overlay.png``, then the ``done/<series_key>.json`` marker, last and atomically.
+
+A series that fails at any stage gets ``errors/<series_key>.json`` with its
+reason and the batch goes on. Report rows live in those markers, so reports are
+*derived*: the shard report and the merged ``report.csv`` are rebuilt from the
+markers, which is why a re-run after a kill never duplicates a row.
+
+Sharding: the catalog's series keys are sorted and dealt round robin
+(``keys[index::count]``): deterministic, balanced, each series in one shard.
+Merging: every shard, when it finishes, takes ``.report.lock`` and rewrites the
+merged ``report.csv``/``report.json`` from all markers, so the last shard to
+finish writes the complete report; ``merge_only=true`` does only that step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from imaging.dicom.catalog import CatalogRow
+from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.dicom.seg import load_source, write_seg
+from imaging.engine.predict import Prepared, SeriesPredictor, load_nifti, save_mask
+from imaging.engine.report import ReportRow, label_volumes, overlay_montage, write_report
+from imaging.fsutil import atomic_write_json
+
+log = logging.getLogger(__name__)
+OUTPUT_FILES = ("seg.nii.gz",)  # always written for an ok series; seg.dcm/overlay.png when produced
+
+
+@dataclass
+class ModelInfo:
+    """Which model ran (goes into every row and marker)."""
+
+    name: str
+    version: str
+    alias: str = ""
+    labels: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class BatchSettings:
+    """Everything the batch needs besides the model (from ``conf/infer.yaml``)."""
+
+    dataset_dir: Path
+    output_dir: Path
+    private_dir: Path | None = None
+    shard_index: int = 0
+    shard_count: int = 1
+    prefetch: int = 2
+    write_seg: bool = True
+    seg_identity: str = "deidentified"
+    seg_type: str = "BINARY"
+    segments: Mapping[str, Any] = field(default_factory=dict)
+    overlay: bool = True
+    window: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.shard_index < self.shard_count:
+            raise ValueError(f"shard.index={self.shard_index} must be in [0, shard.count={self.shard_count})")
+
+
+@dataclass
+class BatchResult:
+    n_total: int = 0  # series in this shard
+    n_ok: int = 0
+    n_error: int = 0
+    n_skipped_done: int = 0
+    wall_s: float = 0.0
+    shard_report: Path | None = None
+    merged_report: Path | None = None
+    merged_complete: bool = False
+
+    @property
+    def series_per_s(self) -> float:
+        done = self.n_ok + self.n_error
+        return done / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def shard_keys(keys: list[str], index: int, count: int) -> list[str]:
+    """This shard's series: sorted keys dealt round robin. Every key lands in exactly one shard."""
+    return sorted(set(keys))[index::count]
+
+
+def _marker(out: Path, kind: str, key: str) -> Path:
+    return out / kind / f"{key}.json"
+
+
+def is_done(out: Path, key: str, model: ModelInfo) -> bool:
+    """A series is done when its marker exists for this model and its outputs are still there."""
+    path = _marker(out, "done", key)
+    if not path.is_file():
+        return False
+    marker = json.loads(path.read_text(encoding="utf-8"))
+    same_model = (marker.get("model_name"), str(marker.get("model_version"))) == (model.name, str(model.version))
+    files_there = all((out / key / f).is_file() for f in marker.get("files", OUTPUT_FILES))
+    if not same_model:
+        log.info("%s: done with another model version, predicting again", key)
+    return same_model and files_there
+
+
+def _record(out: Path, row: ReportRow, files: list[str] | None = None) -> None:
+    """Write the row into its marker: done/ for ok (last, after the outputs), errors/ otherwise."""
+    if row.status == "ok":
+        atomic_write_json(_marker(out, "done", row.series_key), {**row.to_json(), "files": files or []})
+        _marker(out, "errors", row.series_key).unlink(missing_ok=True)
+    else:
+        atomic_write_json(_marker(out, "errors", row.series_key), row.to_json())
+
+
+def _rows(out: Path, keys: list[str]) -> Iterator[ReportRow]:
+    for key in keys:
+        for kind in ("done", "errors"):
+            path = _marker(out, kind, key)
+            if path.is_file():
+                yield ReportRow.from_json(json.loads(path.read_text(encoding="utf-8")))
+                break
+
+
+def merge_reports(out: Path, keys: list[str], model: ModelInfo) -> tuple[Path, bool]:
+    """Rebuild ``report.csv``/``report.json`` from every marker, under a lock. Returns (path, complete)."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = [n for v, n in sorted(model.labels.items()) if v != 0]
+    with open(out / ".report.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # serialise: whoever merges last saw every marker
+        rows = list(_rows(out, keys))
+        n_ok = sum(r.status == "ok" for r in rows)
+        summary = {"n_series": len(keys), "n_reported": len(rows), "n_ok": n_ok, "n_error": len(rows) - n_ok,
+                   "complete": len(rows) == len(keys), "model_name": model.name,
+                   "model_version": str(model.version), "model_alias": model.alias}
+        write_report(rows, out / "report.csv", names, out / "report.json", summary)
+    return out / "report.csv", len(rows) == len(keys)
+
+
+def resolve_input(input_path: str | Path, output_dir: Path, pseudonymizer: Pseudonymizer | None,
+                  private_dir: str | Path | None = None, **ingest_kwargs: Any) -> tuple[Path, Path]:
+    """Find the dataset to run on: an ingested dataset (folder or its catalog.csv) or a PACS export.
+
+    A PACS export is ingested (the same function as ``imaging ingest``) into
+    ``<output_dir>/work/dataset`` with its private side (source paths, pseudonym links)
+    in ``<output_dir>.private`` beside, never inside, the predictions;
+    shards of an array job take a file lock so one ingests while the others wait,
+    then find the (idempotent) ingest already done.
+
+    Returns:
+        (dataset_dir, private_dir)
+
+    Raises:
+        FileNotFoundError: ``input_path`` does not exist.
+        ValueError: a PACS export but no pseudonymizer (ingest needs the project secret).
+    """
+    path = Path(input_path)
+    if not path.exists():
+        raise FileNotFoundError(f"input '{path}' does not exist")
+    if path.is_file() and path.suffix == ".csv":
+        path = path.parent
+    if (path / "catalog.csv").is_file():
+        return path, Path(private_dir) if private_dir else path.with_name(path.name + ".private")
+    if pseudonymizer is None:
+        raise ValueError(f"input '{path}' is a PACS export: ingesting it needs the project secret")
+    from imaging.dicom.ingest import ingest  # only a PACS export pays for it
+
+    work = output_dir / "work"
+    dataset = work / "dataset"
+    private = Path(private_dir) if private_dir else output_dir.with_name(output_dir.name + ".private")
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / ".ingest.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        log.info("ingesting the PACS export into %s", dataset)
+        ingest(path, dataset, pseudonymizer, private_dir=private, **ingest_kwargs)
+    return dataset, private
+
+
+class SeriesError(Exception):
+    """A series failed at a known stage; the message is the report's reason as is."""
+
+
+class _Stop:
+    """Queue sentinel: the producer is finished."""
+
+
+def _drop_stale_temps(folder: Path) -> None:
+    # A SIGKILL mid-write leaves '.<name>.*.tmp*' beside the outputs; they are never read.
+    for tmp in folder.glob(".*.tmp*"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+class BatchRunner:
+    """Run one shard of a batch. See the module docstring for the pipeline."""
+
+    def __init__(self, predictor: SeriesPredictor, model: ModelInfo, settings: BatchSettings,
+                 pseudonymizer: Pseudonymizer | None = None) -> None:
+        self.predictor, self.model, self.s, self.pseudo = predictor, model, settings, pseudonymizer
+        self.out = settings.output_dir
+        self.shard = f"{settings.shard_index}/{settings.shard_count}"
+        self.names = {int(k): str(v) for k, v in model.labels.items()}
+        self._fatal: BaseException | None = None
+
+    def _row(self, cat: CatalogRow, status: str, reason: str = "", **kw: Any) -> ReportRow:
+        return ReportRow(cat.series_key, cat.subject_key, status, reason, self.model.name, str(self.model.version),
+                         self.model.alias, self.shard, **kw)
+
+    # -- stage 1 ---------------------------------------------------------------------
+    def _prefetch(self, todo: list[CatalogRow], q: queue.Queue[Any]) -> None:
+        try:
+            for cat in todo:
+                q.put((cat, self._prepare(cat)))
+        finally:  # whatever happens, the model loop is told there is nothing more
+            q.put(_Stop())
+
+    def _prepare(self, cat: CatalogRow) -> Prepared | SeriesError:
+        if cat.status != "ok" or not cat.volume_path:
+            return SeriesError(f"ingest {cat.status}: {cat.reason or 'no volume in the catalog'}")
+        if cat.n_timepoints > 1:
+            return SeriesError(f"4D series ({cat.n_timepoints} time points): the model takes 3D volumes; "
+                               "ingest with split_4d=true to predict each time point")
+        try:
+            return self.predictor.prepare(self.s.dataset_dir / cat.volume_path)
+        except Exception as exc:  # isolate: the batch goes on
+            return SeriesError(f"read/preprocess {cat.volume_path}: {type(exc).__name__}: {exc}")
+
+    # -- stage 3 ---------------------------------------------------------------------
+    def _write(self, cat: CatalogRow, prepared: Prepared, label: torch.Tensor,
+               t_infer: float) -> tuple[ReportRow, list[str]]:
+        t0 = time.perf_counter()
+        folder = self.out / cat.series_key
+        folder.mkdir(parents=True, exist_ok=True)
+        _drop_stale_temps(folder)
+        labels, affine = self.predictor.invert(prepared, label)
+        save_mask(folder / "seg.nii.gz", labels, prepared.source_path)
+        files, remarks, seg_frames = ["seg.nii.gz"], [], 0
+        if self.s.write_seg:
+            seg_frames, remark = self._write_seg(cat.series_key, folder, labels, affine)
+            files += ["seg.dcm"] if seg_frames else []
+            remarks += [remark] if remark else []
+        if self.s.overlay:
+            image = np.asarray(load_nifti(prepared.source_path).dataobj)
+            image = image[..., 0] if image.ndim == 4 else image
+            overlay_montage(folder / "overlay.png", image, labels, affine, self.names, self.s.window,
+                            title=f"{cat.series_key}  {self.model.name} v{self.model.version}")
+            files.append("overlay.png")
+        voxels, ml = label_volumes(labels, affine, self.names)
+        return self._row(cat, "ok", "; ".join(remarks), t_load=round(prepared.t_load, 4),
+                         t_preprocess=round(prepared.t_preprocess, 4), t_infer=round(t_infer, 4),
+                         t_write=round(time.perf_counter() - t0, 4), seg_frames=seg_frames,
+                         voxels=voxels, volume_ml=ml), files
+
+    def _write_seg(self, key: str, folder: Path, labels: np.ndarray, affine: np.ndarray) -> tuple[int, str]:
+        private = self.s.private_dir
+        src_json = private / "sources" / f"{key}.json" if private else None
+        if src_json is None or not src_json.is_file():
+            return 0, "no DICOM SEG: the private sources index for this series is missing"
+        try:
+            source = load_source(src_json)
+        except (OSError, ValueError, KeyError) as exc:
+            # The message names private source paths: the log (hospital side) gets it, the report not.
+            log.warning("%s: source DICOM unreadable: %s", key, exc)
+            raise SeriesError(f"seg: the source DICOM of this series is missing or unreadable "
+                              f"({type(exc).__name__}; details in the log)") from exc
+        result = write_seg(folder / "seg.dcm", source, labels, affine, self.names, self.s.segments,
+                           algorithm_name=self.model.name, algorithm_version=str(self.model.version),
+                           pseudonymizer=self.pseudo, identity=self.s.seg_identity,
+                           segmentation_type=self.s.seg_type)
+        if result is None:
+            (folder / "seg.dcm").unlink(missing_ok=True)  # a stale SEG from an earlier model must go
+            return 0, "no foreground: no DICOM SEG written"
+        return result.n_frames, ""
+
+    def _writer(self, q: queue.Queue[Any], result: BatchResult, bar: tqdm) -> None:
+        try:
+            while not isinstance(item := q.get(), _Stop):
+                cat, payload = item
+                try:
+                    if isinstance(payload, BaseException):
+                        raise payload
+                    row, files = self._write(cat, *payload)
+                    _record(self.out, row, files)
+                    result.n_ok += 1
+                except Exception as exc:
+                    reason = str(exc) if isinstance(exc, SeriesError) else f"{type(exc).__name__}: {exc}"
+                    log.warning("%s: %s", cat.series_key, reason)
+                    _record(self.out, self._row(cat, "error", reason))
+                    result.n_error += 1
+                bar.update(1)
+        except BaseException as exc:  # e.g. the output disk is full: stop the batch, say why
+            self._fatal = exc
+            raise
+
+    def _put(self, q: queue.Queue[Any], item: Any, consumer: threading.Thread) -> None:
+        """Hand ``item`` on; never wait forever on a consumer that died."""
+        while True:
+            try:
+                q.put(item, timeout=1.0)
+                return
+            except queue.Full:
+                if not consumer.is_alive():
+                    raise RuntimeError(f"the {consumer.name} thread stopped: {self._fatal!r}") from self._fatal
+
+    # -- the shard -------------------------------------------------------------------
+    def run(self, catalog: list[CatalogRow]) -> BatchResult:
+        """Predict every not-yet-done series of this shard, then write the shard and merged reports."""
+        t_start = time.perf_counter()
+        by_key = {r.series_key: r for r in catalog if r.status != "skipped"}  # skipped: not images
+        mine = shard_keys(list(by_key), self.s.shard_index, self.s.shard_count)
+        todo = [by_key[k] for k in mine if not is_done(self.out, k, self.model)]
+        result = BatchResult(n_total=len(mine), n_skipped_done=len(mine) - len(todo))
+        log.info("shard %s: %d series, %d already done", self.shard, len(mine), result.n_skipped_done)
+        prefetched: queue.Queue[Any] = queue.Queue(maxsize=max(1, self.s.prefetch))
+        to_write: queue.Queue[Any] = queue.Queue(maxsize=2)
+        bar = tqdm(total=len(todo), unit="series", desc=f"infer shard {self.shard}", dynamic_ncols=True)
+        reader = threading.Thread(target=self._prefetch, args=(todo, prefetched), daemon=True, name="prefetch")
+        writer = threading.Thread(target=self._writer, args=(to_write, result, bar), daemon=True, name="writer")
+        reader.start()
+        writer.start()
+        while not isinstance(item := prefetched.get(), _Stop):
+            cat, prepared = item
+            if isinstance(prepared, BaseException):
+                self._put(to_write, (cat, prepared), writer)
+                continue
+            t0 = time.perf_counter()
+            try:
+                out: Any = (prepared, self.predictor.forward(prepared), time.perf_counter() - t0)
+            except torch.cuda.OutOfMemoryError as exc:
+                torch.cuda.empty_cache()
+                out = SeriesError(f"infer: out of memory on {self.predictor.device}: {exc}")
+            except Exception as exc:
+                out = SeriesError(f"infer: {type(exc).__name__}: {exc}")
+            self._put(to_write, (cat, out), writer)
+        self._put(to_write, _Stop(), writer)
+        writer.join()
+        reader.join()
+        bar.close()
+        if self._fatal is not None:
+            raise RuntimeError(f"batch stopped: {self._fatal!r}") from self._fatal
+        result.wall_s = time.perf_counter() - t_start
+        names = [n for v, n in sorted(self.names.items()) if v != 0]
+        s = self.s
+        result.shard_report = self.out / f"report.shard-{s.shard_index}-of-{s.shard_count}.csv"
+        write_report(_rows(self.out, mine), result.shard_report, names)
+        result.merged_report, result.merged_complete = merge_reports(self.out, sorted(by_key), self.model)
+        return result

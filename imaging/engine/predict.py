@@ -1,0 +1,205 @@
+"""Predict one volume: preprocess as at training, sliding window, postprocess, invert to the source grid.
+
+The work is split in three calls so a batch driver can run them on different
+threads: :meth:`SeriesPredictor.prepare` (read + preprocess, CPU),
+:meth:`SeriesPredictor.forward` (the model: sliding window, TTA, argmax,
+largest component), :meth:`SeriesPredictor.invert` (MONAI ``Invertd`` back to the
+ingested NIfTI grid, nearest neighbour, so labels stay labels).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+from monai.transforms import Compose, Invertd
+from scipy import ndimage
+
+from imaging.data.transforms import build_inference_transforms
+from imaging.fsutil import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InferenceOptions:
+    """The ``inference`` config group (see ``conf/inference/default.yaml``)."""
+
+    overlap: float = 0.25
+    mode: str = "gaussian"
+    sw_batch_size: int = 4
+    amp: bool = True  # CUDA only; ignored on CPU
+    tta_flip: bool = False
+    largest_component: bool = False
+    roi_size: Sequence[int] | None = None  # None: the model's training patch size
+    device: str = "auto"
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> InferenceOptions:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in dict(cfg).items() if k in known})
+
+
+@dataclass
+class Prepared:
+    """A preprocessed volume ready for the model, with the timings of getting it."""
+
+    data: dict[str, Any]
+    source_path: Path
+    t_load: float = 0.0
+    t_preprocess: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_nifti(path: str | os.PathLike[str]) -> nib.Nifti1Image:
+    """Open a NIfTI file (header now, voxels lazily).
+
+    Raises:
+        ValueError: the file is not NIfTI-1/2 (names the file).
+    """
+    img = nib.load(str(path))
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise ValueError(f"'{path}' is not a NIfTI image ({type(img).__name__})")
+    return img
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class SeriesPredictor:
+    """Run a segmentation network over whole volumes.
+
+    Args:
+        network: the model (weights loaded); moved to ``device`` and set to eval.
+        preprocessing: the dict stored with the model (``build_inference_transforms``).
+        options: sliding-window and postprocessing settings.
+        transforms: override the preprocessing pipeline (must load key ``image``).
+
+    Raises:
+        ValueError: the model is not a segmentation model or no ROI size is known.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        preprocessing: Mapping[str, Any],
+        options: InferenceOptions | None = None,
+        transforms: Compose | None = None,
+    ) -> None:
+        self.options = options or InferenceOptions()
+        task = str(preprocessing.get("task", "segmentation"))
+        if task != "segmentation":
+            raise ValueError(f"imaging infer writes masks; the model's task is '{task}', not 'segmentation'")
+        roi = self.options.roi_size or preprocessing.get("roi_size")
+        if not roi:
+            raise ValueError("no ROI size: the model's preprocessing has no 'roi_size' and inference.roi_size is unset")
+        self.roi_size = tuple(int(r) for r in roi)
+        self.device = resolve_device(self.options.device)
+        self.network = network.to(self.device).eval()
+        self.transforms = transforms or build_inference_transforms(preprocessing)
+        steps = list(self.transforms.transforms)
+        # Split "read the file" from "preprocess" only to time them separately.
+        self._load, self._rest = Compose(steps[:1]), Compose(steps[1:])
+        self.amp = bool(self.options.amp) and self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # one window size all batch long: tune the kernels once
+
+    # -- stage 1: CPU, runs on the prefetch thread ---------------------------------
+    def prepare(self, volume_path: str | os.PathLike[str]) -> Prepared:
+        """Read and preprocess one NIfTI volume exactly as at training."""
+        t0 = time.perf_counter()
+        data = self._load({"image": str(volume_path)})
+        t1 = time.perf_counter()
+        data = self._rest(data)
+        return Prepared(data, Path(volume_path), t1 - t0, time.perf_counter() - t1)
+
+    # -- stage 2: the model -------------------------------------------------------
+    def _window(self, image: torch.Tensor) -> torch.Tensor:
+        return sliding_window_inference(  # type: ignore[return-value]
+            image, self.roi_size, int(self.options.sw_batch_size), self.network,
+            overlap=float(self.options.overlap), mode=str(self.options.mode),
+        )
+
+    @torch.no_grad()
+    def forward(self, prepared: Prepared) -> torch.Tensor:
+        """Label map (1, X, Y, Z) uint8 on the CPU, in the preprocessed grid."""
+        image = torch.as_tensor(prepared.data["image"]).unsqueeze(0).to(self.device, non_blocking=True)
+        image = image.as_subclass(torch.Tensor) if isinstance(image, MetaTensor) else image
+        with torch.autocast(device_type=self.device.type, enabled=self.amp):
+            probs = torch.softmax(self._window(image).float(), dim=1)
+            if self.options.tta_flip:
+                # Flip each spatial axis, predict, flip back, average the probabilities.
+                for axis in (2, 3, 4):
+                    flipped = self._window(torch.flip(image, dims=(axis,))).float()
+                    probs += torch.flip(torch.softmax(flipped, dim=1), dims=(axis,))
+                probs /= 4
+        label = torch.argmax(probs, dim=1, keepdim=True)[0].to(torch.uint8)
+        label = label.cpu()
+        if self.options.largest_component:
+            label = torch.from_numpy(keep_largest_component(label.numpy()))
+        return label
+
+    # -- stage 3: back to the source grid -------------------------------------------
+    def invert(self, prepared: Prepared, label: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Invert orientation/spacing with ``Invertd`` onto the source NIfTI grid.
+
+        Returns:
+            (labels (i, j, k) uint8, the source NIfTI's affine).
+
+        Raises:
+            ValueError: the inverted shape does not match the source volume (names the file).
+        """
+        image = prepared.data["image"]
+        pred = MetaTensor(label.float(), meta=dict(image.meta), applied_operations=list(image.applied_operations))
+        inverter = Invertd(keys="pred", transform=self.transforms, orig_keys="image", nearest_interp=True)
+        out = inverter({"image": image, "pred": pred})["pred"]
+        labels = np.asarray(torch.as_tensor(out).round().to(torch.uint8)[0])
+        src = load_nifti(prepared.source_path)
+        shape = tuple(src.shape[:3])
+        if labels.shape != shape:
+            raise ValueError(f"{prepared.source_path}: inverted mask shape {labels.shape} != volume shape {shape}")
+        return labels, np.asarray(src.affine, dtype=np.float64)
+
+    def predict(self, volume_path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All three stages for one volume (tests and notebooks)."""
+        prepared = self.prepare(volume_path)
+        return self.invert(prepared, self.forward(prepared))
+
+
+def keep_largest_component(labels: np.ndarray) -> np.ndarray:
+    """Per label value, keep only its largest 26-connected component (others become background)."""
+    out = labels.copy()
+    structure = np.ones((3,) * (labels.ndim), dtype=bool)
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        comps, n = ndimage.label(labels == value, structure=structure)
+        if n > 1:
+            sizes = np.bincount(comps.ravel())
+            sizes[0] = 0
+            out[(comps != 0) & (comps != int(np.argmax(sizes)))] = 0
+    return out
+
+
+def save_mask(path: str | os.PathLike[str], labels: np.ndarray, source_volume: str | os.PathLike[str]) -> None:
+    """Write ``labels`` as NIfTI with the source volume's header geometry (atomically)."""
+    src = load_nifti(source_volume)
+    img = nib.Nifti1Image(labels.astype(np.uint8), src.affine)
+    img.set_qform(src.affine, code=int(src.header["qform_code"]) or 1)
+    img.set_sform(src.affine, code=int(src.header["sform_code"]) or 1)
+    img.header.set_xyzt_units(*src.header.get_xyzt_units())
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        nib.save(img, str(tmp))

@@ -1,0 +1,149 @@
+"""`imaging infer` as a library call: load the registered model, run this shard, log it to MLflow.
+
+The MLflow run (experiment ``inference`` by default) holds what reviewers need to
+see what ran on what: the model URI, name, version and its training run, the
+inference settings, counts ok/error, throughput, and the reports as artifacts.
+Only keys and counts go to MLflow: no input paths, no patient identifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+from imaging.dicom.catalog import CatalogRow, read_catalog
+from imaging.dicom.pseudonym import Pseudonymizer, SecretError
+from imaging.engine.batch import (
+    BatchResult,
+    BatchRunner,
+    BatchSettings,
+    ModelInfo,
+    merge_reports,
+    resolve_input,
+)
+from imaging.engine.predict import InferenceOptions, SeriesPredictor
+from imaging.tracking.registry import ModelBundle, load_bundle, parse_model_uri
+from imaging.tracking.runs import MlflowTracker, tracking_uri_from_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InferenceOutcome:
+    result: BatchResult
+    model: ModelInfo
+    run_id: str | None
+    exit_code: int
+
+
+def _pseudonymizer(cfg: DictConfig, needed: bool) -> Pseudonymizer | None:
+    try:
+        return Pseudonymizer.from_config(cfg.get("secret_file"), bool(cfg.get("demo_key", False)))
+    except SecretError:
+        if needed:
+            raise
+        return None
+
+
+def _shard(cfg: DictConfig) -> tuple[int, int]:
+    index, count, offset = int(cfg.shard.index), int(cfg.shard.count), int(cfg.shard.get("offset", 0) or 0)
+    return index - offset, count
+
+
+def _window(preprocessing: dict[str, Any]) -> tuple[float, float] | None:
+    intensity = preprocessing.get("intensity") or {}
+    if intensity.get("kind") == "window":
+        return float(intensity["a_min"]), float(intensity["a_max"])
+    return None
+
+
+def _select(rows: list[CatalogRow], preprocessing: dict[str, Any], match_modality: bool) -> list[CatalogRow]:
+    """The series to run on: not ``skipped`` (SEG, SR... are not images) and, when asked,
+    of the modality the model was trained on (a CT model says nothing about an MR)."""
+    modality = str(preprocessing.get("modality", "")).upper()
+    keep = [r for r in rows if r.status != "skipped"]
+    if match_modality and modality:
+        # An unreadable series (ingest error, modality unknown) stays: it is reported as an error.
+        ours = [r for r in keep if r.modality.upper() == modality or (r.status == "error" and not r.modality)]
+        if len(ours) < len(keep):
+            log.info("%d series of another modality than the model's %s are left out", len(keep) - len(ours), modality)
+        keep = ours
+    return keep
+
+
+def run_inference(cfg: DictConfig) -> InferenceOutcome:
+    """Run (or, with ``merge_only``, only merge) this shard of ``imaging infer``.
+
+    Raises:
+        SecretError: no project secret while one is needed (PACS input or deidentified SEG).
+        FileNotFoundError: the input does not exist.
+        ValueError: malformed model URI or shard settings.
+        mlflow.exceptions.MlflowException: unknown model, version or alias.
+    """
+    out = Path(str(cfg.output_dir)).resolve()
+    uri, location = tracking_uri_from_config(cfg)
+    name, alias, _ = parse_model_uri(str(cfg.model_uri))
+    bundle: ModelBundle = load_bundle(str(cfg.model_uri), tracking_uri=uri)
+    model = ModelInfo(bundle.name, str(bundle.version), alias or "", dict(bundle.labels))
+    index, count = _shard(cfg)
+    is_pacs = not (Path(str(cfg.input)).is_file() or (Path(str(cfg.input)) / "catalog.csv").is_file())
+    pseudo = _pseudonymizer(cfg, needed=is_pacs or (cfg.seg.enabled and cfg.seg.identity == "deidentified"))
+    if cfg.merge_only:
+        dataset = out / "work" / "dataset" if is_pacs else Path(str(cfg.input))
+        catalog = _select(read_catalog(dataset), bundle.preprocessing, bool(cfg.get("match_modality", True)))
+        keys = sorted(r.series_key for r in catalog)
+        path, complete = merge_reports(out, keys, model)
+        log.info("merged report %s (%s)", path, "complete" if complete else "incomplete")
+        return InferenceOutcome(BatchResult(merged_report=path, merged_complete=complete), model, None, 0)
+    dataset, private = resolve_input(str(cfg.input), out, pseudo, cfg.get("private_dir"))
+    catalog = _select(read_catalog(dataset), bundle.preprocessing, bool(cfg.get("match_modality", True)))
+    options = InferenceOptions.from_config(OmegaConf.to_container(cfg.inference, resolve=True))  # type: ignore[arg-type]
+    predictor = SeriesPredictor(bundle.network, bundle.preprocessing, options)
+    settings = BatchSettings(
+        dataset_dir=dataset, output_dir=out, private_dir=private, shard_index=index, shard_count=count,
+        prefetch=int(cfg.prefetch), write_seg=bool(cfg.seg.enabled), seg_identity=str(cfg.seg.identity),
+        seg_type=str(cfg.seg.type), segments=OmegaConf.to_container(cfg.segments, resolve=True),  # type: ignore[arg-type]
+        overlay=bool(cfg.overlay), window=_window(bundle.preprocessing),
+    )
+    result = BatchRunner(predictor, model, settings, pseudo).run(catalog)
+    run_id = None
+    if cfg.tracking.get("enabled", True):
+        run_id = log_inference_run(uri, location, cfg, bundle, model, result, options)
+    code = 1 if (cfg.fail_on_error and result.n_error) else 0
+    return InferenceOutcome(result, model, run_id, code)
+
+
+def log_inference_run(tracking_uri: str, artifact_location: str | None, cfg: DictConfig, bundle: ModelBundle,
+                      model: ModelInfo, result: BatchResult, options: InferenceOptions) -> str:
+    """Log one shard's inference run; returns the MLflow run id."""
+    tracker = MlflowTracker(tracking_uri, str(cfg.tracking.experiment_name), artifact_location, "", "")
+    index, count = _shard(cfg)
+    run_id = tracker.start(None, str(cfg.tracking.run_name))
+    try:
+        mlflow.log_params({
+            "model_uri": str(cfg.model_uri), "model_name": model.name, "model_version": model.version,
+            "model_alias": model.alias, "model_run_id": str(bundle.run_id or ""), "shard": f"{index}/{count}",
+            "seg.identity": str(cfg.seg.identity), "seg.type": str(cfg.seg.type), "device": str(options.device),
+            **{f"inference.{k}": str(v) for k, v in vars(options).items()},
+        })
+        mlflow.set_tags({"imaging.stage": "infer", "model_version": model.version})
+        mlflow.log_metrics({
+            "n_series": result.n_total, "n_ok": result.n_ok, "n_error": result.n_error,
+            "n_skipped_done": result.n_skipped_done, "wall_s": result.wall_s, "series_per_s": result.series_per_s,
+        })
+        for path in (result.shard_report, result.merged_report):
+            if path is not None and path.is_file():
+                mlflow.log_artifact(str(path), "report")
+        merged_json = (result.merged_report or Path("/nonexistent")).with_suffix(".json")
+        if merged_json.is_file():
+            mlflow.log_artifact(str(merged_json), "report")
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    return run_id
