@@ -1,0 +1,287 @@
+"""Audit files of every kind a pipeline writes, streaming (memory does not grow with size).
+
+Dispatch by content and suffix: DICOM (all elements), NIfTI headers (descrip,
+aux_file, intent_name, db_name, extensions; never the voxels), JSON (JSON path of
+each hit; DICOM-keyword keys also get the DICOM pattern rules), CSV (column),
+text and logs (line), PNG (tEXt/zTXt/iTXt/eXIf chunks), gzip and zip archives
+(members), and a raw byte scan for anything else (checkpoints, SQLite, pickles).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import logging
+import os
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from tqdm import tqdm
+
+from imaging.audit.dicom_scan import (
+    ALWAYS_DATE_TAGS,
+    DUMMY_DATES,
+    PROFILE_DATE_TAGS,
+    _pseudonymous,
+    scan_dicom,
+)
+from imaging.audit.needles import Hit, Needles, as_needles, mask
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+MAX_JSON_PARSE = 64 << 20
+TEXT_SUFFIXES = {
+    ".txt",
+    ".log",
+    ".out",
+    ".err",
+    ".yaml",
+    ".yml",
+    ".md",
+    ".cfg",
+    ".ini",
+    ".toml",
+    ".py",
+    ".sh",
+    ".html",
+    ".xml",
+    ".tsv",
+    ".jsonl",
+    ".sbatch",
+    ".conf",
+    ".rst",
+}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def scan_paths(
+    paths: Iterable[str | os.PathLike[str]],
+    needles: Needles | Iterable[str],
+    *,
+    patterns: bool = True,
+    progress: bool = False,
+) -> list[Hit]:
+    """Scan files and folders (recursively); return every hit.
+
+    Args:
+        paths: files or folders.
+        needles: values to look for (:func:`imaging.audit.needles.build_needles`), or
+            plain tokens (reported as ``canary``).
+        patterns: also apply the DICOM pattern rules (person names, unshifted dates).
+        progress: show a progress bar over files.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+    """
+    needles = as_needles(needles)
+    hits: list[Hit] = []
+    for path in tqdm(_iter_files(paths), unit="file", desc="audit", disable=not progress):
+        hits.extend(scan_file(path, needles, patterns=patterns))
+    return hits
+
+
+def _iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise FileNotFoundError(f"audit: path '{path}' does not exist")
+        if path.is_file():
+            yield path
+            continue
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            for name in sorted(filenames):
+                yield Path(dirpath) / name
+
+
+def scan_file(
+    path: Path, needles: Needles, *, patterns: bool = True, where: str | None = None
+) -> Iterator[Hit]:
+    """Hits of one file, chosen by its content and suffix."""
+    where = where or str(path)
+    name = path.name.lower()
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    try:
+        if (
+            head[128:132] == b"DICM"
+            or name.endswith(".dcm")
+            or name == "dicomdir"
+            or head[:2] in (b"\x08\x00", b"\x02\x00")
+        ):
+            yield from _relabel(scan_dicom(path, needles, patterns), where)
+        elif name.endswith((".nii", ".nii.gz", ".hdr")):
+            yield from _nifti(path, needles, where)
+        elif head.startswith(PNG_MAGIC):
+            yield from _png(path, needles, where)
+        elif name.endswith(".json"):
+            yield from _json(path, needles, where, patterns)
+        elif name.endswith(".csv"):
+            yield from _csv(path, needles, where)
+        elif name.endswith(tuple(TEXT_SUFFIXES)):
+            yield from _lines(path, needles, where)
+        elif head[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as gz:
+                yield from _raw(gz, needles, where, "gzip content")  # type: ignore[arg-type]
+        elif head[:4] == b"PK\x03\x04":
+            yield from _zip(path, needles, where)
+        else:
+            with open(path, "rb") as fh:
+                yield from _raw(fh, needles, where, "bytes")
+    except Exception as exc:  # a damaged file must not hide its bytes from the audit
+        log.info(
+            "audit: structured read of %s failed (%s); scanning raw bytes",
+            where,
+            type(exc).__name__,
+        )
+        with open(path, "rb") as fh:
+            yield from _raw(fh, needles, where, "bytes")
+
+
+def _relabel(hits: Iterator[Hit], where: str) -> Iterator[Hit]:
+    found = list(hits)  # materialise so a parse error falls back before anything is yielded
+    for hit in found:
+        yield Hit(where, hit.field, hit.rule, hit.masked)
+
+
+def _text_hits(text: str, needles: Needles, where: str, field: str) -> Iterator[Hit]:
+    for rule, found in needles.find(text):
+        yield Hit(where, field, rule, mask(found))
+
+
+def _raw(fh: IO[bytes], needles: Needles, where: str, field: str) -> Iterator[Hit]:
+    """Chunked scan of bytes decoded as latin-1 (overlapping by the longest needle)."""
+    overlap = max(4 * needles.max_len - 1, 0)  # x4: a UTF-32 needle spans four bytes a character
+    tail, offset = "", 0
+    seen: set[tuple[str, str]] = set()
+    while chunk := fh.read(CHUNK):
+        text = tail + chunk.decode("latin-1")
+        # UTF-16/32 strings (NumPy unicode arrays, Windows tools) match once NULs are dropped.
+        views = (text, text.replace("\x00", "")) if "\x00" in text else (text,)
+        for rule, found in (hit for view in views for hit in needles.find(view)):
+            key = (rule, found.lower())
+            if key not in seen:  # one hit per value and file: a checkpoint may repeat it
+                seen.add(key)
+                yield Hit(where, f"{field} @~{offset}", rule, mask(found))
+        tail = text[-overlap:] if overlap else ""
+        offset += len(chunk)
+
+
+def _lines(path: Path, needles: Needles, where: str) -> Iterator[Hit]:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for n, line in enumerate(fh, 1):
+            yield from _text_hits(line, needles, where, f"line {n}")
+
+
+def _csv(path: Path, needles: Needles, where: str) -> Iterator[Hit]:
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        for i, col in enumerate(header):
+            yield from _text_hits(col, needles, where, f"header column {i + 1}")
+        for n, row in enumerate(reader, 2):
+            for i, cell in enumerate(row):
+                col = header[i] if i < len(header) else f"column {i + 1}"
+                yield from _text_hits(cell, needles, where, f"line {n} {col}")
+
+
+def _json(path: Path, needles: Needles, where: str, patterns: bool) -> Iterator[Hit]:
+    if path.stat().st_size > MAX_JSON_PARSE:
+        yield from _lines(path, needles, where)
+        return
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    yield from _walk_json(data, "$", needles, where, patterns)
+
+
+def _walk_json(data: Any, at: str, needles: Needles, where: str, patterns: bool) -> Iterator[Hit]:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _text_hits(str(key), needles, where, f"{at} (key)")
+            yield from _walk_json(value, f"{at}.{key}", needles, where, patterns)
+            if patterns and isinstance(value, str) and value.strip():
+                yield from _keyword_rules(str(key), value, where, f"{at}.{key}")
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _walk_json(value, f"{at}[{i}]", needles, where, patterns)
+    elif data is not None:
+        yield from _text_hits(str(data), needles, where, at)
+
+
+def _keyword_rules(key: str, value: str, where: str, field: str) -> Iterator[Hit]:
+    """DICOM pattern rules for JSON keys that are DICOM keywords (sidecars)."""
+    tag = tag_for_keyword(key)
+    if tag is None:
+        return
+    vr = dictionary_VR(tag)
+    if vr == "PN" and not _pseudonymous(value):
+        yield Hit(where, field, "person-name", mask(value))
+    elif (
+        vr in ("DA", "DT")
+        and int(tag) in PROFILE_DATE_TAGS | ALWAYS_DATE_TAGS
+        and value.strip() not in DUMMY_DATES
+    ):
+        yield Hit(where, field, "date", mask(value))
+
+
+def _nifti(path: Path, needles: Needles, where: str) -> Iterator[Hit]:
+    import nibabel as nib
+
+    header: Any = nib.load(str(path)).header  # header and extensions only; voxels stay on disk
+    for key in ("descrip", "aux_file", "intent_name", "db_name"):
+        if key in header:
+            value = header[key].tobytes().rstrip(b"\x00").decode("latin-1")
+            yield from _text_hits(value, needles, where, f"header {key}")
+    for i, ext in enumerate(getattr(header, "extensions", []) or []):
+        content = ext.get_content() if hasattr(ext, "get_content") else ext._content
+        raw = content if isinstance(content, bytes) else str(content).encode("utf-8", "replace")
+        yield from _raw(io.BytesIO(raw), needles, where, f"extension {i} (code {ext.get_code()})")
+
+
+def _png(path: Path, needles: Needles, where: str) -> Iterator[Hit]:
+    """PNG text chunks (tEXt, zTXt, iTXt) and EXIF, read chunk by chunk (pixels skipped)."""
+    with open(path, "rb") as fh:
+        fh.read(8)
+        while header := fh.read(8):
+            if len(header) < 8:
+                break
+            length, ctype = struct.unpack(">I4s", header)
+            if ctype in (b"tEXt", b"zTXt", b"iTXt", b"eXIf"):
+                data = fh.read(length)
+                fh.read(4)
+                text = _png_text(ctype, data)
+                yield from _text_hits(text, needles, where, f"PNG {ctype.decode()} chunk")
+            else:
+                fh.seek(length + 4, os.SEEK_CUR)
+            if ctype == b"IEND":
+                break
+
+
+def _png_text(ctype: bytes, data: bytes) -> str:
+    if ctype == b"zTXt":
+        key, _, rest = data.partition(b"\x00")
+        return key.decode("latin-1") + " " + zlib.decompress(rest[1:]).decode("latin-1", "replace")
+    if ctype == b"iTXt":
+        key, _, rest = data.partition(b"\x00")
+        compressed, rest = rest[0], rest[2:]
+        lang, _, rest = rest.partition(b"\x00")
+        tkey, _, text = rest.partition(b"\x00")
+        body = zlib.decompress(text) if compressed else text
+        return " ".join(p.decode("utf-8", "replace") for p in (key, lang, tkey, body))
+    return data.decode("latin-1")
+
+
+def _zip(path: Path, needles: Needles, where: str) -> Iterator[Hit]:
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            yield from _text_hits(info.filename, needles, where, "zip member name")
+            with zf.open(info) as fh:
+                yield from _raw(fh, needles, where, f"zip member {info.filename}")

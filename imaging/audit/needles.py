@@ -1,0 +1,176 @@
+"""What the audit looks for: canary tokens and original values, matched fast.
+
+Thousands of original values (a link table of a large export) are compiled into
+one trie-shaped regular expression, so a text is scanned once whatever the
+number of values. Matching is case-insensitive. Values that begin or end with a
+digit (IDs, UIDs, dates) only match as whole numbers: ``1.2.3.4`` does not hit
+inside ``1.2.3.45``, ``20190315`` not inside a longer digit run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CANARY = "ZZPHI"
+MIN_TOKEN_LEN = 4  # shorter values (sex 'F', age digits) would hit everywhere
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One finding. ``masked`` shows at most two characters and the length of the value.
+
+    Attributes:
+        where: file path (or ``mlflow:<experiment>/<run>``) of the finding.
+        field: element, JSON path, column, line, param or tag name.
+        rule: ``canary``, ``link-table``, ``manifest``, ``person-name`` or ``date``.
+        masked: the masked value, safe to print.
+    """
+
+    where: str
+    field: str
+    rule: str
+    masked: str
+
+
+def mask(value: str) -> str:
+    """``'ZZPHI^NAME'`` -> ``'ZZ********(10)'``: enough to recognise, never the value."""
+    value = str(value)
+    return f"{value[:2]}{'*' * min(8, max(0, len(value) - 2))}({len(value)})"
+
+
+def default_canary() -> str:
+    """The synthetic export's canary token (from :mod:`imaging.synth.canaries` when present)."""
+    try:
+        from imaging.synth.canaries import CANARY_TOKEN
+    except ImportError:
+        return DEFAULT_CANARY
+    return str(CANARY_TOKEN)
+
+
+def _trie_pattern(words: Iterable[str]) -> str:
+    trie: dict[str, dict] = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict[str, dict]) -> str:
+        alts = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        if "" in node:  # a word ends here: the longer continuations are optional
+            return ("(?:" + body + ")?") if len(alts) > 1 or len(body) > 1 else body + "?"
+        return body
+
+    return build(trie)
+
+
+@dataclass
+class Needles:
+    """Values to find, each with the rule that reports it."""
+
+    rules: dict[str, str] = field(default_factory=dict)  # lowercase value -> rule
+
+    def __post_init__(self) -> None:
+        self._regex: re.Pattern[str] | None = None
+
+    def add(self, values: Iterable[str], rule: str) -> Needles:
+        for value in values:
+            text = str(value).strip().lower()
+            if len(text) >= MIN_TOKEN_LEN:
+                self.rules.setdefault(text, rule)
+        self._regex = None
+        return self
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    @property
+    def max_len(self) -> int:
+        return max((len(v) for v in self.rules), default=0)
+
+    def find(self, text: str) -> Iterator[tuple[str, str]]:
+        """Yield ``(rule, matched text)`` for every value found in ``text``."""
+        if not self.rules or not text:
+            return
+        if self._regex is None:
+            self._regex = re.compile(_trie_pattern(self.rules))
+        low = text.lower()
+        pos = 0
+        while (m := self._regex.search(low, pos)) is not None:
+            token, start, end = m.group(), m.start(), m.end()
+            pos = start + 1
+            if not token:
+                continue
+            if (
+                token[0].isdigit()
+                and start > 0
+                and (low[start - 1].isdigit() or low[start - 1] == ".")
+            ):
+                continue
+            if token[-1].isdigit() and end < len(low):
+                after = low[end : end + 2]
+                if after[0].isdigit() or (after[0] == "." and after[1:2].isdigit()):
+                    continue
+            pos = end
+            yield self.rules[token], text[start:end]
+
+
+def load_link_table(path: str | os.PathLike[str]) -> list[str]:
+    """Original values of a link table CSV (column ``original``, or every ``original*`` column).
+
+    Raises:
+        ValueError: the CSV has no column named ``original...``.
+        FileNotFoundError: the file does not exist.
+    """
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c for c in reader.fieldnames or [] if c.lower().startswith("original")]
+        if not columns:
+            raise ValueError(
+                f"link table '{path}': no column named 'original...' in {reader.fieldnames}"
+            )
+        return [row[c] for row in reader for c in columns if row.get(c)]
+
+
+def load_manifest(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """(canary strings incl. dates/times, original UIDs) from a synthetic export's ``manifest.json``.
+
+    Raises:
+        ValueError: the file is not a synth manifest (no ``canaries`` list).
+    """
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("canaries"), list):
+        raise ValueError(f"manifest '{path}': no 'canaries' list (not a synthetic export manifest)")
+    values = [str(v) for v in data["canaries"]]
+    if data.get("canary_token"):
+        values.append(str(data["canary_token"]))
+    return values, [str(u) for u in data.get("uids", [])]
+
+
+def as_needles(tokens: Needles | Iterable[str]) -> Needles:
+    """``tokens`` as a :class:`Needles` (plain strings are reported under the ``canary`` rule)."""
+    return tokens if isinstance(tokens, Needles) else Needles().add(tokens, "canary")
+
+
+def build_needles(
+    canaries: Iterable[str] = (),
+    link_tables: Iterable[str | os.PathLike[str]] = (),
+    manifests: Iterable[str | os.PathLike[str]] = (),
+) -> Needles:
+    """One matcher for canary tokens, link-table originals and manifest values."""
+    needles = Needles().add(canaries, "canary")
+    for table in link_tables:
+        needles.add(load_link_table(table), "link-table")
+    for manifest in manifests:
+        values, uids = load_manifest(manifest)
+        needles.add(values, "manifest").add(uids, "manifest")
+    return needles
