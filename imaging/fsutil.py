@@ -16,8 +16,21 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _default_mode() -> int:
+    # os.umask can only be read by setting it; restore it at once.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike[str],
+    suffix: str | None = None,
+    *,
+    fsync: bool = True,
+    mode: int | None = None,
+) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
 
     Args:
@@ -25,6 +38,12 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
         suffix: suffix of the temporary file (keep ``.nii.gz`` so writers that
             pick a format from the name still do the right thing). Defaults to
             the final name's suffixes.
+        fsync: flush the data to disk before the rename (default). A caller that
+            writes many files may pass False and sync once at the end (``os.sync()``)
+            before writing the file that refers to them; the rename stays atomic.
+        mode: permission bits of the final file. Default: what ``open()`` would
+            give (0o666 less the umask); ``mkstemp`` alone would leave 0o600.
+            Pass 0o600 for secrets and link tables.
 
     Raises:
         Whatever the body raises; the temporary file is removed in that case.
@@ -37,8 +56,10 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        os.chmod(tmp, _default_mode() if mode is None else mode)
+        if fsync:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -47,16 +68,26 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temporary file for writing and rename it over ``path`` on success."""
-    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as fh:
+def atomic_open(
+    path: str | os.PathLike[str],
+    mode: str = "w",
+    *,
+    fsync: bool = True,
+    perm: int | None = None,
+    **kwargs: Any,
+) -> Iterator[IO[Any]]:
+    """Open a temporary file for writing and rename it over ``path`` on success.
+
+    ``perm`` sets the final permission bits (e.g. 0o600 for link tables).
+    """
+    with atomic_path(path, fsync=fsync, mode=perm) as tmp, open(tmp, mode, **kwargs) as fh:
         yield fh
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as fh:
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = True) -> None:
+    with atomic_open(path, "w", fsync=fsync, encoding="utf-8") as fh:
         fh.write(text)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, fsync: bool = True) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", fsync=fsync)

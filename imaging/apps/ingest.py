@@ -1,0 +1,67 @@
+"""`imaging ingest input_dir=... output_dir=...`: PACS export -> de-identified dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from imaging.dicom.ingest import IngestSummary, ingest
+from imaging.dicom.pseudonym import Pseudonymizer, SecretError
+
+# Absolute: imported through `imaging.cli`, a relative config_path would be read as a
+# Python package ('conf'), which the repo's conf/ folder is not.
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def print_summary(summary: IngestSummary, console: Console | None = None) -> None:
+    """Rich tables: status counts, then non-ok reasons (no PHI: keys and relative paths only)."""
+    console = console or Console()
+    counts = Table(title=f"ingest -> {summary.output_dir}")
+    counts.add_column("status")
+    counts.add_column("rows", justify="right")
+    for status in ("ok", "skipped", "error"):
+        counts.add_row(status, str(summary.counts.get(status, 0)))
+    s = summary.scan
+    counts.add_row("files scanned", f"{s.n_files} ({s.n_read} read, {s.n_cached} unchanged)")
+    counts.add_row("non-DICOM files ignored", str(s.n_non_dicom))
+    counts.add_row("volumes written / unchanged", f"{summary.n_written} / {summary.n_reused}")
+    if summary.label_errors:
+        counts.add_row("label errors", str(summary.label_errors))
+    console.print(counts)
+    reasons = summary.reasons()
+    if reasons:
+        table = Table(title="not ingested (see catalog.csv for file, tag and value)")
+        table.add_column("reason")
+        table.add_column("n", justify="right")
+        for reason, n in reasons.most_common():
+            table.add_row(reason, str(n))
+        console.print(table)
+    console.print(f"catalog: {summary.catalog_path}")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="ingest")
+def main(cfg: DictConfig) -> None:
+    console = Console()
+    try:
+        ps = Pseudonymizer.from_config(cfg.secret_file, cfg.demo_key)
+    except SecretError as exc:
+        console.print(f"[red]imaging ingest: {exc}[/red]")
+        raise SystemExit(EXIT_CONFIG) from exc
+    summary = ingest(
+        cfg.input_dir, cfg.output_dir, ps, private_dir=cfg.private_dir, workers=cfg.workers, tilt=cfg.tilt,
+        uneven=cfg.uneven, split_4d=cfg.split_4d, labels_dir=cfg.labels_dir,
+        keep_patient_characteristics=cfg.keep_patient_characteristics, progress=cfg.progress,
+    )
+    print_summary(summary, console)
+    if summary.failed and cfg.fail_on_error:
+        raise SystemExit(EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    main()

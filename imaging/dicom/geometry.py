@@ -1,0 +1,181 @@
+"""Slice-stack geometry: order, spacing, tilt, and the NIfTI grid a stack is written on.
+
+World coordinates are DICOM patient coordinates (LPS, mm). Pixel (r, c) of a
+slice with ImagePositionPatient ``P``, ImageOrientationPatient ``(R, C)``
+(row direction R = direction of increasing column index) and PixelSpacing
+``(dr, dc)`` lies at ``P + c*dc*R + r*dr*C``. A NIfTI voxel (i, j, k) is column
+i, row j of output slice k; its world position is ``affine_lps @ (i, j, k, 1)``
+and the NIfTI affine is ``diag(-1, -1, 1, 1) @ affine_lps`` (LPS -> RAS).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from imaging.dicom.series import Slice
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# Positions in exports are written with a few decimals: differences below these are noise.
+POSITION_TOL_MM = 0.01
+OFFSET_TOL_MM = 0.02
+SPACING_REL_TOL = 0.01
+
+
+class PlanError(ValueError):
+    """A stack that cannot be written correctly under the configured policy."""
+
+
+@dataclass
+class Grid:
+    """Where the slices of one stack are and where the output voxels will be."""
+
+    row_dir: np.ndarray
+    col_dir: np.ndarray
+    normal: np.ndarray
+    dx: float  # mm between columns (PixelSpacing[1])
+    dy: float  # mm between rows (PixelSpacing[0])
+    nx: int  # columns
+    ny: int  # rows
+    origin: np.ndarray  # LPS position of voxel (0, 0, 0)
+    src_d: np.ndarray  # normal coordinate of each source slice (sorted)
+    offsets: np.ndarray  # (n, 2) in-plane offset (mm along row_dir, col_dir) of each source slice
+    dz: float
+    out_d: np.ndarray  # normal coordinate of each output slice
+    tilt_deg: float = 0.0
+    uneven: bool = False
+    duplicates: list[tuple[Any, Any]] = field(default_factory=list)  # (kept, dropped) slices
+
+    @property
+    def shifted(self) -> bool:
+        return bool(np.abs(self.offsets).max() > OFFSET_TOL_MM)
+
+    @property
+    def resampled(self) -> bool:
+        return self.shifted or len(self.out_d) != len(self.src_d) or bool(
+            np.abs(self.out_d - self.src_d).max() > POSITION_TOL_MM
+        )
+
+    @property
+    def affine_lps(self) -> np.ndarray:
+        a = np.eye(4)
+        a[:3, 0] = self.row_dir * self.dx
+        a[:3, 1] = self.col_dir * self.dy
+        a[:3, 2] = self.normal * self.dz
+        a[:3, 3] = self.origin
+        return a
+
+    @property
+    def affine_ras(self) -> np.ndarray:
+        return LPS_TO_RAS @ self.affine_lps
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.nx, self.ny, len(self.out_d))
+
+
+def slice_normal(iop: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row direction, column direction, unit normal) from ImageOrientationPatient."""
+    v = np.asarray(iop, dtype=float)
+    r, c = v[:3] / np.linalg.norm(v[:3]), v[3:] / np.linalg.norm(v[3:])
+    n = np.cross(r, c)
+    return r, c, n / np.linalg.norm(n)
+
+
+def plan_grid(
+    stacks: list[list[Slice]], *, tilt: str = "resample", uneven: str = "resample"
+) -> tuple[Grid, list[str], list[list[Slice]]]:
+    """Order the slices of each timepoint along the normal and plan the output grid.
+
+    Args:
+        stacks: ``stacks[t]`` are the slices of timepoint t (same positions in every t).
+        tilt: ``resample`` or ``refuse`` slices whose positions drift in-plane (gantry tilt).
+        uneven: ``resample`` or ``refuse`` uneven or missing slices.
+
+    Returns:
+        The grid, remarks for the catalog, and the slices ordered as ``[t][k]``.
+
+    Raises:
+        PlanError: refused by policy, or fewer than 3 distinct positions.
+    """
+    first = stacks[0][0]
+    r, c, n = slice_normal(first.iop)
+    ordered: list[list[Slice]] = []
+    duplicates: list[tuple[Any, Any]] = []
+    for stack in stacks:
+        by_d = sorted(stack, key=lambda s: (float(np.dot(s.ipp, n)), s.path, s.frame))
+        kept: list[Slice] = []
+        for s in by_d:
+            if kept and np.linalg.norm(np.subtract(s.ipp, kept[-1].ipp)) < POSITION_TOL_MM:
+                duplicates.append((kept[-1], s))
+                continue
+            kept.append(s)
+        ordered.append(kept)
+    if len({len(k) for k in ordered}) != 1:
+        raise PlanError("timepoints have different numbers of slice positions (0020,0032)")
+    base = ordered[0]
+    if len(base) < 3:
+        raise PlanError(f"only {len(base)} distinct slice position(s) (0020,0032); need 3")
+    ipp = np.asarray([s.ipp for s in base], dtype=float)
+    d = ipp @ n
+    rel = ipp - ipp[0]
+    offsets = np.stack([rel @ r, rel @ c], axis=1)
+    remarks: list[str] = []
+    if duplicates:
+        remarks.append(f"{len(duplicates)} duplicate slice position(s) dropped")
+    tilt_deg = 0.0
+    if np.abs(offsets).max() > OFFSET_TOL_MM:
+        drift = float(np.linalg.norm(offsets[-1]))
+        tilt_deg = round(math.degrees(math.atan2(drift, float(d[-1] - d[0]))), 2)
+        if tilt == "refuse":
+            raise PlanError(f"gantry tilt {tilt_deg} deg: slice positions (0020,0032) drift "
+                            "off the normal of (0020,0037); refused (config tilt=refuse)")
+        remarks.append(f"gantry tilt {tilt_deg} deg resampled to an orthogonal grid")
+    gaps = np.diff(d)
+    dz, out_d, is_uneven, remark = _spacing(d, gaps)
+    if is_uneven:
+        if uneven == "refuse":
+            raise PlanError(f"{remark} (0020,0032); refused (config uneven=refuse)")
+        remarks.append(f"{remark}: resampled to {dz:.4g} mm")
+    grid = Grid(
+        row_dir=r, col_dir=c, normal=n, dx=float(first.spacing[1]), dy=float(first.spacing[0]),
+        nx=int(first.row["cols"]), ny=int(first.row["rows"]), origin=ipp[0], src_d=d, offsets=offsets,
+        dz=dz, out_d=out_d, tilt_deg=tilt_deg, uneven=is_uneven, duplicates=duplicates,
+    )
+    return grid, remarks, ordered
+
+
+def _spacing(d: np.ndarray, gaps: np.ndarray) -> tuple[float, np.ndarray, bool, str]:
+    """(output spacing, output normal coordinates, uneven?, remark) for sorted positions ``d``."""
+    median = float(np.median(gaps))
+    tol = max(POSITION_TOL_MM, SPACING_REL_TOL * median)
+    if float(np.abs(gaps - median).max()) <= tol:
+        return float((d[-1] - d[0]) / (len(d) - 1)), d.copy(), False, ""
+    g_min = float(gaps.min())
+    # The smallest gap keeps every acquired slice; a tiny one is position noise, not a spacing.
+    base = g_min if g_min >= 0.25 * median else median
+    multiples = gaps / base
+    whole = np.round(multiples)
+    # Missing slices: a regular stack with a few gaps that are whole multiples of the spacing.
+    # Many irregular gaps (even if multiples) are an uneven acquisition, and said so.
+    if np.all(np.abs(multiples - whole) * base <= tol) and whole.min() >= 1 \
+            and np.sum(whole > 1) <= max(1.0, 0.25 * len(gaps)):
+        unit = gaps[whole == 1]
+        dz = float(unit.mean()) if len(unit) else base
+        n_missing = int((whole - 1).sum())
+        remark = f"{n_missing} missing slice(s) (gap {float(gaps.max()):.4g} mm, spacing {dz:.4g} mm)"
+    else:
+        dz = base
+        remark = f"uneven slice spacing (gaps {g_min:.4g} to {float(gaps.max()):.4g} mm)"
+    n_out = int(math.floor((d[-1] - d[0]) / dz + 1e-3)) + 1
+    return dz, d[0] + dz * np.arange(n_out), True, remark
+
+
+def world_lps(s: Slice, r: float, c: float) -> np.ndarray:
+    """World (LPS) position of pixel (row r, column c) of slice ``s``, straight from its DICOM tags."""
+    row_dir, col_dir, _ = slice_normal(s.iop)
+    return np.asarray(s.ipp, float) + c * s.spacing[1] * row_dir + r * s.spacing[0] * col_dir

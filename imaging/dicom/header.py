@@ -1,0 +1,281 @@
+"""Read one file's DICOM header (never its pixels) into a flat index row.
+
+Used by :mod:`imaging.dicom.scan` in worker processes. Besides the attributes
+that group and place slices, the row records where the pixel data starts and
+how long it is, so uncompressed pixels can later be read straight from that
+offset without parsing the file again, and a truncated file is caught here.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from imaging.dicom.fastheader import EXPLICIT_LE, IMPLICIT_LE, NeedMore, read_fast
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+DEFLATED_LE = "1.2.840.10008.1.2.1.99"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+# Only these attributes are parsed (pydicom seeks over everything else).
+HEADER_TAGS = [
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID",
+    "Modality", "ImageType", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
+    "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "PhotometricInterpretation",
+    "BitsAllocated", "BitsStored", "PixelRepresentation", "PlanarConfiguration",
+    "RescaleSlope", "RescaleIntercept", "TemporalPositionIdentifier", "TriggerTime",
+    "EchoNumbers", "EchoTime", "AcquisitionNumber", "DiffusionBValue", "InstanceNumber",
+    "SeriesNumber", "SliceThickness", "SpacingBetweenSlices", "GantryDetectorTilt",
+    "PatientPosition", "BodyPartExamined", "Manufacturer", "ManufacturerModelName",
+    "MagneticFieldStrength", "RepetitionTime", "FlipAngle", "InversionTime", "KVP",
+    "ConvolutionKernel", "XRayTubeCurrent", "ScanningSequence", "SequenceVariant",
+    "MRAcquisitionType", "ImagingFrequency", "EchoTrainLength", "PixelBandwidth",
+    "PatientAge", "PatientSex", "PerFrameFunctionalGroupsSequence",
+    "SharedFunctionalGroupsSequence", "ReferencedSeriesSequence", "SegmentSequence",
+    "SegmentationType", "PixelData",
+]
+# Acquisition parameters for the JSON sidecar (no identifiers, dates or free text).
+PARAM_KEYWORDS = [
+    "Modality", "Manufacturer", "ManufacturerModelName", "MagneticFieldStrength",
+    "RepetitionTime", "EchoTime", "FlipAngle", "InversionTime", "KVP", "ConvolutionKernel",
+    "XRayTubeCurrent", "SliceThickness", "SpacingBetweenSlices", "PatientPosition",
+    "BodyPartExamined", "ImageType", "ScanningSequence", "SequenceVariant", "MRAcquisitionType",
+    "ImagingFrequency", "EchoTrainLength", "PixelBandwidth", "GantryDetectorTilt",
+    "PhotometricInterpretation", "SeriesNumber", "PatientAge", "PatientSex",
+]
+_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able version of a pydicom value."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        if isinstance(value, float):
+            return float(value)
+        if isinstance(value, int):
+            return int(value)
+        return str(value) if isinstance(value, str) else value
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return None
+    try:
+        return float(value) if "." in str(value) or "e" in str(value).lower() else int(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _get(ds: Dataset, keyword: str) -> Any:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    return _plain(value)
+
+
+def _first(ds: Dataset | None, seq: str) -> Dataset | None:
+    if ds is None:
+        return None
+    items = ds.get(seq)
+    return items[0] if items else None
+
+
+def _frame_info(frame: Dataset | None, shared: Dataset | None) -> dict[str, Any]:
+    """Geometry, timing and rescale of one enhanced frame (per-frame groups, shared fallback)."""
+
+    def pick(seq: str, keyword: str) -> Any:
+        for group in (frame, shared):
+            item = _first(group, seq)
+            if item is not None and keyword in item:
+                return _get(item, keyword)
+        return None
+
+    info: dict[str, Any] = {
+        "ipp": pick("PlanePositionSequence", "ImagePositionPatient"),
+        "iop": pick("PlaneOrientationSequence", "ImageOrientationPatient"),
+        "sp": pick("PixelMeasuresSequence", "PixelSpacing"),
+        "thk": pick("PixelMeasuresSequence", "SliceThickness"),
+        "slope": pick("PixelValueTransformationSequence", "RescaleSlope"),
+        "intercept": pick("PixelValueTransformationSequence", "RescaleIntercept"),
+        "seg": pick("SegmentIdentificationSequence", "ReferencedSegmentNumber"),
+    }
+    t = {
+        "tpi": pick("FrameContentSequence", "TemporalPositionIndex"),
+        "stack": pick("FrameContentSequence", "StackID"),
+        "te": pick("MREchoSequence", "EffectiveEchoTime"),
+        "b": pick("MRDiffusionSequence", "DiffusionBValue"),
+        "trig": pick("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"),
+    }
+    info["t"] = {k: v for k, v in t.items() if v is not None}
+    return info
+
+
+def _pixel_location(fp: Any, rows: Any, ts: str | None, size: int) -> tuple[int | None, int | None, str | None]:
+    """(value offset, value length or -1 when encapsulated, truncation error) of PixelData at ``fp``."""
+    if ts in (DEFLATED_LE, EXPLICIT_BE):
+        # The file position means nothing for a deflated stream; big endian is too rare to bother.
+        return None, None, None
+    start = fp.tell()
+    head = fp.read(12)
+    if len(head) < 8 or head[:4] != b"\xe0\x7f\x10\x00":
+        if rows:
+            return None, None, f"truncated: no (7FE0,0010) PixelData before end of file ({size} bytes)"
+        return None, None, None
+    implicit = ts == IMPLICIT_LE
+    if implicit:
+        offset, length = start + 8, int.from_bytes(head[4:8], "little")
+    else:
+        offset, length = start + 12, int.from_bytes(head[8:12], "little")
+    if length == 0xFFFFFFFF:
+        fp.seek(max(size - 8, 0))
+        if fp.read(8) != _SEQ_DELIMITER:
+            return offset, -1, "truncated: encapsulated (7FE0,0010) PixelData has no sequence delimiter at end of file"
+        return offset, -1, None
+    if offset + length > size:
+        return offset, length, (
+            f"truncated: (7FE0,0010) PixelData length {length} but only {size - offset} bytes in file"
+        )
+    return offset, length, None
+
+
+# Headers are a few kB: read that much first (not whole 512 kB CT slices, read again for pixels).
+FIRST_READ_BYTES = 1 << 14
+FAST_READ_BYTES = 1 << 20
+
+
+def header_row(path: str) -> dict[str, Any]:
+    """The index row of one file: ``kind`` is dicom, dicomdir, non_dicom or unreadable."""
+    row: dict[str, Any] = {"kind": "non_dicom"}
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fp:
+            buf = fp.read(min(size, FIRST_READ_BYTES))
+            if buf[128:132] != b"DICM" and buf[:2] not in (b"\x08\x00", b"\x02\x00"):
+                row["error"] = "no DICM preamble"
+                return row
+            fast = _read_fast_growing(fp, buf, size)
+            # (a prefix ending before the pixel data never comes back: NeedMore grew it)
+            if fast is not None and ("SOPClassUID" in fast[0] or "SeriesInstanceUID" in fast[0]):
+                attrs, ts, pixel_pos = fast
+                fp.seek(pixel_pos if pixel_pos is not None else size)
+                location = _pixel_location(fp, attrs.get("Rows"), ts, size)
+                return _fill(row, attrs.get, ts, location, None)
+            fp.seek(0)
+            import pydicom  # only for files the fast reader leaves (enhanced, SEG, unusual encodings)
+
+            with warnings.catch_warnings():
+                # pydicom warns with absolute paths; problems surface as this row's error instead.
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=HEADER_TAGS, force=True)
+            meta = getattr(ds, "file_meta", None)
+            ts_value = meta.get("TransferSyntaxUID") if meta is not None else None
+            ts_str = str(ts_value) if ts_value else None
+            location = _pixel_location(fp, ds.get("Rows"), ts_str, size)
+    except Exception as exc:  # noqa: BLE001 - any parse failure makes the file unreadable, never fatal
+        row["kind"] = "unreadable"
+        row["error"] = f"unreadable: {type(exc).__name__}: {str(exc)[:160]}"
+        return row
+    media_class = meta.get("MediaStorageSOPClassUID") if meta is not None else None
+    if media_class == DICOMDIR_CLASS:
+        row["kind"] = "dicomdir"
+        return row
+    if "SeriesInstanceUID" not in ds and "SOPClassUID" not in ds:
+        row["error"] = "no (0008,0016) SOPClassUID or (0020,000E) SeriesInstanceUID"
+        if buf[128:132] == b"DICM":  # claims to be DICOM: damaged, not foreign
+            row["kind"] = "unreadable"
+            row["error"] = f"DICM preamble but {row['error']} (damaged file?)"
+        return row
+    return _fill(row, lambda kw: _get(ds, kw), ts_str, location, ds)
+
+
+def _read_fast_growing(fp: Any, buf: bytes, size: int) -> Any:
+    """The fast reader on a growing prefix of the file; ``None`` sends the file to pydicom."""
+    while True:
+        try:
+            return read_fast(buf, complete=len(buf) >= size)
+        except NeedMore:
+            if len(buf) >= FAST_READ_BYTES:
+                return None
+            fp.seek(0)
+            buf = fp.read(min(size, 8 * len(buf)))
+
+
+def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, Any, Any],
+          ds: Dataset | None) -> dict[str, Any]:
+    """Fill an index row from ``get(keyword)`` (a plain value); ``ds`` adds sequences (pydicom path)."""
+    offset, length, truncated = location
+    row["kind"] = "dicom"
+    if truncated:
+        row["kind"], row["error"] = "unreadable", truncated
+    row["ts"] = ts
+    for col, kw in (
+        ("sop_class", "SOPClassUID"), ("sop_uid", "SOPInstanceUID"), ("study_uid", "StudyInstanceUID"),
+        ("series_uid", "SeriesInstanceUID"), ("patient_id", "PatientID"), ("modality", "Modality"),
+        ("rows", "Rows"), ("cols", "Columns"), ("iop", "ImageOrientationPatient"),
+        ("ipp", "ImagePositionPatient"), ("spacing", "PixelSpacing"), ("image_type", "ImageType"),
+        ("instance_number", "InstanceNumber"), ("slope", "RescaleSlope"),
+        ("intercept", "RescaleIntercept"), ("bits_alloc", "BitsAllocated"),
+        ("bits_stored", "BitsStored"), ("pixel_rep", "PixelRepresentation"),
+        ("samples", "SamplesPerPixel"), ("photometric", "PhotometricInterpretation"),
+    ):
+        row[col] = get(kw)
+    if isinstance(row["image_type"], str):
+        row["image_type"] = [row["image_type"]]
+    for col in ("sop_class", "sop_uid", "study_uid", "series_uid", "patient_id"):
+        if row[col] is not None:
+            row[col] = str(row[col])
+    row["n_frames"] = int(get("NumberOfFrames") or 1)
+    row["pixel_offset"], row["pixel_length"] = offset, length
+    tkey = {
+        "tpi": get("TemporalPositionIdentifier"), "trig": get("TriggerTime"),
+        "echo": get("EchoNumbers"), "te": get("EchoTime"),
+        "acq": get("AcquisitionNumber"), "b": get("DiffusionBValue"),
+    }
+    row["tkey"] = {k: v for k, v in tkey.items() if v is not None}
+    params = {kw: get(kw) for kw in PARAM_KEYWORDS}
+    row["params"] = {k: v for k, v in params.items() if v is not None}
+    if row["ts"]:
+        row["params"]["TransferSyntaxUID"] = row["ts"]
+    if ds is None:
+        return row
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    shared = _first(ds, "SharedFunctionalGroupsSequence")
+    if per_frame is not None or shared is not None:
+        frames = per_frame if per_frame is not None else [None] * row["n_frames"]
+        row["frames"] = [_frame_info(f, shared) for f in frames]
+        _enhanced_params(row["params"], shared)
+    refs = ds.get("ReferencedSeriesSequence")
+    if refs:
+        row["ref_series_uid"] = str(refs[0].get("SeriesInstanceUID", "")) or None
+    segs = ds.get("SegmentSequence")
+    if segs:
+        row["segments"] = [[int(s.SegmentNumber), str(s.get("SegmentLabel", ""))] for s in segs]
+    return row
+
+
+def _enhanced_params(params: dict[str, Any], shared: Dataset | None) -> None:
+    """Acquisition parameters that enhanced objects keep in shared functional groups."""
+    for seq, keywords in (
+        ("MRTimingAndRelatedParametersSequence", ("RepetitionTime", "FlipAngle", "EchoTrainLength")),
+        ("MREchoSequence", ("EffectiveEchoTime",)),
+        ("CTXRayDetailsSequence", ("KVP",)),
+        ("CTReconstructionSequence", ("ConvolutionKernel",)),
+        ("PixelMeasuresSequence", ("SliceThickness", "SpacingBetweenSlices")),
+    ):
+        item = _first(shared, seq)
+        for kw in keywords:
+            if item is not None and kw in item and kw not in params:
+                params[kw] = _get(item, kw)
+
+
+def is_native(ts: str | None) -> bool:
+    """True for uncompressed little-endian transfer syntaxes (pixels readable by offset)."""
+    return ts in (IMPLICIT_LE, EXPLICIT_LE)
+
+
+def ts_name(ts: str | None) -> str:
+    from pydicom.uid import UID
+
+    return UID(ts).name if ts else "missing"

@@ -1,0 +1,229 @@
+"""Ingest a batch of series (one at a time): plan, assemble, write volume + sidecar + labels + sources.
+
+Runs in the main process or in worker processes (:func:`process_batch` takes only
+picklable arguments and opens the index itself). Label integers must agree across
+workers, so workers get a frozen :class:`LabelTable`; a series whose ground truth
+brings a name nobody registered is handed back (``deferred``) and redone in the
+main process, which may add names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imaging.dicom.catalog import CatalogRow
+from imaging.dicom.labels import (
+    LabelError,
+    LabelTable,
+    LabelTableFrozen,
+    nifti_to_labels,
+    seg_to_labels,
+)
+from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.dicom.scan import decode_row
+from imaging.dicom.series import SeriesPlan, VolumePlan, plan_series
+from imaging.dicom.sidecar import axis_codes, build_sidecar
+from imaging.dicom.volume import VolumeError, assemble, write_nifti
+from imaging.fsutil import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SeriesContext:
+    """Everything a (worker) process needs to ingest series; picklable."""
+
+    input_dir: Path
+    output_dir: Path
+    private_dir: Path
+    ps: Pseudonymizer
+    options: dict[str, Any]
+    labels_dir: Path | None
+    label_names: dict[int, str]
+    table: LabelTable
+    segs: dict[str, list[dict[str, Any]]]
+    keep_patient_characteristics: bool
+
+
+@dataclass
+class BatchResult:
+    rows: list[CatalogRow] = field(default_factory=list)
+    links: set[tuple[str, str, str]] = field(default_factory=set)
+    n_written: int = 0
+    n_reused: int = 0
+    label_errors: int = 0
+    deferred: list[str] = field(default_factory=list)
+
+    def merge(self, other: BatchResult) -> None:
+        self.rows += other.rows
+        self.links |= other.links
+        self.n_written += other.n_written
+        self.n_reused += other.n_reused
+        self.label_errors += other.label_errors
+        self.deferred += other.deferred
+
+
+def scrub(text: str, root: Path) -> str:
+    """Make absolute input paths in a message relative (they may name patients' folders)."""
+    return text.replace(f"{root}{os.sep}", "").replace(str(root), "<input>")
+
+
+def process_batch(uids: list[str], ctx: SeriesContext) -> BatchResult:
+    """Ingest the series ``uids`` (index rows read one series at a time)."""
+    result = BatchResult()
+    con = sqlite3.connect(f"file:{ctx.private_dir / 'index.sqlite'}?mode=ro", uri=True)
+    con.row_factory = sqlite3.Row
+    try:
+        for uid in uids:
+            rows = [decode_row(r) for r in
+                    con.execute("SELECT * FROM files WHERE kind='dicom' AND series_uid=?", (uid,))]
+            if not rows:
+                continue
+            try:
+                result.rows.extend(_ingest_series(rows, ctx, result))
+            except LabelTableFrozen:
+                result.deferred.append(uid)
+            except Exception as exc:  # noqa: BLE001 - one series never stops the export
+                log.error("series %s failed unexpectedly: %s", ctx.ps.key(uid, "series"), type(exc).__name__)
+                first = rows[0]
+                result.rows.append(CatalogRow(
+                    ctx.ps.key(uid, "series"), ctx.ps.key(first.get("patient_id") or "", "subject"),
+                    ctx.ps.key(first.get("study_uid") or "", "study"), first.get("modality") or "", "error",
+                    scrub(f"internal error: {type(exc).__name__}: {exc}", ctx.input_dir)))
+    finally:
+        con.close()
+    return result
+
+
+def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: BatchResult) -> list[CatalogRow]:
+    o = ctx.options
+    plan = plan_series(rows, str(ctx.input_dir), tilt=o["tilt"], uneven=o["uneven"], split_4d=o["split_4d"])
+    subject = ctx.ps.key(plan.patient_id, "subject")
+    study = ctx.ps.key(plan.study_uid, "study")
+    base = ctx.ps.key(plan.series_uid, "series")
+    result.links.update({("subject", plan.patient_id, subject), ("study", plan.study_uid, study),
+                         ("series", plan.series_uid, base)})
+    common: dict[str, Any] = {"subject_key": subject, "study_key": study, "modality": plan.modality, "sop_class": plan.sop_class,
+              "series_number": str(plan.params.get("SeriesNumber", "")),
+              "body_part": str(plan.params.get("BodyPartExamined", ""))}
+    if plan.kind == "seg":
+        ref = rows[0].get("ref_series_uid")
+        target = f" of series {ctx.ps.key(ref, 'series')}" if ref else " (no (0008,1115) ReferencedSeriesSequence)"
+        return [CatalogRow(base, status="skipped", reason=plan.reason + target, n_instances=plan.n_instances, **common)]
+    if plan.kind in ("skipped", "error"):
+        log.debug("series %s: %s", base, plan.kind)
+        return [CatalogRow(base, status=plan.kind, reason=plan.reason, n_instances=plan.n_instances, **common)]
+    out = []
+    for n, vol in enumerate(plan.volumes, start=1):
+        key = base if len(plan.volumes) == 1 else f"{base}_{n}"
+        if key != base:
+            result.links.add(("volume", plan.series_uid, key))
+        out.append(_write_volume(plan, vol, key, ctx, result, common))
+    if plan.reason:  # stacks of this series refused while others were written
+        out.append(CatalogRow(f"{base}_refused", status="error", reason=plan.reason,
+                              n_instances=plan.n_instances, **common))
+    return out
+
+
+def _fingerprint(vol: VolumePlan, segs: list[dict[str, Any]], label_file: Path | None, options: dict[str, Any]) -> str:
+    files = sorted({(s.path, s.row["size"], s.row["mtime"]) for st in vol.slices for s in st})
+    extra = [(r["path"], r["size"], r["mtime"]) for r in segs]
+    if label_file is not None:
+        st = label_file.stat()
+        extra.append((str(label_file), st.st_size, st.st_mtime))
+    blob = json.dumps([files, extra, options], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_volume(plan: SeriesPlan, vol: VolumePlan, key: str, ctx: SeriesContext,
+                  result: BatchResult, common: dict[str, Any]) -> CatalogRow:
+    segs = ctx.segs.get(plan.series_uid, [])
+    label_file = ctx.labels_dir / f"{plan.series_uid}.nii.gz" if ctx.labels_dir else None
+    if label_file is not None and not label_file.is_file():
+        label_file = None
+    fp = _fingerprint(vol, segs, label_file, ctx.options)
+    src_json = ctx.private_dir / "sources" / f"{key}.json"
+    vol_rel, lab_rel = f"volumes/{key}.nii.gz", f"labels/{key}.nii.gz"
+    previous = _read_json(src_json)
+    vol_path = ctx.output_dir / vol_rel
+    # Size check too: files are synced once per run, so a crash may leave an empty volume.
+    if previous.get("fingerprint") == fp and previous.get("catalog_row") and vol_path.is_file() \
+            and vol_path.stat().st_size == previous.get("volume_bytes"):
+        result.n_reused += 1
+        return CatalogRow(**previous["catalog_row"])
+    try:
+        data = assemble(vol, str(ctx.input_dir))
+    except VolumeError as exc:
+        return CatalogRow(key, status="error", reason=str(exc), n_instances=vol.n_instances, **common)
+    reason = "; ".join(vol.remarks)
+    labels = None
+    try:
+        labels = _labels(plan, vol, segs, label_file, ctx)
+    except LabelError as exc:
+        result.label_errors += 1
+        reason = "; ".join(filter(None, [reason, f"labels not written: {exc}"]))
+    write_nifti(data, vol.grid, vol_path, tr_s=_tr_seconds(plan), fsync=False)
+    atomic_write_json(ctx.output_dir / f"volumes/{key}.json", build_sidecar(
+        plan, vol, data.shape, keep_patient_characteristics=ctx.keep_patient_characteristics), fsync=False)
+    if labels is not None:
+        write_nifti(labels, vol.grid, ctx.output_dir / lab_rel, fsync=False)
+    grid = vol.grid
+    row = CatalogRow(
+        key, status="ok", reason=reason, n_instances=vol.n_instances, shape="x".join(map(str, data.shape)),
+        spacing="x".join(f"{v:.6g}" for v in (grid.dx, grid.dy, grid.dz)), orientation=axis_codes(grid.affine_ras),
+        volume_path=vol_rel, label_path=lab_rel if labels is not None else "", n_timepoints=len(vol.slices),
+        tilt_deg=grid.tilt_deg, slice_spacing_uneven=grid.uneven, **common,
+    )
+    files: list[str] = []
+    index: dict[str, int] = {}
+    frames = []
+    for st in vol.slices:
+        for s in st:
+            if s.path not in index:
+                index[s.path] = len(files)
+                files.append(s.path)
+            frames.append([index[s.path], s.frame + 1])
+    # Compact JSON (C encoder): machine-read, one per volume.
+    atomic_write_text(src_json, json.dumps({
+        "files": files, "frames": frames, "series_instance_uid": plan.series_uid,
+        "study_instance_uid": plan.study_uid, "n_slices": len(vol.slices[0]), "n_timepoints": len(vol.slices),
+        "resampled": grid.resampled, "fingerprint": fp, "volume_bytes": vol_path.stat().st_size,
+        "catalog_row": asdict(row),
+    }, separators=(",", ":")), fsync=False)
+    result.n_written += 1
+    log.debug("series %s: ok %s", key, row.shape)
+    return row
+
+
+def _labels(plan: SeriesPlan, vol: VolumePlan, segs: list[dict[str, Any]], label_file: Path | None,
+            ctx: SeriesContext) -> np.ndarray | None:
+    if segs:
+        out = None
+        for seg in sorted(segs, key=lambda r: r["path"]):
+            lab = seg_to_labels(seg["path"], vol.grid, ctx.table, os.path.relpath(seg["path"], ctx.input_dir))
+            out = lab if out is None else np.where(lab > 0, lab, out)
+        return out
+    if label_file is not None:
+        return nifti_to_labels(label_file, vol.grid, ctx.table, ctx.label_names)
+    return None
+
+
+def _tr_seconds(plan: SeriesPlan) -> float | None:
+    tr = plan.params.get("RepetitionTime")
+    return float(tr) / 1000.0 if isinstance(tr, (int, float)) else None

@@ -1,0 +1,308 @@
+"""Group a series' index rows into volumes, classify it, and plan each volume's grid.
+
+Slice order comes only from ImagePositionPatient projected on the slice normal
+(the cross product of the ImageOrientationPatient row and column directions),
+never from InstanceNumber or file names. Duplicate positions, missing slices,
+uneven spacing and gantry tilt are detected here; the plan says whether the
+volume must be resampled (and why) or refused.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from imaging.dicom.geometry import Grid, PlanError, plan_grid
+from imaging.dicom.header import is_native, ts_name
+
+SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
+SC_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+# SOP classes that never hold an image volume (SR, KO, PR, RT, raw data, PDF, waveforms...).
+NON_IMAGE_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.", "1.2.840.10008.5.1.4.1.1.481.",
+    "1.2.840.10008.5.1.4.1.1.66", "1.2.840.10008.5.1.4.1.1.104.", "1.2.840.10008.5.1.4.1.1.9.",
+    "1.2.840.10008.5.1.4.1.1.67", "1.2.840.10008.5.1.4.1.1.68",
+)
+# Keys that can separate slices sharing a position, most specific first. Echoes
+# give separate volumes (different contrast); the others a time/b-value axis.
+SPLIT_KEYS = ("tpi", "trig", "b", "echo", "te", "acq", "stack")
+SEPARATE_KEYS = {"echo", "te", "stack"}
+KEY_TAGS = {
+    "tpi": "(0020,0100) TemporalPositionIdentifier", "trig": "(0018,1060) TriggerTime",
+    "b": "(0018,9087) DiffusionBValue", "echo": "(0018,0086) EchoNumbers",
+    "te": "(0018,0081) EchoTime", "acq": "(0020,0012) AcquisitionNumber", "stack": "(0020,9056) StackID",
+}
+MIN_SLICES = 3
+
+
+@dataclass
+class Slice:
+    """One 2D image: a single-frame file or one frame of a multi-frame file."""
+
+    path: str
+    frame: int  # 0-based frame index in the file
+    ipp: tuple[float, float, float]
+    iop: tuple[float, ...]
+    spacing: tuple[float, float]  # (row spacing, column spacing) as in PixelSpacing
+    t: dict[str, Any]
+    slope: float
+    intercept: float
+    sop_uid: str
+    row: dict[str, Any]  # the file's index row (pixel location, bits, transfer syntax)
+
+
+@dataclass
+class VolumePlan:
+    """One output volume: ``slices[t][k]`` and the grid to write them on."""
+
+    slices: list[list[Slice]]
+    grid: Grid
+    remarks: list[str] = field(default_factory=list)
+    t_key: str | None = None  # the tag that orders the 4th axis, if any
+
+    @property
+    def n_instances(self) -> int:
+        return len({s.path for ts in self.slices for s in ts})
+
+
+@dataclass
+class SeriesPlan:
+    """The fate of one input series: ``kind`` is image, seg, skipped or error."""
+
+    series_uid: str
+    study_uid: str
+    patient_id: str
+    modality: str
+    sop_class: str
+    kind: str
+    reason: str = ""
+    volumes: list[VolumePlan] = field(default_factory=list)
+    n_instances: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+@lru_cache(maxsize=64)
+def ts_supported(ts: str | None) -> bool:
+    """Whether pixel data in transfer syntax ``ts`` can be decoded here."""
+    if not ts:
+        return False
+    if is_native(ts):
+        return True
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    try:
+        return bool(get_decoder(UID(ts)).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def _rel(path: str, root: str) -> str:
+    try:
+        return os.path.relpath(path, root)
+    except ValueError:
+        return os.path.basename(path)
+
+
+def plan_series(
+    rows: list[dict[str, Any]],
+    input_dir: str,
+    *,
+    tilt: str = "resample",
+    uneven: str = "resample",
+    split_4d: bool = False,
+) -> SeriesPlan:
+    """Classify a series (all index rows sharing a SeriesInstanceUID) and plan its volumes.
+
+    Args:
+        rows: decoded index rows (see :func:`imaging.dicom.scan.decode_row`) of kind ``dicom``.
+        input_dir: the export root, to name files relative to it in reasons.
+        tilt: ``resample`` (onto an orthogonal grid) or ``refuse`` a gantry-tilted stack.
+        uneven: ``resample`` (onto a regular grid) or ``refuse`` uneven or missing slices.
+        split_4d: write each timepoint as its own 3D volume instead of one 4D volume.
+
+    Returns:
+        A :class:`SeriesPlan`; problems are reported in ``kind``/``reason``, never raised.
+    """
+    rows = sorted(rows, key=lambda r: r["path"])
+    first = rows[0]
+    plan = SeriesPlan(
+        series_uid=first["series_uid"] or "", study_uid=first.get("study_uid") or "",
+        patient_id=first.get("patient_id") or "", modality=first.get("modality") or "",
+        sop_class=first.get("sop_class") or "", kind="image", n_instances=len(rows),
+        params=dict(first.get("params") or {}), rows=rows,
+    )
+    sop = plan.sop_class
+    rel = _rel(first["path"], input_dir)
+    if sop in SEG_CLASSES:
+        return _done(plan, "seg", "segmentation (SEG) object: used as ground-truth labels")
+    if sop.startswith(SC_PREFIX):
+        return _done(plan, "skipped", f"secondary capture: file '{rel}' (0008,0016) SOPClassUID = '{sop}' ({ts_name(sop)})")
+    if sop.startswith(NON_IMAGE_PREFIXES) or not any(r.get("rows") for r in rows):
+        name = ts_name(sop)
+        return _done(plan, "skipped", f"non-image SOP class: file '{rel}' (0008,0016) SOPClassUID = '{sop}' ({name})")
+    for r in rows:
+        itype = [str(v).upper() for v in (r.get("image_type") or [])]
+        if "LOCALIZER" in itype:
+            value = "\\".join(r["image_type"])
+            return _done(plan, "skipped", f"localizer: file '{_rel(r['path'], input_dir)}' (0008,0008) ImageType = '{value}'")
+        if "MOSAIC" in itype:  # Siemens tiles many slices into one image: unpacking is not implemented
+            value = "\\".join(r["image_type"])
+            return _done(plan, "skipped", f"mosaic not supported: file '{_rel(r['path'], input_dir)}' "
+                                          f"(0008,0008) ImageType = '{value}'")
+    for r in rows:
+        problem = _file_problem(r)
+        if problem:
+            return _done(plan, "error", f"file '{_rel(r['path'], input_dir)}': {problem}")
+    slices, problem = _expand(rows, input_dir)
+    if problem:
+        return _done(plan, "error", problem)
+    _plan_volumes(plan, slices, tilt=tilt, uneven=uneven, split_4d=split_4d)
+    return plan
+
+
+def _done(plan: SeriesPlan, kind: str, reason: str) -> SeriesPlan:
+    plan.kind, plan.reason = kind, reason
+    return plan
+
+
+def _file_problem(r: dict[str, Any]) -> str | None:
+    ts = r.get("ts")
+    if not ts_supported(ts):
+        return f"unsupported transfer syntax (0002,0010) TransferSyntaxUID = '{ts or ''}'"
+    samples = r.get("samples") or 1
+    if samples != 1:
+        return f"colour image not a volume: (0028,0002) SamplesPerPixel = {samples}"
+    if r.get("bits_alloc") not in (8, 16, 32):
+        return f"unsupported (0028,0100) BitsAllocated = {r.get('bits_alloc')}"
+    return None
+
+
+def _expand(rows: list[dict[str, Any]], input_dir: str) -> tuple[list[Slice], str | None]:
+    """All frames of all files as :class:`Slice` records, or the first geometry problem."""
+    out: list[Slice] = []
+    for r in rows:
+        frames = r.get("frames")
+        if frames is None and (r.get("n_frames") or 1) > 1:
+            return [], (f"file '{_rel(r['path'], input_dir)}': multi-frame (0028,0008) NumberOfFrames = {r['n_frames']} "
+                        "without (5200,9230) PerFrameFunctionalGroupsSequence geometry")
+        items = frames or [{"ipp": r.get("ipp"), "iop": r.get("iop"), "sp": r.get("spacing"),
+                            "slope": r.get("slope"), "intercept": r.get("intercept"), "t": r.get("tkey") or {}}]
+        for i, f in enumerate(items):
+            for key, tag, n in (("iop", "(0020,0037) ImageOrientationPatient", 6),
+                                ("ipp", "(0020,0032) ImagePositionPatient", 3),
+                                ("sp", "(0028,0030) PixelSpacing", 2)):
+                value = f.get(key)
+                if value is None:
+                    return [], f"{_where(r, i, frames, input_dir)}: missing {tag}"
+                if not isinstance(value, list) or len(value) != n \
+                        or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+                    return [], f"{_where(r, i, frames, input_dir)}: invalid {tag} = {value!r}"
+            if not _orthonormal(tuple(f["iop"])):
+                return [], (f"{_where(r, i, frames, input_dir)}: invalid (0020,0037) ImageOrientationPatient = "
+                            f"{f['iop']!r} (not orthonormal)")
+            if min(f["sp"]) <= 0:
+                return [], f"{_where(r, i, frames, input_dir)}: invalid (0028,0030) PixelSpacing = {f['sp']!r}"
+            slope = f.get("slope")
+            intercept = f.get("intercept")
+            out.append(Slice(
+                path=r["path"], frame=i, ipp=tuple(f["ipp"]), iop=tuple(f["iop"]), spacing=tuple(f["sp"]),
+                t=dict(f.get("t") or {}), slope=1.0 if slope is None else float(slope),
+                intercept=0.0 if intercept is None else float(intercept), sop_uid=r.get("sop_uid") or "", row=r,
+            ))
+    return out, None
+
+
+@lru_cache(maxsize=256)
+def _orthonormal(iop: tuple[float, ...]) -> bool:
+    """Row and column directions of unit length and perpendicular (cached: slices share them)."""
+    r, c = iop[:3], iop[3:]
+    dot = sum(a * b for a, b in zip(r, c, strict=True))
+    return abs(math.hypot(*r) - 1) <= 1e-2 and abs(math.hypot(*c) - 1) <= 1e-2 and abs(dot) <= 1e-2
+
+
+def _where(r: dict[str, Any], i: int, frames: Any, input_dir: str) -> str:
+    return f"file '{_rel(r['path'], input_dir)}'" + (f" frame {i + 1}" if frames else "")
+
+
+def _geometry_key(s: Slice) -> tuple[Any, ...]:
+    return (tuple(round(v, 3) for v in s.iop), s.row.get("rows"), s.row.get("cols"))
+
+
+def _pos_key(s: Slice) -> tuple[float, ...]:
+    return tuple(round(v, 2) for v in s.ipp)
+
+
+def _plan_volumes(plan: SeriesPlan, slices: list[Slice], *, tilt: str, uneven: str, split_4d: bool) -> None:
+    groups: dict[tuple[Any, ...], list[Slice]] = defaultdict(list)
+    for s in slices:
+        groups[_geometry_key(s)].append(s)
+    if len(groups) > 1 and all(len(g) < MIN_SLICES for g in groups.values()):
+        _done(plan, "skipped", f"localizer: {len(slices)} slices in {len(groups)} orientations (0020,0037)")
+        return
+    remarks: list[str] = []
+    if len(groups) > 1:
+        remarks.append(f"series holds {len(groups)} orientations/image sizes")
+    stacks: list[tuple[list[list[Slice]], str | None]] = []
+    for key in sorted(groups, key=lambda k: (-len(groups[k]), str(k))):
+        group = groups[key]
+        if len(group) < MIN_SLICES:
+            remarks.append(f"{len(group)} slice(s) with another orientation dropped")
+            continue
+        stacks.extend(_split_dimension(group, split_4d, remarks))
+    if not stacks:
+        counts = ", ".join(str(len(g)) for g in groups.values())
+        _done(plan, "skipped", f"fewer than {MIN_SLICES} slices per stack ({counts})")
+        return
+    problems = []
+    for vol_slices, t_key in stacks:
+        try:
+            grid, vol_remarks, ordered = plan_grid(vol_slices, tilt=tilt, uneven=uneven)
+        except PlanError as exc:
+            problems.append(str(exc))
+            continue
+        plan.volumes.append(VolumePlan(ordered, grid, remarks + vol_remarks, t_key))
+    if problems and not plan.volumes:
+        _done(plan, "error", "; ".join(problems))
+    elif problems:
+        plan.reason = "; ".join(problems)
+
+
+def _split_dimension(
+    group: list[Slice], split_4d: bool, remarks: list[str]
+) -> list[tuple[list[list[Slice]], str | None]]:
+    """Split slices sharing positions by temporal/echo/stack tags into timepoints or volumes."""
+    positions = {_pos_key(s) for s in group}
+    if len(positions) == len(group):
+        return [([group], None)]
+    for key in SPLIT_KEYS:
+        values = {_norm(s.t.get(key)) for s in group}
+        if len(values) < 2:
+            continue
+        parts: dict[Any, list[Slice]] = defaultdict(list)
+        for s in group:
+            parts[_norm(s.t.get(key))].append(s)
+        if any(len({_pos_key(s) for s in p}) != len(p) for p in parts.values()):
+            continue
+        order = sorted(parts, key=lambda v: (v is None, v if isinstance(v, (int, float)) else str(v)))
+        same_positions = all({_pos_key(s) for s in parts[v]} == positions for v in order)
+        if key in SEPARATE_KEYS or not same_positions or split_4d:
+            if key not in SEPARATE_KEYS and same_positions:
+                remarks.append(f"4D split by {KEY_TAGS[key]} into {len(order)} volumes")
+            return [([parts[v]], None) for v in order]
+        return [([parts[v] for v in order], key)]
+    # Positions repeat and no tag tells the copies apart: volume.py compares pixels.
+    return [([group], None)]
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, float):
+        return round(v, 3)
+    if isinstance(v, list):
+        return tuple(v)
+    return v
