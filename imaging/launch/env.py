@@ -34,34 +34,106 @@ class DistEnv:
         return self.rank == 0
 
 
+def _split_top(text: str) -> list[str]:
+    """Split at commas outside brackets: ``a[1,2],b`` -> ``["a[1,2]", "b"]``."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p for p in (q.strip() for q in parts) if p]
+
+
+def _expand_range(body: str, nodelist: str) -> list[str]:
+    out: list[str] = []
+    for item in body.split(","):
+        lo, _, hi = item.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"cannot parse SLURM_JOB_NODELIST '{nodelist}': bad range '{item}'")
+        width = len(lo)  # zero padding: gpu[008-010] -> gpu008 gpu009 gpu010
+        out += [str(n).zfill(width) for n in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def parse_hostlist(nodelist: str) -> list[str]:
+    """Expand a Slurm host list without Slurm: ``gpu[01-02,05],rack[1-2]-n[1-2]`` -> every host, in order.
+
+    Raises
+    ------
+    ValueError
+        Unbalanced brackets or a range that is not ``N`` / ``N-M``.
+    """
+    hosts: list[str] = []
+    for item in _split_top(nodelist):
+        expanded = [""]
+        rest = item
+        while rest:
+            m = re.match(r"([^\[\]]*)\[([^\]]*)\](.*)$", rest)
+            if m is None:
+                if "[" in rest or "]" in rest:
+                    raise ValueError(f"cannot parse SLURM_JOB_NODELIST '{nodelist}': unbalanced brackets")
+                expanded = [e + rest for e in expanded]
+                break
+            prefix, body, rest = m.groups()
+            expanded = [e + prefix + n for e in expanded for n in _expand_range(body, nodelist)]
+        hosts += expanded
+    return hosts
+
+
 def first_host(nodelist: str) -> str:
     """First host of a Slurm node list: ``gpu[012-015,020],login1`` -> ``gpu012``.
 
-    Uses ``scontrol show hostnames`` when it is on PATH (it knows every syntax);
-    falls back to parsing the common ``prefix[a-b,c]`` form.
+    :func:`parse_hostlist` handles Slurm's host-list syntax (checked against
+    ``scontrol show hostnames`` on a real Slurm in the integration tests);
+    ``scontrol`` is asked only for a form it cannot parse. It is not asked first
+    because without a reachable slurm.conf it retries for a minute.
+
+    Raises
+    ------
+    ValueError
+        Neither the parser nor ``scontrol`` can read the node list.
     """
+    try:
+        hosts = parse_hostlist(nodelist)
+    except ValueError:
+        hosts = []
+    if hosts:
+        return hosts[0]
     try:
         out = subprocess.run(
             ["scontrol", "show", "hostnames", nodelist],
             capture_output=True, text=True, timeout=10, check=True,
         ).stdout.split()
-        if out:
-            return out[0]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    head = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
-    if not head:
-        raise ValueError(f"cannot parse SLURM_JOB_NODELIST '{nodelist}'")
-    prefix, _, ranges = head.groups()
-    if not ranges:
-        return prefix
-    first = ranges.split(",")[0].split("-")[0]
-    return prefix + first
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ValueError(f"cannot parse SLURM_JOB_NODELIST '{nodelist}'") from exc
+    if not out:
+        raise ValueError(f"cannot parse SLURM_JOB_NODELIST '{nodelist}': no host")
+    return out[0]
 
 
 def port_from_job_id(job_id: str | int) -> int:
     """A rendezvous port derived from the job id, so two jobs on one node never clash."""
     return 15000 + int(job_id) % 20000
+
+
+# Step ids Slurm gives the batch script and the extern step (0xfffffffe / 0xfffffffc ...).
+_SPECIAL_STEP_IDS = range(0xFFFFFFF0, 0x100000000)
+
+
+def in_srun_step(env: Mapping[str, str]) -> bool:
+    """True inside a task launched by ``srun`` (not the batch shell, not an ``salloc`` shell)."""
+    step = env.get("SLURM_STEP_ID") or env.get("SLURM_STEPID")
+    return step is not None and step.isdigit() and int(step) not in _SPECIAL_STEP_IDS
+
+
+def slurm_world_size(env: Mapping[str, str]) -> int:
+    """Tasks of this step (``srun -n1`` inside a bigger job is one process, not the job's N)."""
+    return int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or 1)
 
 
 def dist_env(environ: Mapping[str, str] | None = None) -> DistEnv:
@@ -76,14 +148,15 @@ def dist_env(environ: Mapping[str, str] | None = None) -> DistEnv:
             master_port=int(env.get("MASTER_PORT", DEFAULT_PORT)),
             source="torchrun",
         )
-    # SLURM_PROCID is set inside `srun` steps; a batch script alone is one task.
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+    # The batch shell also has SLURM_PROCID=0 and SLURM_NTASKS=<job's tasks>, but it is
+    # one process: only an `srun` step (SLURM_STEP_ID set) is one rank of many.
+    if "SLURM_PROCID" in env and in_srun_step(env) and slurm_world_size(env) > 1:
         job_id = env.get("SLURM_JOB_ID", "0")
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "127.0.0.1")
         return DistEnv(
             rank=int(env["SLURM_PROCID"]),
             local_rank=int(env.get("SLURM_LOCALID", 0)),
-            world_size=int(env["SLURM_NTASKS"]),
+            world_size=slurm_world_size(env),
             master_addr=env.get("MASTER_ADDR") or first_host(nodelist),
             master_port=int(env.get("MASTER_PORT") or port_from_job_id(job_id)),
             source="slurm",

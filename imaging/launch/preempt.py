@@ -3,7 +3,7 @@
 Slurm sends ``--signal=B:USR1@LEAD`` seconds before the time limit, and SIGTERM
 on preemption. A handler only sets a flag; the training loop polls
 :meth:`PreemptionFlag.requested` after each step/epoch, writes a checkpoint and
-returns, and the launcher requeues the job (see :mod:`imaging.launch.requeue`).
+returns, and the batch script requeues the job (see ``slurm/train.sbatch.j2``).
 Doing real work inside a signal handler would race with the loop.
 """
 

@@ -1,0 +1,146 @@
+"""Rendered sbatch scripts: byte-identical to tests/reference/ for fixed configs.
+
+The configs are the shipped ones (conf/launcher/slurm.yaml, cluster_h100.yaml,
+conf/train.yaml ...) composed by the same code `imaging submit` runs, with
+fixed paths. After an intended template change, regenerate with
+``IMAGING_UPDATE_REFERENCE=1 pytest tests/unit/test_launch_render.py`` and
+review the diff of tests/reference/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imaging.launch.render import JobSpec, LauncherConfigError, array_spec, render, tasks_per_node
+from imaging.launch.submit import prepare, split_overrides
+
+REFERENCE = Path(__file__).resolve().parents[1] / "reference"
+PROJECT = Path("/project")
+DATA = ["paths.root_dir=/project", "data.dataset_dir=/project/demo/dataset"]
+CASES: dict[str, tuple[str, list[str]]] = {
+    "train_cpu.sbatch": ("train", ["experiment=demo_seg", *DATA, "launcher=slurm", "launcher.tasks_per_node=2",
+                                    "launcher.cpus_per_task=1", "launcher.time=00:30:00"]),
+    "train_h100.sbatch": ("train", ["experiment=demo_seg", *DATA, "trainer.max_epochs=300", "launcher=cluster_h100",
+                                     "launcher.nodes=4", "launcher.container=/proj/images/imaging.sif"]),
+    "infer_array.sbatch": ("infer", ["model=models:/demo_seg@champion", "input=/project/pacs", "output_dir=/project/pred",
+                                      "paths.root_dir=/project", "launcher=slurm", "launcher.array_tasks=3",
+                                      "launcher.array_throttle=2", "launcher.partition=cpu"]),
+    "ingest.sbatch": ("ingest", ["input_dir=/project/pacs", "output_dir=/project/dataset", "demo_key=true",
+                                  "paths.root_dir=/project", "launcher=slurm", "launcher.cpus_per_task=8",
+                                  "launcher.mem=32G", "launcher.account=proj-1"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rendered_script_matches_reference(name: str) -> None:
+    kind, overrides = CASES[name]
+    text = prepare(kind, overrides, cwd=PROJECT).script
+    ref = REFERENCE / name
+    if os.environ.get("IMAGING_UPDATE_REFERENCE"):
+        ref.write_text(text)
+    assert ref.is_file(), f"missing {ref}: run with IMAGING_UPDATE_REFERENCE=1 to create it"
+    assert text == ref.read_text(), f"{name} differs from {ref} (IMAGING_UPDATE_REFERENCE=1 regenerates it)"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rendered_script_is_valid_bash(name: str) -> None:
+    kind, overrides = CASES[name]
+    text = prepare(kind, overrides, cwd=PROJECT).script
+    proc = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_train_script_contents() -> None:
+    text = prepare("train", CASES["train_h100.sbatch"][1], cwd=PROJECT).script
+    directives = re.findall(r"^#SBATCH (\S+)$", text, re.M)
+    assert "--nodes=4" in directives and "--ntasks-per-node=4" in directives and "--gpus-per-node=4" in directives
+    assert "--signal=B:USR1@600" in directives and "--requeue" in directives and "--open-mode=append" in directives
+    assert "--output=/project/runs/demo_seg/fold0-seed0/slurm/slurm-%j.out" in directives
+    assert 'MASTER_ADDR=$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n 1)' in text
+    cmd = next(line for line in text.splitlines() if line.startswith("srun "))
+    assert cmd.startswith("srun apptainer exec --nv --bind /project/runs/demo_seg/fold0-seed0,/project,/proj,/scratch "
+                          "/proj/images/imaging.sif imaging train experiment=demo_seg")
+    assert "trainer.resume=auto" in cmd and "tracking.uri=http://mlflow.example.internal:5000" in cmd
+    assert "launcher" not in cmd  # launcher overrides stay with the submitter
+
+
+def _run_should_requeue(script: str, rc: int, restarts: int | None, warned: int) -> bool:
+    """Run the script's own `should_requeue` bash function (the requeue bound) for real."""
+    func = re.search(r"^should_requeue\(\) \{.*?^\}$", script, re.M | re.S)
+    assert func is not None
+    consts = "\n".join(re.findall(r"^(?:MAX_REQUEUES|EXIT_PREEMPTED)=\d+$", script, re.M))
+    env = {"PATH": os.environ["PATH"]}
+    if restarts is not None:
+        env["SLURM_RESTART_COUNT"] = str(restarts)
+    proc = subprocess.run(["bash", "-c", f"set -u\n{consts}\n{func.group(0)}\nshould_requeue {rc} {warned}"], env=env,
+                          capture_output=True, text=True)
+    assert proc.stderr == ""
+    return proc.returncode == 0
+
+
+@pytest.mark.parametrize(("rc", "restarts", "warned", "expected"), [
+    (3, None, 1, True),    # first time-limit warning of a fresh job (no SLURM_RESTART_COUNT yet)
+    (3, 0, 1, True),
+    (3, 1, 1, True),
+    (3, 2, 1, False),      # max_requeues=2 used up: stop, do not loop forever
+    (3, 7, 1, False),
+    (3, 0, 0, False),      # stopped for TERM: scancel means stop; preemption requeues by itself
+    (0, 0, 1, False),      # finished before the warning took effect
+    (1, 0, 1, False),      # a genuine failure is never requeued
+    (2, 0, 0, False),      # config error
+    (137, 0, 0, False),    # killed (OOM, scancel)
+])
+def test_requeue_bound(rc: int, restarts: int | None, warned: int, expected: bool) -> None:
+    _, overrides = CASES["train_cpu.sbatch"]
+    script = prepare("train", [*overrides, "launcher.max_requeues=2"], cwd=PROJECT).script
+    assert _run_should_requeue(script, rc, restarts, warned) is expected
+
+
+def test_infer_array_shards_are_explicit() -> None:
+    text = prepare("infer", CASES["infer_array.sbatch"][1], cwd=PROJECT).script
+    assert "#SBATCH --array=0-2%2" in text
+    assert "shard.index=${SLURM_ARRAY_TASK_ID} shard.count=3 shard.offset=0" in text
+    assert "model_uri=models:/demo_seg@champion" in text
+    # Re-submitting one shard keeps the same split (count stays 3).
+    again = prepare("infer", [*CASES["infer_array.sbatch"][1], "launcher.array_indices=1"], cwd=PROJECT).script
+    assert "#SBATCH --array=1%2" in again and "shard.count=3" in again
+
+
+def test_split_overrides() -> None:
+    launcher, job = split_overrides(["launcher=slurm", "launcher.nodes=2", "+launcher.x=1", "trainer.lr=1",
+                                     "launcherish=1", "model=unet"])
+    assert launcher == ["launcher=slurm", "launcher.nodes=2", "+launcher.x=1"]
+    assert job == ["trainer.lr=1", "launcherish=1", "model=unet"]
+
+
+def test_tasks_and_array_spec() -> None:
+    assert tasks_per_node({"gpus_per_node": 4}) == 4
+    assert tasks_per_node({"gpus_per_node": 0}) == 1
+    assert tasks_per_node({"gpus_per_node": 4, "tasks_per_node": 2}) == 2
+    assert array_spec({"array_tasks": 1}) == "0"
+    assert array_spec({"array_tasks": 8, "array_throttle": 3}) == "0-7%3"
+    assert array_spec({"array_tasks": 8, "array_indices": "2,5"}) == "2,5"
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("launcher.time=2h", "launcher.time='2h'"),
+    ("launcher.nodes=0", "launcher.nodes must be >= 1"),
+    ("launcher.gpus_per_node=-1", "launcher.gpus_per_node=-1"),
+    ("launcher=local", "needs a Slurm launcher"),
+])
+def test_bad_launcher_values_are_named(override: str, message: str) -> None:
+    base = [o for o in CASES["train_cpu.sbatch"][1] if not o.startswith("launcher.")]
+    with pytest.raises(LauncherConfigError, match=re.escape(message)):
+        prepare("train", [*base, override], cwd=PROJECT)
+
+
+def test_unknown_job_kind() -> None:
+    with pytest.raises(LauncherConfigError, match="unknown job 'evaluate'"):
+        prepare("evaluate", [], cwd=PROJECT)
+    with pytest.raises(LauncherConfigError, match="unknown job kind"):
+        render({"time": "1"}, JobSpec("x", [], PROJECT, PROJECT, "x", PROJECT))
