@@ -1,1 +1,1 @@
-
+"""Catalog -> MONAI datasets: items, subject splits, transforms, caching."""

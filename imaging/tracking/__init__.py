@@ -1,1 +1,1 @@
-
+"""MLflow: runs, resume, registry, review images."""

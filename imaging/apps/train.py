@@ -1,0 +1,70 @@
+"""`imaging train experiment=demo_seg [model=segresnet] [trainer.max_epochs=...]`.
+
+Thin: compose the config, call :func:`imaging.engine.train.run`, print a summary.
+Exit codes: 0 done, 2 config error (before any work), 3 (``EXIT_PREEMPTED``)
+stopped for a signal after checkpointing: the Slurm script requeues on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import hydra
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from imaging.launch.env import dist_env
+from imaging.launch.preempt import EXIT_PREEMPTED
+
+if TYPE_CHECKING:
+    from imaging.engine.train import TrainResult
+
+log = logging.getLogger(__name__)
+EXIT_CONFIG = 2
+# Absolute: imported through `imaging.cli`, a relative config_path would be read as a
+# Python package ('conf'), which the repo's conf/ folder is not.
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def summary_table(r: TrainResult) -> Table:
+    """Dice per label, run, registered model and checkpoint paths."""
+    table = Table(title="imaging train: done" if not r.preempted else "imaging train: PREEMPTED (will resume)")
+    table.add_column("item")
+    table.add_column("value")
+    for key, value in sorted(r.metrics.items()):
+        if key.startswith(("dice_", "hd95_", "auc", "accuracy")):
+            table.add_row(f"val {key}", f"{value:.4f}")
+    table.add_row("best epoch / metric", f"{r.best_epoch} / {r.best_metric:.4f}")
+    table.add_row("epochs done", str(r.epochs_done))
+    table.add_row("MLflow run id", str(r.run_id))
+    reg = r.registered
+    if reg:
+        table.add_row("registered model", f"{reg['name']} v{reg['version']} @{reg['alias']}  ({reg['uri']})")
+    for kind, path in r.checkpoints.items():
+        table.add_row(f"checkpoint {kind}", path)
+    if r.tracking.get("ui_command"):
+        table.add_row("MLflow UI", r.tracking["ui_command"])
+    return table
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    from imaging.engine.config import ConfigError
+    from imaging.engine.train import run
+
+    try:
+        result = run(cfg)
+    except ConfigError as exc:
+        Console(stderr=True).print(f"[red]{exc}")
+        raise SystemExit(EXIT_CONFIG) from exc
+    if result.run_dir is not None and (result.metrics or result.preempted) and dist_env().is_main:
+        Console().print(summary_table(result))
+    if result.preempted:
+        raise SystemExit(EXIT_PREEMPTED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Validate a training config in one place, before any work starts.
+
+:func:`validate_config` checks every key a run depends on and raises
+:class:`ConfigError` naming the key (``data.dataset_dir``, ``data.labels``,
+``model.channels``...) and the offending value. Unknown group options
+(``model=foo``) are already refused by Hydra at compose time with the group's
+name. The checked, derived facts come back as a :class:`TrainPlan` so nothing is
+read twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+from imaging.data.items import (
+    DatasetInfo,
+    classification_items,
+    label_mapping,
+    load_dataset_info,
+    segmentation_items,
+)
+from imaging.data.transforms import preprocessing_from_config
+from imaging.models.registry import check_network_config, network_task
+
+TASKS = ("segmentation", "classification")
+CACHES = ("none", "memory", "disk")
+RESUME = ("auto", "never", "must")
+MONITOR_MODES = ("max", "min")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; ``key`` is its dotted config key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config error at '{key}': {message}")
+        self.key = key
+
+
+@dataclass
+class TrainPlan:
+    """What validation derived from the config (all plain, picklable)."""
+
+    task: str
+    dataset: DatasetInfo
+    items: list[dict[str, Any]]
+    class_names: dict[int, str]          # class index -> name (0 = background for segmentation)
+    network_config: dict[str, Any]       # the resolved model dict, out_channels filled in
+    preprocessing: dict[str, Any]
+    run_dir: Path
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+_UNSET = object()
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    try:
+        value = OmegaConf.select(cfg, key, default=_UNSET, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        raise ConfigError(key, "is required (still '???'): set it on the command line, e.g. "
+                          f"{key}=...") from exc
+    except InterpolationResolutionError as exc:
+        raise ConfigError(key, f"cannot be resolved: {exc}") from exc
+    if value is _UNSET or value is None:
+        raise ConfigError(key, "is not set")
+    return value
+
+
+def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> str:
+    value = str(_get(cfg, key))
+    if value not in allowed:
+        raise ConfigError(key, f"'{value}' is not one of {list(allowed)}")
+    return value
+
+
+def _positive(cfg: DictConfig, key: str) -> int:
+    value = _get(cfg, key)
+    if not isinstance(value, int) or value < 1:
+        raise ConfigError(key, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _network_config(model_cfg: Mapping[str, Any], num_classes: int, task: str) -> dict[str, Any]:
+    net = dict(model_cfg)
+    name = str(net.get("name", ""))
+    try:
+        net_task = network_task(name)
+    except KeyError as exc:
+        raise ConfigError("model.name", str(exc.args[0])) from exc
+    if net_task != task:
+        raise ConfigError("model.name", f"'{name}' is a {net_task} network but data.task is '{task}'")
+    for key in ("out_channels", "num_classes"):
+        if key in net and net[key] is None:
+            net[key] = num_classes  # filled from the labels, so the two never disagree
+    try:
+        check_network_config(net)
+    except ValueError as exc:
+        key = str(exc).split(":")[0]
+        raise ConfigError(key, str(exc)) from exc
+    return net
+
+
+def validate_config(cfg: DictConfig) -> TrainPlan:
+    """Check ``cfg`` (the composed ``train`` config) and derive the plan.
+
+    Raises:
+        ConfigError: names the key: missing dataset folder/catalog/dataset.json,
+            labels not in ``dataset.json`` or not present in any catalog row,
+            no usable items, unknown network or network argument, bad trainer values.
+    """
+    task = _choice(cfg, "data.task", TASKS)
+    _choice(cfg, "data.cache", CACHES)
+    _choice(cfg, "trainer.resume", RESUME)
+    _choice(cfg, "trainer.monitor_mode", MONITOR_MODES)
+    for key in ("trainer.max_epochs", "trainer.accumulate_grad_batches", "data.batch_size",
+                "trainer.val_every", "data.split.folds"):
+        _positive(cfg, key)
+    if _get(cfg, "data.num_workers") < 0:
+        raise ConfigError("data.num_workers", "must be >= 0")
+    monitor = str(_get(cfg, "trainer.monitor"))
+    seg_metric = monitor.startswith(("dice_", "hd95_"))
+    if monitor != "auto" and (seg_metric != (task == "segmentation") or
+                              (task == "classification" and monitor not in ("auc", "accuracy"))):
+        raise ConfigError("trainer.monitor", f"'{monitor}' is not a {task} metric "
+                          f"({'dice_mean, dice_<label>, hd95_<label>' if task == 'segmentation' else 'auc, accuracy'})")
+    patch = list(_get(cfg, "data.patch_size"))
+    if len(patch) != 3 or any(int(p) < 1 for p in patch):
+        raise ConfigError("data.patch_size", f"must be three positive sizes, got {patch}")
+
+    dataset_dir = _get(cfg, "data.dataset_dir")
+    try:
+        info = load_dataset_info(dataset_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError("data.dataset_dir", str(exc)) from exc
+
+    modality = cfg.data.get("modality")
+    if task == "segmentation":
+        wanted = OmegaConf.to_container(cfg.data.labels) if cfg.data.get("labels") is not None else None
+        try:
+            mapping, names = label_mapping(info, wanted)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ConfigError("data.labels", str(exc)) from exc
+        items = segmentation_items(info, modality)
+        if not items:
+            raise ConfigError("data.dataset_dir", f"no ok {modality or ''} rows with a label_path in "
+                              f"{info.root / 'catalog.csv'} (labels are not in the catalog)")
+        label_map: dict[int, int] | None = mapping
+    else:
+        classes = [str(c) for c in (cfg.data.get("classes") or [])]
+        if len(classes) < 2:
+            raise ConfigError("data.classes", f"needs at least two class values, got {classes}")
+        try:
+            items = classification_items(info, modality, str(cfg.data.label_column), classes)
+        except ValueError as exc:
+            raise ConfigError("data.label_column", str(exc)) from exc
+        present = {i["label"] for i in items}
+        absent = [c for k, c in enumerate(classes) if k not in present]
+        if absent:
+            raise ConfigError("data.classes", f"{absent} never occur in column '{cfg.data.label_column}' "
+                              f"of {info.root / 'catalog.csv'}")
+        names = dict(enumerate(classes))
+        label_map = None
+
+    n_subjects = len({i["subject_key"] for i in items})
+    if n_subjects < int(cfg.data.split.folds):
+        raise ConfigError("data.split.folds", f"{cfg.data.split.folds} folds but only {n_subjects} subject(s) "
+                          f"with usable rows in {info.root / 'catalog.csv'}")
+    if not 0 <= int(cfg.data.split.fold) < int(cfg.data.split.folds):
+        raise ConfigError("data.split.fold", f"must be in [0, {cfg.data.split.folds}), got {cfg.data.split.fold}")
+
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    try:
+        pre = preprocessing_from_config(data_cfg, label_map)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError("data.preprocessing.intensity", str(exc)) from exc
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    net = _network_config(model_cfg, len(names), task)  # type: ignore[arg-type]
+    return TrainPlan(task=task, dataset=info, items=items, class_names=names, network_config=net,
+                     preprocessing=pre, run_dir=Path(str(_get(cfg, "run_dir"))))

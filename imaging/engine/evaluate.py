@@ -1,0 +1,56 @@
+"""Evaluation helpers: whole-volume predictions for review images and checks.
+
+Review cases carry only the series key (a keyed hash), the preprocessed image,
+label and prediction arrays and the voxel spacing: nothing identifying.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from imaging.engine.loops import predict_volume
+
+
+@dataclass
+class ReviewCase:
+    series_key: str
+    image: np.ndarray   # (X, Y, Z) in RAS after preprocessing
+    label: np.ndarray   # (X, Y, Z) class indices
+    pred: np.ndarray    # (X, Y, Z) class indices
+    spacing: tuple[float, float, float]
+
+
+@torch.no_grad()
+def review_cases(network: torch.nn.Module, loader: Any, n: int, roi_size: list[int],
+                 device: torch.device) -> list[ReviewCase]:
+    """Predict the first ``n`` cases of ``loader`` (batch size 1) with ``network``."""
+    network.eval()
+    out: list[ReviewCase] = []
+    for batch in loader:
+        if len(out) >= n:
+            break
+        image = batch["image"].to(device)
+        logits = predict_volume(network, image, roi_size, sw_batch_size=4, overlap=0.25, amp=False)
+        pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        spacing = _spacing(batch["image"])
+        out.append(ReviewCase(
+            series_key=str(batch["series_key"][0]), image=image[0, 0].float().cpu().numpy(),
+            label=torch.as_tensor(batch["label"])[0, 0].cpu().numpy().astype(np.uint8), pred=pred,
+            spacing=spacing,
+        ))
+    return out
+
+
+def _spacing(image: Any) -> tuple[float, float, float]:
+    """Voxel size from a (batched) MetaTensor's affine; 1 mm when there is none."""
+    affine = getattr(image, "affine", None)
+    if affine is None:
+        return (1.0, 1.0, 1.0)
+    a = torch.as_tensor(affine).double()
+    a = a[0] if a.ndim == 3 else a
+    sx, sy, sz = (float(v) for v in torch.linalg.norm(a[:3, :3], dim=0))
+    return (sx, sy, sz)

@@ -1,0 +1,150 @@
+"""The plain PyTorch loops: one training epoch, one validation pass.
+
+No framework: AMP on CUDA, gradient accumulation (``no_sync`` on the
+micro-steps of a DDP model), an LR schedule stepped per optimizer step, and a
+preemption poll after every step that all ranks agree on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from monai.inferers import sliding_window_inference
+from tqdm import tqdm
+
+from imaging.data.datasets import TrainLoader
+from imaging.engine.distributed import Dist, all_reduce_sum, any_rank
+from imaging.engine.metrics import ClsMetricAccumulator, SegMetricAccumulator
+
+log = logging.getLogger(__name__)
+
+
+def lr_lambda(kind: str, warmup_steps: int, total_steps: int, min_factor: float = 0.0,
+              power: float = 0.9) -> Callable[[int], float]:
+    """LR factor per optimizer step: linear warmup, then ``cosine``, ``poly`` or ``constant``.
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
+    if kind not in ("cosine", "poly", "constant"):
+        raise ValueError(f"trainer.scheduler.kind must be cosine|poly|constant, got '{kind}'")
+    total = max(1, total_steps)
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
+        if kind == "cosine":
+            return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * t))
+        if kind == "poly":
+            return min_factor + (1 - min_factor) * (1 - t) ** power
+        return 1.0
+
+    return factor
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    steps: int           # batches run in this call
+    optimizer_steps: int
+    preempted: bool
+
+
+def train_one_epoch(
+    *, model: torch.nn.Module, loader: TrainLoader, epoch: int, optimizer: torch.optim.Optimizer, scheduler: Any,
+    scaler: torch.amp.GradScaler, loss_fn: Callable[..., torch.Tensor], d: Dist, amp: bool,
+    accumulate: int = 1, skip_batches: int = 0, should_stop: Callable[[], bool] = lambda: False,
+    on_step: Callable[[int], None] | None = None, max_steps: int | None = None, progress: bool = True,
+) -> EpochResult:
+    """Run one epoch (or its remainder after ``skip_batches``).
+
+    ``skip_batches`` > 0 resumes a mid-epoch checkpoint: those batches are drawn
+    (so every random stream advances exactly as before) but not trained on.
+    ``should_stop`` is polled after each batch; its answer is agreed over ranks.
+    """
+    model.train()
+    loader.start_epoch(epoch)
+    loss_sum = torch.zeros(2, dtype=torch.float64)
+    steps = opt_steps = 0
+    preempted = False
+    total = len(loader) if max_steps is None else min(len(loader), max_steps)
+    bar = tqdm(total=total, initial=skip_batches, desc=f"epoch {epoch + 1}", leave=False,
+               disable=not (progress and d.is_main))
+    optimizer.zero_grad(set_to_none=True)
+    for index, batch in enumerate(loader.loader):
+        if max_steps is not None and index >= max_steps:
+            break
+        if index < skip_batches:
+            continue
+        image = batch["image"].to(d.device, non_blocking=True)
+        target = batch["label"].to(d.device, non_blocking=True)
+        boundary = (index + 1) % accumulate == 0 or index + 1 == total
+        no_sync = getattr(model, "no_sync", None)
+        # DDP: skip the gradient all-reduce on accumulation micro-steps.
+        sync = contextlib.nullcontext() if boundary or no_sync is None else no_sync()
+        with sync, torch.autocast(device_type=d.device.type, enabled=amp):
+            loss = loss_fn(model(image), target)
+            scaler.scale(loss / accumulate).backward()
+        if boundary:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            opt_steps += 1
+        loss_sum += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64)
+        steps += 1
+        bar.update(1)
+        if on_step is not None:
+            on_step(index + 1)
+        # Stop only on an accumulation boundary, so no half-accumulated gradient is lost.
+        if boundary and index + 1 < total and any_rank(should_stop(), d):
+            preempted = True
+            break
+    bar.close()
+    total_loss = all_reduce_sum(loss_sum, d).cpu()
+    mean = float(total_loss[0] / total_loss[1]) if total_loss[1] > 0 else math.nan
+    return EpochResult(loss=mean, steps=steps, optimizer_steps=opt_steps, preempted=preempted)
+
+
+@torch.no_grad()
+def predict_volume(model: torch.nn.Module, image: torch.Tensor, roi_size: list[int], sw_batch_size: int,
+                   overlap: float, amp: bool) -> torch.Tensor:
+    """Logits for a whole volume by sliding-window inference."""
+    with torch.autocast(device_type=image.device.type, enabled=amp):
+        out = sliding_window_inference(image, roi_size=roi_size, sw_batch_size=sw_batch_size, predictor=model,
+                                       overlap=overlap, mode="gaussian")
+    assert isinstance(out, torch.Tensor)
+    return out
+
+
+@torch.no_grad()
+def validate(
+    *, model: torch.nn.Module, loader: torch.utils.data.DataLoader, task: str, num_classes: int,
+    names: dict[int, str], d: Dist, roi_size: list[int], sw_batch_size: int = 4, overlap: float = 0.25,
+    amp: bool = False, hd95: bool = False, progress: bool = True,
+) -> dict[str, float]:
+    """Validate this rank's cases and reduce over all ranks (every rank gets the result)."""
+    model.eval()
+    seg = SegMetricAccumulator(num_classes, hd95=hd95) if task == "segmentation" else None
+    cls = ClsMetricAccumulator(num_classes) if task == "classification" else None
+    for batch in tqdm(loader, desc="validate", leave=False, disable=not (progress and d.is_main)):
+        image = batch["image"].to(d.device)
+        target = batch["label"]
+        if seg is not None:
+            logits = predict_volume(model, image, roi_size, sw_batch_size, overlap, amp)
+            seg.add(logits.argmax(1, keepdim=True), torch.as_tensor(target))
+        elif cls is not None:
+            with torch.autocast(device_type=d.device.type, enabled=amp):
+                logits = model(image)
+            cls.add(logits, torch.as_tensor(target))
+    if seg is not None:
+        return seg.reduce(d, names)
+    assert cls is not None
+    return cls.reduce(d)

@@ -1,0 +1,339 @@
+"""``run(cfg) -> TrainResult``: one training run, single process or DDP.
+
+Order of work: validate the config (fail before anything starts), join the
+process group, find the run directory (deterministic from the config:
+``paths.output_dir/<experiment>/<run_name>``) and its last checkpoint, open
+(or reopen) the MLflow run on rank 0, build data/model/optimizer, restore,
+loop, and at the end register the best model. A preemption signal on any rank
+stops every rank at the same step; the last checkpoint is written and the run
+returns ``preempted=True`` (the app exits with ``EXIT_PREEMPTED``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+
+from imaging.data.datasets import build_train_loader, build_val_loader
+from imaging.data.splits import split_by_subject
+from imaging.data.transforms import (
+    build_inference_transforms,
+    build_train_transforms,
+    pipeline_hash,
+)
+from imaging.engine import checkpoint as ckpt
+from imaging.engine.config import ConfigError, TrainPlan, validate_config
+from imaging.engine.distributed import (
+    Dist,
+    any_rank,
+    barrier,
+    broadcast_object,
+    setup,
+    sync_buffers,
+    teardown,
+)
+from imaging.engine.evaluate import ReviewCase, review_cases
+from imaging.engine.loops import lr_lambda, train_one_epoch, validate
+from imaging.fsutil import atomic_write_text
+from imaging.launch.preempt import PreemptionFlag
+from imaging.models.registry import build_network
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run_id"
+
+
+class Tracker(Protocol):
+    """What the loop needs from experiment tracking (rank 0 only); see
+    :class:`imaging.tracking.runs.MlflowTracker`."""
+
+    def start(self, run_id: str | None, run_name: str) -> str: ...
+    def log_setup(self, config: dict[str, Any], split: dict[str, Any], dataset: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_review(self, cases: list[ReviewCase], names: dict[int, str]) -> None: ...
+    def log_checkpoints(self, paths: list[Path]) -> None: ...
+    def register(self, network: torch.nn.Module, plan: TrainPlan, metrics: dict[str, float]) -> dict[str, Any]: ...
+    def end(self, status: str) -> None: ...
+    def describe(self) -> dict[str, str]: ...
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    best_metric: float
+    best_epoch: int
+    epochs_done: int
+    preempted: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+    run_dir: Path | None = None
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    registered: dict[str, Any] = field(default_factory=dict)
+    tracking: dict[str, str] = field(default_factory=dict)
+    class_names: dict[int, str] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def default_tracker(cfg: DictConfig) -> Tracker | None:
+    # The one upward hop (engine -> tracking) is made here, lazily and only by
+    # default: callers (tests, benchmarks) may pass their own factory or none.
+    if not cfg.tracking.get("enabled", True):
+        return None
+    from imaging.tracking.runs import MlflowTracker
+
+    return MlflowTracker.from_config(cfg)
+
+
+def run(cfg: DictConfig, *, tracker_factory: Callable[[DictConfig], Tracker | None] | None = default_tracker,
+        flag: PreemptionFlag | None = None, on_epoch_end: Callable[[int], None] | None = None) -> TrainResult:
+    """Train as configured; see the module docstring.
+
+    Args:
+        cfg: the composed ``train`` config.
+        tracker_factory: builds the rank-0 tracker (``None``: no tracking).
+        flag: preemption flag (default: a new one with SIGUSR1/SIGTERM handlers).
+        on_epoch_end: called with the number of finished epochs after each epoch's
+            checkpoint (tests use it to raise a real signal at a chosen point).
+
+    Raises:
+        ConfigError: invalid config, before any work.
+    """
+    plan = validate_config(cfg)
+    d = setup(str(cfg.trainer.accelerator))
+    own_flag = flag is None
+    flag = flag or PreemptionFlag().install()
+    try:
+        return _run(cfg, plan, d, tracker_factory, flag, on_epoch_end)
+    finally:
+        if own_flag:
+            flag.uninstall()
+        teardown(d)
+
+
+def _find_resume(cfg: DictConfig, plan: TrainPlan) -> dict[str, Any] | None:
+    last = plan.run_dir / "checkpoints" / ckpt.LAST
+    mode = str(cfg.trainer.resume)
+    if mode == "never":
+        return None
+    if last.is_file():
+        payload = ckpt.load_checkpoint(last)
+        extra = payload["state"].get("extra", {})
+        trained_on = extra.get("catalog_sha256")
+        if trained_on and trained_on != plan.dataset.catalog_sha256 and mode == "auto":
+            # Same run dir, different data (e.g. a re-made demo dataset): this is not a
+            # requeue of that run, so start a new one instead of continuing it.
+            log.warning("checkpoint %s was trained on another dataset (catalog %s, now %s): starting a new run",
+                        last, trained_on[:12], plan.dataset.catalog_sha256[:12])
+            return None
+        if extra.get("network") and extra["network"] != _network_key(plan):
+            raise ConfigError("tracking.run_name", f"run dir checkpoint '{last}' holds another network "
+                              f"({extra['network']}): choose another tracking.run_name or trainer.resume=never")
+        log.info("resuming from %s", last)
+        return payload
+    if mode == "must":
+        raise FileNotFoundError(f"trainer.resume=must but there is no checkpoint at '{last}'")
+    return None
+
+
+def _network_key(plan: TrainPlan) -> str:
+    return json.dumps(plan.network_config, sort_keys=True)
+
+
+def _run(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker_factory: Any, flag: PreemptionFlag,
+         on_epoch_end: Callable[[int], None] | None) -> TrainResult:
+    t = cfg.trainer
+    seed = int(t.seed)
+    seed_everything(seed)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    payload = _find_resume(cfg, plan)
+    state = ckpt.TrainState() if payload is None else ckpt.TrainState(**{
+        k: v for k, v in payload["state"].items() if k in ckpt.TrainState.__dataclass_fields__})
+    state.run_id = state.run_id or None
+    state.extra.setdefault("catalog_sha256", plan.dataset.catalog_sha256)
+    state.extra.setdefault("network", _network_key(plan))
+    split = split_by_subject(plan.items, int(cfg.data.split.folds), int(cfg.data.split.fold),
+                             int(cfg.data.split.seed))
+
+    tracker = tracker_factory(cfg) if (tracker_factory is not None and d.is_main) else None
+    run_id: str | None = None
+    if tracker is not None:
+        id_file = plan.run_dir / RUN_ID_FILE
+        # A run id without a checkpoint: the job died before its first checkpoint; reuse the run.
+        known = state.run_id or (id_file.read_text().strip() if id_file.is_file() and payload is None
+                                 and str(t.resume) != "never" and not (plan.run_dir / "checkpoints").is_dir()
+                                 else None)
+        run_id = tracker.start(known, str(cfg.tracking.run_name))
+        atomic_write_text(id_file, run_id + "\n")
+        if run_id != known:  # a new run (or the old one could not be reopened)
+            tracker.log_setup(OmegaConf.to_container(cfg, resolve=True), split.to_json(), {  # type: ignore[arg-type]
+                "catalog_sha256": plan.dataset.catalog_sha256, "n_rows": len(plan.dataset.rows),
+                "n_ok": len(plan.dataset.ok_rows), "n_items": len(plan.items),
+                "n_subjects": len({i["subject_key"] for i in plan.items}),
+                "n_train": len(split.train), "n_val": len(split.val),
+            })
+    run_id = broadcast_object(run_id, d)  # type: ignore[assignment]
+    state.run_id = run_id
+    try:
+        return _train(cfg, plan, d, tracker, flag, on_epoch_end, payload, state, split)
+    except BaseException:
+        if tracker is not None:
+            tracker.end("FAILED")
+        raise
+
+
+def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, flag: PreemptionFlag,
+           on_epoch_end: Callable[[int], None] | None, payload: dict[str, Any] | None, state: ckpt.TrainState,
+           split: Any) -> TrainResult:
+    t = cfg.trainer
+    seed = int(t.seed)
+    ckpt_dir = plan.run_dir / "checkpoints"
+    run_id = state.run_id
+
+    amp = bool(t.amp) and d.device.type == "cuda"
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    cache = str(cfg.data.cache)
+    cache_root = Path(str(cfg.data.cache_dir)) / pipeline_hash(plan.preprocessing, data_cfg)  # type: ignore[arg-type]
+    train_tf = build_train_transforms(plan.preprocessing, data_cfg)  # type: ignore[arg-type]
+    val_tf = build_inference_transforms(plan.preprocessing, with_label=True)
+    workers = int(cfg.data.num_workers)
+    train_loader = build_train_loader(split.train, train_tf, cache=cache, cache_dir=cache_root / "train",
+                                      batch_size=int(cfg.data.batch_size), num_workers=workers, seed=seed,
+                                      rank=d.rank, world_size=d.world_size,
+                                      drop_last=plan.task == "classification")
+    val_loader = build_val_loader(split.val, val_tf, cache=cache, cache_dir=cache_root / "val",
+                                  num_workers=workers, rank=d.rank, world_size=d.world_size)
+
+    seed_everything(seed)  # model init must not depend on how much RNG data set-up consumed
+    network = build_network(plan.network_config).to(d.device)
+    model: torch.nn.Module = network
+    if d.active:
+        model = DistributedDataParallel(network, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=float(t.lr), weight_decay=float(t.weight_decay))
+    max_steps = t.get("limit_train_batches")
+    steps_per_epoch = len(train_loader) if max_steps is None else min(len(train_loader), int(max_steps))
+    accumulate = int(t.accumulate_grad_batches)
+    total_opt_steps = int(t.max_epochs) * math.ceil(steps_per_epoch / accumulate)
+    sched_cfg = t.scheduler
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
+        str(sched_cfg.kind), int(sched_cfg.warmup_epochs) * math.ceil(steps_per_epoch / accumulate),
+        total_opt_steps, float(sched_cfg.min_lr_factor)))
+    scaler = torch.amp.GradScaler(d.device.type, enabled=amp)
+    loss_fn: Any = (DiceCELoss(to_onehot_y=True, softmax=True) if plan.task == "segmentation"
+                    else _ClsLoss())
+    if payload is not None:
+        ckpt.restore(payload, model=network, optimizer=optimizer, scheduler=scheduler, scaler=scaler, rng=True)
+
+    maximize = str(t.monitor_mode) == "max"
+    monitor = str(t.monitor) if str(t.monitor) != "auto" else ("dice_mean" if plan.task == "segmentation" else "auc")
+    last_val: dict[str, float] = dict(state.extra.get("last_val", {}))
+    preempted = False
+    skip = state.step_in_epoch
+    for epoch in range(state.epoch, int(t.max_epochs)):
+        res = train_one_epoch(
+            model=model, loader=train_loader, epoch=epoch, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+            loss_fn=loss_fn, d=d, amp=amp, accumulate=accumulate, skip_batches=skip,
+            should_stop=lambda: flag.requested, max_steps=max_steps, progress=bool(t.progress))
+        state.global_step += res.optimizer_steps
+        if res.preempted:
+            state.step_in_epoch = skip + res.steps
+            preempted = True
+            break
+        skip = 0
+        state.epoch, state.step_in_epoch = epoch + 1, 0
+        metrics = {"train_loss": res.loss, "lr": float(scheduler.get_last_lr()[0])}
+        improved = False
+        validated = False
+        sync_buffers(network, d)  # the checkpoint holds rank 0's buffers: everyone uses those
+        if state.epoch % int(t.val_every) == 0 or state.epoch == int(t.max_epochs):
+            last_val = validate(model=network, loader=val_loader, task=plan.task, num_classes=plan.num_classes,
+                                names=plan.class_names, d=d, roi_size=plan.preprocessing["roi_size"],
+                                sw_batch_size=int(t.sw_batch_size), overlap=float(t.sw_overlap), amp=amp,
+                                hd95=bool(t.hd95), progress=bool(t.progress))
+            metrics.update({f"val_{k}": v for k, v in last_val.items()})
+            validated = True
+            value = last_val.get(monitor, math.nan)
+            improved = not math.isnan(value) and (
+                state.best_epoch == 0 or (value > state.best_metric if maximize else value < state.best_metric))
+            if improved:
+                state.best_metric, state.best_epoch = value, state.epoch
+        state.extra = {"last_val": last_val, "catalog_sha256": plan.dataset.catalog_sha256,
+                       "network": _network_key(plan)}
+        if d.is_main:
+            if improved:
+                ckpt.save_checkpoint(ckpt_dir / ckpt.BEST, model=network, optimizer=optimizer, scheduler=scheduler,
+                                     scaler=scaler, state=state)
+            ckpt.save_checkpoint(ckpt_dir / ckpt.LAST, model=network, optimizer=optimizer, scheduler=scheduler,
+                                 scaler=scaler, state=state)
+            if tracker is not None:
+                tracker.log_metrics({**metrics, "best_" + monitor: state.best_metric}, step=state.epoch)
+        log.info("epoch %d/%d loss %.4f %s", state.epoch, t.max_epochs, res.loss,
+                 " ".join(f"{k}={v:.4f}" for k, v in last_val.items() if k.startswith(("dice", "auc", "acc")))
+                 if validated else "")
+        barrier(d)
+        if on_epoch_end is not None:
+            on_epoch_end(state.epoch)
+        if state.epoch < int(t.max_epochs) and any_rank(flag.requested, d):
+            preempted = True
+            break
+
+    if preempted and d.is_main:
+        ckpt.save_checkpoint(ckpt_dir / ckpt.LAST, model=network, optimizer=optimizer, scheduler=scheduler,
+                             scaler=scaler, state=state)
+        log.warning("preempted after %d epoch(s) + %d batch(es): checkpoint %s", state.epoch,
+                    state.step_in_epoch, ckpt_dir / ckpt.LAST)
+    barrier(d)
+    result = TrainResult(run_id=run_id, best_metric=state.best_metric, best_epoch=state.best_epoch,
+                         epochs_done=state.epoch, preempted=preempted, metrics=last_val, run_dir=plan.run_dir,
+                         checkpoints={"last": str(ckpt_dir / ckpt.LAST), "best": str(ckpt_dir / ckpt.BEST)},
+                         class_names=plan.class_names)
+    if tracker is not None:
+        try:
+            if not preempted:
+                _finish(cfg, plan, tracker, ckpt_dir, val_loader, d, result)
+            result.tracking = tracker.describe()
+        finally:
+            tracker.end("KILLED" if preempted else "FINISHED")
+    return result
+
+
+def _finish(cfg: DictConfig, plan: TrainPlan, tracker: Tracker, ckpt_dir: Path, val_loader: Any, d: Dist,
+            result: TrainResult) -> None:
+    """Rank 0, after the last epoch: best weights -> review images, checkpoints, registry."""
+    best_path = ckpt_dir / ckpt.BEST
+    source = best_path if best_path.is_file() else ckpt_dir / ckpt.LAST
+    network = build_network(plan.network_config)
+    ckpt.restore(ckpt.load_checkpoint(source), model=network, rng=False)
+    network.to(d.device).eval()
+    tr = cfg.tracking
+    if plan.task == "segmentation" and int(tr.review_cases) > 0:
+        cases = review_cases(network, val_loader, int(tr.review_cases), plan.preprocessing["roi_size"], d.device)
+        tracker.log_review(cases, plan.class_names)
+    if bool(tr.log_checkpoints):
+        tracker.log_checkpoints([p for p in (best_path, ckpt_dir / ckpt.LAST) if p.is_file()])
+    if bool(tr.register):
+        result.registered = tracker.register(network.cpu(), plan, result.metrics)
+
+
+class _ClsLoss(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ce = torch.nn.CrossEntropyLoss()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.ce(logits, target.view(-1).long())

@@ -1,0 +1,208 @@
+"""Model registry: register a trained network, load it back, move aliases.
+
+A registered version is an MLflow pyfunc model logged *from code*
+(:mod:`imaging.tracking.pyfunc_model`) with two plain artifacts:
+``weights.safetensors`` (the state dict) and ``bundle.json`` (network config,
+preprocessing, label names, task, input signature). Nothing is pickled:
+loading rebuilds the network with :func:`imaging.models.build_network` and
+loads the tensors, so no code from the store runs. Aliases are MLflow 3 aliases
+(``candidate`` on registration; ``imaging model promote`` sets others).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import Schema, TensorSpec
+from safetensors.torch import load_file, save_file
+
+from imaging.models.registry import build_network
+
+log = logging.getLogger(__name__)
+
+BUNDLE_JSON = "bundle.json"
+WEIGHTS = "weights.safetensors"
+BUNDLE_FORMAT = 1
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+@dataclass
+class ModelBundle:
+    """Everything inference needs, loaded from ``models:/name@alias``."""
+
+    network: torch.nn.Module
+    network_config: dict[str, Any]
+    preprocessing: dict[str, Any]
+    labels: dict[int, str]
+    task: str
+    name: str
+    version: str
+    run_id: str | None
+
+
+def _requirements() -> list[str]:
+    reqs = []
+    for dist in ("torch", "monai", "safetensors", "numpy", "mlflow"):
+        try:
+            reqs.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            reqs.append(dist)
+    return reqs
+
+
+def write_bundle(directory: Path, network: torch.nn.Module, network_config: dict[str, Any],
+                 preprocessing: dict[str, Any], labels: dict[int, str], task: str) -> tuple[Path, Path]:
+    """Write ``weights.safetensors`` and ``bundle.json`` into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / WEIGHTS
+    save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(weights))
+    bundle = {
+        "format": BUNDLE_FORMAT, "task": task, "network_config": network_config, "preprocessing": preprocessing,
+        "labels": {str(k): v for k, v in sorted(labels.items())},
+        "input": {"channels": int(network_config.get("in_channels", 1)), "roi_size": preprocessing["roi_size"],
+                  "dtype": "float32", "layout": "NCXYZ (RAS after preprocessing)"},
+    }
+    path = directory / BUNDLE_JSON
+    path.write_text(json.dumps(bundle, indent=2, sort_keys=True), encoding="utf-8")
+    return weights, path
+
+
+def read_bundle_dir(directory: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the network from a folder holding ``bundle.json`` and ``weights.safetensors``.
+
+    Raises:
+        FileNotFoundError: either file is missing (names the folder).
+        ValueError: unknown bundle format.
+    """
+    bundle_path = next(directory.rglob(BUNDLE_JSON), None)
+    weights_path = next(directory.rglob(WEIGHTS), None)
+    if bundle_path is None or weights_path is None:
+        raise FileNotFoundError(f"no {BUNDLE_JSON} / {WEIGHTS} under '{directory}'")
+    bundle = json.loads(bundle_path.read_text(encoding="utf-8"))
+    if bundle.get("format") != BUNDLE_FORMAT:
+        raise ValueError(f"'{bundle_path}': bundle format {bundle.get('format')!r} is not {BUNDLE_FORMAT}")
+    network = build_network(bundle["network_config"])
+    network.load_state_dict(load_file(str(weights_path)))
+    network.eval()
+    return network, bundle
+
+
+def register_model(network: torch.nn.Module, *, network_config: dict[str, Any], preprocessing: dict[str, Any],
+                   labels: dict[int, str], task: str, name: str, alias: str = "candidate",
+                   tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Log the model into the active MLflow run, register it and set ``alias``.
+
+    Returns:
+        ``{"name", "version", "alias", "uri", "model_uri"}``.
+    """
+    roi = [int(s) for s in preprocessing["roi_size"]]
+    channels = int(network_config.get("in_channels", 1))
+    # Whole preprocessed volumes of any size go in (sliding window of roi_size inside).
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, -1, -1, -1), "image")]),
+        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1) if task == "segmentation" else (-1,),
+                                   "labels")]),
+    )
+    with tempfile.TemporaryDirectory(prefix="imaging-bundle-") as tmp:
+        weights, bundle = write_bundle(Path(tmp), network, network_config, preprocessing, labels, task)
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            artifacts={"weights": str(weights), "bundle": str(bundle)},
+            pip_requirements=_requirements(), signature=signature, registered_model_name=name,
+            await_registration_for=60, metadata={"task": task, "roi_size": roi, "bundle_format": BUNDLE_FORMAT},
+        )
+    version = str(info.registered_model_version)
+    client = client_for(None)
+    client.set_registered_model_alias(name, alias, version)
+    for key, value in {"task": task, "labels": json.dumps({str(k): v for k, v in labels.items()}),
+                       **(tags or {})}.items():
+        client.set_model_version_tag(name, version, key, value)
+    log.info("registered %s version %s as @%s", name, version, alias)
+    return {"name": name, "version": version, "alias": alias, "uri": f"models:/{name}@{alias}",
+            "model_uri": info.model_uri}
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/name@alias`` or ``models:/name/3`` -> ``(name, alias, version)``.
+
+    Raises:
+        ValueError: any other form (names the URI).
+    """
+    m = _URI.match(uri)
+    if not m:
+        raise ValueError(f"model URI '{uri}' is not models:/<name>@<alias> or models:/<name>/<version>")
+    return m["name"], m["alias"], m["version"]
+
+
+def client_for(tracking_uri: str | None) -> MlflowClient:
+    """A client whose model registry is the same store as its tracking (MLflow would
+    otherwise take the registry from global state)."""
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def resolve_version(client: MlflowClient, name: str, version_or_alias: str) -> Any:
+    """The ModelVersion for a version number or an alias."""
+    if version_or_alias.isdigit():
+        return client.get_model_version(name, version_or_alias)
+    return client.get_model_version_by_alias(name, version_or_alias)
+
+
+def load_bundle(uri: str, tracking_uri: str | None = None, map_location: str = "cpu") -> ModelBundle:
+    """Load a registered model for inference (network in eval mode, weights loaded).
+
+    Raises:
+        ValueError: malformed URI.
+        mlflow.exceptions.MlflowException: unknown model, version or alias.
+    """
+    name, alias, version = parse_model_uri(uri)
+    client = client_for(tracking_uri)
+    mv = resolve_version(client, name, alias or version or "")
+    with tempfile.TemporaryDirectory(prefix="imaging-model-") as tmp:
+        # Download the pinned version, not the alias: an alias moved meanwhile cannot mix versions.
+        source = client.get_model_version_download_uri(name, str(mv.version))
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp,
+                                                    tracking_uri=tracking_uri or mlflow.get_tracking_uri())
+        network, bundle = read_bundle_dir(Path(local))
+    network.to(map_location)
+    return ModelBundle(network=network, network_config=bundle["network_config"],
+                       preprocessing=bundle["preprocessing"],
+                       labels={int(k): v for k, v in bundle["labels"].items()}, task=bundle["task"], name=name,
+                       version=str(mv.version), run_id=mv.run_id)
+
+
+def promote(name: str, version_or_alias: str, alias: str, tracking_uri: str | None = None) -> str:
+    """Point ``alias`` at a version (given by number or by another alias); returns the version."""
+    client = client_for(tracking_uri)
+    mv = resolve_version(client, name, version_or_alias)
+    client.set_registered_model_alias(name, alias, str(mv.version))
+    return str(mv.version)
+
+
+def list_models(name: str | None = None, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Registered models (or one model's versions) as plain dicts, newest first."""
+    client = client_for(tracking_uri)
+    if name is None:
+        return [{"name": m.name, "aliases": dict(m.aliases or {}),
+                 "latest": max((int(v.version) for v in m.latest_versions or []), default=0)}
+                for m in client.search_registered_models()]
+    versions = client.search_model_versions(f"name='{name}'")
+    # search results do not carry aliases in every store: take them from the model.
+    by_version: dict[str, list[str]] = {}
+    for alias, version in (client.get_registered_model(name).aliases or {}).items():
+        by_version.setdefault(str(version), []).append(alias)
+    return sorted(({"name": v.name, "version": str(v.version), "aliases": sorted(by_version.get(str(v.version), [])),
+                    "run_id": v.run_id, "status": v.status, "created": v.creation_timestamp,
+                    "tags": dict(v.tags or {})} for v in versions), key=lambda r: -int(r["version"]))

@@ -1,0 +1,179 @@
+"""MLflow runs for training: open or reopen, log setup/metrics/artifacts, register.
+
+Only rank 0 builds a :class:`MlflowTracker`. The store is the embedded SQLite
+database ``sqlite:///${paths.mlflow_db}`` with artifacts under
+``paths.mlflow_artifacts``, unless ``tracking.uri`` names a server. A resumed
+job passes the run id from its checkpoint and continues the same run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+import yaml
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig
+
+from imaging.engine.config import TrainPlan
+from imaging.engine.evaluate import ReviewCase
+from imaging.tracking.registry import register_model
+from imaging.tracking.review import case_dice, render_case
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_LEN = 500  # MLflow's limit on a param value
+
+
+def embedded_uri(mlflow_db: str | Path) -> str:
+    return f"sqlite:///{Path(mlflow_db).resolve()}"
+
+
+def tracking_uri_from_config(cfg: DictConfig) -> tuple[str, str | None]:
+    """``(tracking_uri, artifact_location)``; the location is set only for the embedded store."""
+    uri = cfg.tracking.get("uri")
+    if uri:
+        return str(uri), None
+    db = Path(str(cfg.paths.mlflow_db))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    artifacts = Path(str(cfg.paths.mlflow_artifacts)).resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return embedded_uri(db), artifacts.as_uri()
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}`` (values cut to MLflow's param length)."""
+    out: dict[str, str] = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    else:
+        out[prefix[:-1]] = str(tree)[:MAX_PARAM_LEN]
+    return out
+
+
+def git_commit() -> str:
+    """The commit of the code that runs (``+dirty`` when the tree has changes); ``unknown`` outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=20).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class MlflowTracker:
+    """The engine's :class:`imaging.engine.train.Tracker` backed by MLflow."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None,
+                 registered_model_name: str, alias: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.artifact_location = artifact_location
+        self.registered_model_name = registered_model_name
+        self.alias = alias
+        self.run_id: str | None = None
+        # Set once training logs anything: only training runs get the reviewer description
+        # (the inference stage reuses this class for its own runs).
+        self.trained = False
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)  # registry in the same store, whatever the environment says
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> MlflowTracker:
+        uri, location = tracking_uri_from_config(cfg)
+        return cls(uri, str(cfg.tracking.experiment_name), location, str(cfg.tracking.registered_model_name),
+                   str(cfg.tracking.alias))
+
+    def _experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment_name)
+        if exp is not None:
+            return str(exp.experiment_id)
+        try:
+            return str(self.client.create_experiment(self.experiment_name, artifact_location=self.artifact_location))
+        except MlflowException:  # another job created it meanwhile
+            return str(self.client.get_experiment_by_name(self.experiment_name).experiment_id)  # type: ignore[union-attr]
+
+    def start(self, run_id: str | None, run_name: str) -> str:
+        """Reopen ``run_id`` (a resumed job) or start a new run; returns the run id."""
+        exp_id = self._experiment_id()
+        if run_id:
+            try:
+                run = mlflow.start_run(run_id=run_id)
+                log.info("continuing MLflow run %s", run_id)
+                self.run_id = run.info.run_id
+                return self.run_id
+            except MlflowException as exc:
+                log.warning("cannot reopen MLflow run %s (%s): starting a new run", run_id, exc)
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def log_setup(self, config: dict[str, Any], split: dict[str, Any], dataset: dict[str, Any]) -> None:
+        mlflow.log_text(yaml.safe_dump(config, sort_keys=False), "config/train.yaml")
+        params = flatten({k: v for k, v in config.items() if k != "hydra"})
+        params.update({f"dataset.{k}": str(v) for k, v in dataset.items() if k != "catalog_sha256"})
+        items = sorted(params.items())
+        for start in range(0, len(items), 100):
+            mlflow.log_params(dict(items[start:start + 100]))
+        mlflow.set_tags({"git_commit": git_commit(), "dataset.catalog_sha256": dataset["catalog_sha256"],
+                         "dataset.n_subjects": str(dataset["n_subjects"]), "torch": torch.__version__})
+        mlflow.log_dict(split, "split.json")
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.trained = True
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}, step=step)
+
+    def log_review(self, cases: list[ReviewCase], names: dict[int, str]) -> None:
+        with tempfile.TemporaryDirectory(prefix="imaging-review-") as tmp:
+            for case in cases:
+                path = render_case(case, names, Path(tmp) / f"{case.series_key}.png", case_dice(case, names))
+                mlflow.log_artifact(str(path), "review")
+
+    def log_checkpoints(self, paths: list[Path]) -> None:
+        for path in paths:
+            mlflow.log_artifact(str(path), "checkpoints")
+
+    def register(self, network: torch.nn.Module, plan: TrainPlan, metrics: dict[str, float]) -> dict[str, Any]:
+        info = register_model(network, network_config=plan.network_config, preprocessing=plan.preprocessing,
+                              labels=plan.class_names, task=plan.task, name=self.registered_model_name,
+                              alias=self.alias,
+                              tags={f"val_{k}": f"{v:.4f}" for k, v in metrics.items() if math.isfinite(v)})
+        self._registered = info
+        self.trained = True
+        return info
+
+    def end(self, status: str) -> None:
+        if status == "FINISHED" and self.run_id and self.trained:
+            self._describe()
+        if mlflow.active_run() is not None:
+            mlflow.end_run(status=status)
+
+    def _describe(self) -> None:
+        # Descriptions are a convenience for reviewers: never fail a finished training for them.
+        from imaging.tracking.summary import describe_model_version, describe_run
+
+        try:
+            describe_run(str(self.run_id), self.client)
+            reg = getattr(self, "_registered", None)
+            if reg:
+                describe_model_version(reg["name"], reg["version"], self.client)
+        except Exception as exc:  # noqa: BLE001 - any failure here only costs the description
+            log.warning("could not write the MLflow descriptions: %s", exc)
+
+    def describe(self) -> dict[str, str]:
+        ui = (f"mlflow ui --backend-store-uri {self.tracking_uri}" if self.tracking_uri.startswith("sqlite")
+              else f"open {self.tracking_uri}")
+        return {"tracking_uri": self.tracking_uri, "experiment": self.experiment_name,
+                "run_id": self.run_id or "", "ui_command": ui}
