@@ -35,8 +35,10 @@ def _planes(vol: np.ndarray, c: tuple[int, int, int]) -> list[np.ndarray]:
     return [vol[:, :, c[2]].T, vol[:, c[1], :].T, vol[c[0], :, :].T]
 
 
-PLANES = [("axial", "x: R (mm)", "y: A (mm)", (0, 1)),
-          ("coronal", "x: R (mm)", "z: S (mm)", (0, 2)),
+# Radiological convention, as in the inference overlays and the notebooks: the
+# patient's right on the viewer's left, so the x (toward R) axis runs right-to-left.
+PLANES = [("axial", "x: R (mm), patient right on the left", "y: A (mm)", (0, 1)),
+          ("coronal", "x: R (mm), patient right on the left", "z: S (mm)", (0, 2)),
           ("sagittal", "y: A (mm)", "z: S (mm)", (1, 2))]
 
 
@@ -55,6 +57,8 @@ def render_case(case: ReviewCase, names: dict[int, str], path: Path, dice: dict[
             ax.imshow(img, cmap="gray", origin="lower", extent=extent, interpolation="nearest")
             ax.imshow(np.ma.masked_equal(msk, 0), cmap=cmap, vmin=0, vmax=n_classes - 1, alpha=0.45,
                       origin="lower", extent=extent, interpolation="nearest")
+            if ax0 == 0:
+                ax.invert_xaxis()
             ax.set_title(f"{title}: {plane}")
             ax.set_xlabel(xlab)
             ax.set_ylabel(ylab)
