@@ -20,7 +20,7 @@ TOKEN = f"{CANARY}^Patient^One"
 @pytest.fixture()
 def store(tmp_path: Path) -> tuple[str, str]:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.create_experiment(
         "audit-test", artifact_location=(tmp_path / "artifacts").as_uri()
     )
@@ -53,7 +53,7 @@ def test_planted_canaries_are_found(store: tuple[str, str], tmp_path: Path) -> N
         mlflow.log_metric(f"dice_{CANARY}", 0.5)
         mlflow.log_dict({"cases": [{"name": TOKEN}]}, "eval/cases.json")
         mlflow.log_text(f"loading {TOKEN}\n", "logs/infer.log")
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model("seg-model", description=f"trained on {TOKEN}")
     hits = scan_mlflow(uri, [CANARY])
     fields = _fields(hits)

@@ -60,10 +60,10 @@ def test_train_script_contents() -> None:
     directives = re.findall(r"^#SBATCH (\S+)$", text, re.M)
     assert "--nodes=4" in directives and "--ntasks-per-node=4" in directives and "--gpus-per-node=4" in directives
     assert "--signal=B:USR1@600" in directives and "--requeue" in directives and "--open-mode=append" in directives
-    assert "--output=/project/runs/demo_seg/fold0-seed0/slurm/slurm-%j.out" in directives
+    assert "--output=/project/runs/demo_seg/unet-fold0-seed0/slurm/slurm-%j.out" in directives
     assert 'MASTER_ADDR=$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n 1)' in text
     cmd = next(line for line in text.splitlines() if line.startswith("srun "))
-    assert cmd.startswith("srun apptainer exec --nv --bind /project/runs/demo_seg/fold0-seed0,/project,/proj,/scratch "
+    assert cmd.startswith("srun apptainer exec --nv --bind /project/runs/demo_seg/unet-fold0-seed0,/project,/proj,/scratch "
                           "/proj/images/imaging.sif imaging train experiment=demo_seg")
     assert "trainer.resume=auto" in cmd and "tracking.uri=http://mlflow.example.internal:5000" in cmd
     assert "launcher" not in cmd  # launcher overrides stay with the submitter

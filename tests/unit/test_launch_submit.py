@@ -34,11 +34,11 @@ def test_multirun_dry_run_gives_one_script_per_point_in_distinct_run_dirs(tmp_pa
                       "data.dataset_dir=/data/ds", "trainer.lr=0.001,0.003", "launcher=slurm"])
     assert rc == 0
     scripts = sorted(tmp_path.glob("runs/demo_seg/*/slurm/train.sbatch"))
-    assert [s.parents[1].name for s in scripts] == ["fold0-seed0-lr0.001", "fold0-seed0-lr0.003"]
+    assert [s.parents[1].name for s in scripts] == ["unet-fold0-seed0-lr0.001", "unet-fold0-seed0-lr0.003"]
     for script in scripts:
         text = script.read_text()
         lr = script.parents[1].name.rsplit("lr", 1)[1]
-        assert f"trainer.lr={lr}" in text and f"tracking.run_name=fold0-seed0-lr{lr}" in text
+        assert f"trainer.lr={lr}" in text and f"tracking.run_name=unet-fold0-seed0-lr{lr}" in text
         assert f"--output={script.parent}/slurm-%j.out" in text
     assert capsys.readouterr().out.count("rendered (dry run) train job") == 2
 
