@@ -12,8 +12,6 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
-from imaging.dicom.ingest import ingest
-from imaging.dicom.pseudonym import Pseudonymizer
 from tests.fixtures.datasets import (
     CORONAL,
     WrittenSlice,
@@ -21,13 +19,7 @@ from tests.fixtures.datasets import (
     write_enhanced,
     write_slices,
 )
-from tests.unit.test_ingest_geometry import assert_matches_dicom, only_ok
-
-PS = Pseudonymizer(b"unit-test-secret-0123456789")
-
-
-def run(export: Path, tmp: Path, **kw):
-    return ingest(export, tmp / "ds", PS, private_dir=tmp / "private", workers=1, progress=False, **kw)
+from tests.unit.test_ingest_geometry import assert_matches_dicom, only_ok, run
 
 
 @pytest.mark.parametrize("ts", [RLELossless, JPEGLSLossless, JPEG2000Lossless])
