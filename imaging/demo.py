@@ -83,7 +83,8 @@ def main(cfg: DictConfig) -> None:
     console.print(table)
     console.print(f"Dataset:      {demo_dir / 'dataset' / 'catalog.csv'}")
     console.print(f"Predictions:  {demo_dir / 'predictions' / 'report.csv'} (DICOM SEG: */seg.dcm)")
-    console.print(f"MLflow UI:    .venv/bin/mlflow ui --backend-store-uri sqlite:///{Path(cfg.demo_dir).parent / 'mlflow' / 'mlflow.db'}")
+    # The store train/registry/infer used: the embedded default of conf/paths (no guess from demo_dir).
+    console.print(f"MLflow UI:    .venv/bin/mlflow ui --backend-store-uri sqlite:///{cfg.paths.mlflow_db}")
 
 
 if __name__ == "__main__":
