@@ -22,9 +22,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def ours(export: Path, out: Path) -> int:
-    from imaging.dicom.deid import DeidOptions
-    from imaging.dicom.deid_export import deidentify_export
-    from imaging.dicom.pseudonym import Pseudonymizer
+    from imaging.deid.apply import DeidOptions
+    from imaging.deid.export import deidentify_export
+    from imaging.keys import Pseudonymizer
 
     summary = deidentify_export(
         export, out, Pseudonymizer.from_config(demo_key=True), DeidOptions(), progress=False

@@ -37,7 +37,7 @@ def setup(work: Path, n_series: int) -> Path:
 
     from imaging.dicom.catalog import read_catalog
     from imaging.dicom.ingest import ingest
-    from imaging.dicom.pseudonym import Pseudonymizer
+    from imaging.keys import Pseudonymizer
     from imaging.models.registry import build_network
     from imaging.synth import generate
     from imaging.tracking.registry import register_model

@@ -9,9 +9,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from imaging.dicom.deid import DeidOptions
-from imaging.dicom.deid_export import DeidConfigError, DeidSummary, deidentify_export
-from imaging.dicom.pseudonym import Pseudonymizer, SecretError
+from imaging.deid.apply import DeidOptions
+from imaging.deid.export import DeidConfigError, DeidSummary, deidentify_export
+from imaging.keys import Pseudonymizer, SecretError
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 EXIT_CONFIG = 2

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imaging.dicom.ingest import IngestSummary, ingest
-from imaging.dicom.pseudonym import Pseudonymizer, SecretError
+from imaging.keys import Pseudonymizer, SecretError
 
 # Absolute: imported through `imaging.cli`, a relative config_path would be read as a
 # Python package ('conf'), which the repo's conf/ folder is not.

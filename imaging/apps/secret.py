@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from imaging.dicom.pseudonym import new_secret_file
+from imaging.keys import new_secret_file
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """`imaging train experiment=demo_seg [model=segresnet] [trainer.max_epochs=...]`.
 
-Thin: compose the config, call :func:`imaging.engine.train.run`, print a summary.
+Thin: compose the config, call :func:`imaging.pipelines.train.run`, print a summary.
 Exit codes: 0 done, 2 config error (before any work), 3 (``EXIT_PREEMPTED``)
 stopped for a signal after checkpointing: the Slurm script requeues on it.
 """
@@ -20,7 +20,7 @@ from imaging.launch.env import dist_env
 from imaging.launch.preempt import EXIT_PREEMPTED
 
 if TYPE_CHECKING:
-    from imaging.engine.train import TrainResult
+    from imaging.pipelines.train import TrainResult
 
 log = logging.getLogger(__name__)
 EXIT_CONFIG = 2
@@ -53,7 +53,7 @@ def summary_table(r: TrainResult) -> Table:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
     from imaging.engine.config import ConfigError
-    from imaging.engine.train import run
+    from imaging.pipelines.train import run
 
     try:
         result = run(cfg)

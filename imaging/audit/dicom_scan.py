@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from imaging.audit.needles import Hit, Needles, mask
-from imaging.dicom.deid_profile import OPTION_COLUMNS, ROWS, Option
+from imaging.deid.profile import OPTION_COLUMNS, ROWS, Option
 
 _MODIF = OPTION_COLUMNS.index(Option.RETAIN_LONGITUDINAL_MODIFIED_DATES)
 PROFILE_DATE_TAGS = frozenset(tag for tag, _kw, _b, opts in ROWS if opts[_MODIF] != ".")

@@ -2,7 +2,7 @@
 
 ``<dataset>/catalog.csv`` has one row per volume assembled from the export and
 one row per input series that was skipped or failed (status ``skipped|error``
-with the reason). Keys are keyed hashes (see :mod:`imaging.dicom.pseudonym`),
+with the reason). Keys are keyed hashes (see :mod:`imaging.keys`),
 paths are relative to the dataset folder. Nothing here is patient data.
 """
 

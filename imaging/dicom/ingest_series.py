@@ -28,7 +28,7 @@ from imaging.dicom.labels import (
     nifti_to_labels,
     seg_to_labels,
 )
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.keys import Pseudonymizer
 from imaging.dicom.scan import decode_row
 from imaging.dicom.series import SeriesPlan, VolumePlan, plan_series
 from imaging.dicom.sidecar import axis_codes, build_sidecar

@@ -34,7 +34,7 @@ from highdicom.seg import SegmentationTypeValues
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.keys import Pseudonymizer
 from imaging.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ def deidentified_header(ds: Dataset, pseudo: Pseudonymizer) -> Dataset:
     A series ``imaging deid`` withholds (burned-in annotation) still gets the same
     keyed IDs and UIDs here, with every other patient/study attribute dropped.
     """
-    from imaging.dicom.deid import deidentify_dataset, shift_da, truncate_tm
+    from imaging.deid.apply import deidentify_dataset, shift_da, truncate_tm
 
     header = copy.deepcopy(ds)  # deid works in place; the source header stays as read
     header.pop("PixelData", None)

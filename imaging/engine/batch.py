@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from imaging.dicom.catalog import CatalogRow
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.keys import Pseudonymizer
 from imaging.dicom.seg import load_source, write_seg
 from imaging.engine.predict import Prepared, SeriesPredictor, load_nifti, save_mask
 from imaging.engine.report import ReportRow, label_volumes, overlay_montage, write_report

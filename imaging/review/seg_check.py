@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.keys import Pseudonymizer
 from imaging.dicom.seg import FrameGeometry, frame_geometry, sample_labels
 from imaging.review.dataset import load_nifti
 

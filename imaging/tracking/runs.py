@@ -73,7 +73,7 @@ def git_commit() -> str:
 
 
 class MlflowTracker:
-    """The engine's :class:`imaging.engine.train.Tracker` backed by MLflow."""
+    """The engine's :class:`imaging.pipelines.train.Tracker` backed by MLflow."""
 
     def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None,
                  registered_model_name: str, alias: str) -> None:

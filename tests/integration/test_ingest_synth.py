@@ -25,7 +25,7 @@ import pydicom
 import pytest
 
 from imaging.dicom.catalog import read_catalog
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.keys import Pseudonymizer
 from tests.fixtures.datasets import IngestedDataset
 
 pytestmark = pytest.mark.integration

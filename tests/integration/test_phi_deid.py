@@ -10,9 +10,9 @@ import pytest
 
 from imaging.apps.audit import main as audit_main
 from imaging.audit import build_needles, scan_paths
-from imaging.dicom.deid import SECONDARY_CAPTURE_CLASSES, DeidOptions
-from imaging.dicom.deid_export import deidentify_export
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.deid.apply import SECONDARY_CAPTURE_CLASSES, DeidOptions
+from imaging.deid.export import deidentify_export
+from imaging.keys import Pseudonymizer
 
 pytestmark = pytest.mark.integration
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"

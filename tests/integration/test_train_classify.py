@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from imaging.engine.config import ConfigError, validate_config
-from imaging.engine.train import run
+from imaging.pipelines.train import run
 from imaging.tracking.registry import load_bundle
 from tests.fixtures.train_data import compose_train, make_train_dataset
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from imaging.engine.train import run
+from imaging.pipelines.train import run
 from imaging.launch.preempt import PreemptionFlag
 from imaging.tracking.registry import load_bundle
 from tests.fixtures.mlflow_server import MlflowServer

@@ -16,8 +16,8 @@ from pydicom.sequence import Sequence
 from imaging.apps.audit import main as audit_main
 from imaging.audit import Hit, build_needles, mask, scan_paths
 from imaging.audit.needles import Needles, load_link_table, load_manifest
-from imaging.dicom.deid import deidentify_dataset
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.deid.apply import deidentify_dataset
+from imaging.keys import Pseudonymizer
 from tests.unit.deid_factory import CANARY, SECRET, ct_dataset
 
 NEEDLES = build_needles([CANARY])

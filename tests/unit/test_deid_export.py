@@ -12,9 +12,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from imaging.dicom.deid import DeidOptions
-from imaging.dicom.deid_export import AUDIT_NAME, DeidConfigError, deidentify_export
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.deid.apply import DeidOptions
+from imaging.deid.export import AUDIT_NAME, DeidConfigError, deidentify_export
+from imaging.keys import Pseudonymizer
 from tests.unit.deid_factory import CANARY, SECRET, ct_dataset, write_ct_series
 
 PSEUDO = Pseudonymizer(SECRET)

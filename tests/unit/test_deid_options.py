@@ -7,7 +7,7 @@ from datetime import date
 import pytest
 from pydicom.dataset import Dataset
 
-from imaging.dicom.deid import (
+from imaging.deid.apply import (
     DeidOptions,
     DeidStats,
     SafePrivate,
@@ -18,7 +18,7 @@ from imaging.dicom.deid import (
     truncate_tm,
     withhold_reason,
 )
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.keys import Pseudonymizer
 from tests.unit.deid_factory import CANARY, SECRET, ct_dataset
 
 PSEUDO = Pseudonymizer(SECRET)

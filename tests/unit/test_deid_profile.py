@@ -9,9 +9,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-from imaging.dicom.deid import SUPPORTED_OPTIONS, DeidOptions, deidentify_dataset
-from imaging.dicom.deid_profile import MASKED_ROWS, OPTION_COLUMNS, ROWS, Option, resolve_action
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.deid.apply import SUPPORTED_OPTIONS, DeidOptions, deidentify_dataset
+from imaging.deid.profile import MASKED_ROWS, OPTION_COLUMNS, ROWS, Option, resolve_action
+from imaging.keys import Pseudonymizer
 from tests.unit.deid_factory import CANARY, SECRET
 
 PSEUDO = Pseudonymizer(SECRET)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pydicom
 
-from imaging.dicom.deid_export import deidentify_export
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.deid.export import deidentify_export
+from imaging.keys import Pseudonymizer
 from tests.unit.deid_factory import SECRET, write_ct_series, write_seg
 
 PSEUDO = Pseudonymizer(SECRET)

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from imaging.engine.predict import InferenceOptions
-from imaging.tracking.inference import _shard, _window
+from imaging.pipelines.infer import _shard, _window
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

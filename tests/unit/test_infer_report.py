@@ -15,7 +15,7 @@ import pytest
 
 from imaging.dicom.catalog import read_catalog
 from imaging.dicom.ingest import ingest
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.keys import Pseudonymizer
 from imaging.engine.batch import (
     BatchRunner,
     BatchSettings,

@@ -18,7 +18,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from imaging.dicom.ingest import ingest
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.keys import Pseudonymizer
 from tests.fixtures.datasets import stack_positions, write_slices
 
 PS = Pseudonymizer(b"unit-test-secret-0123456789")

@@ -10,7 +10,7 @@ from pydicom.uid import RLELossless, generate_uid
 
 import imaging.dicom.header as header
 from imaging.dicom.ingest import ingest
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.keys import Pseudonymizer
 from imaging.dicom.scan import scan
 from tests.fixtures.datasets import stack_positions, write_enhanced, write_slices
 

@@ -22,7 +22,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.keys import Pseudonymizer
 from imaging.dicom.seg import load_source, read_seg_frames, sample_labels, write_seg
 
 CANARY = "CANARYxPHI"
@@ -238,7 +238,7 @@ def test_seg_deidentified_identity(tmp_path: Path) -> None:
     assert ds.SegmentSequence[0].SegmentAlgorithmName == "unet"
     assert len(ds.SegmentSequence[0].RecommendedDisplayCIELabValue) == 3
     # The SEG carries the same identifiers as `imaging deid`'s copy of the study.
-    from imaging.dicom.deid import deidentify_dataset
+    from imaging.deid.apply import deidentify_dataset
 
     deid = deidentify_dataset(pydicom.dcmread(source.paths[0], stop_before_pixels=True), PSEUDO)
     assert deid is not None

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from imaging.data.splits import split_by_subject
 from imaging.engine.config import ConfigError, validate_config
-from imaging.engine.train import run
+from imaging.pipelines.train import run
 from tests.fixtures.train_data import make_train_dataset
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")

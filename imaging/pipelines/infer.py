@@ -17,7 +17,7 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from imaging.dicom.catalog import CatalogRow, read_catalog
-from imaging.dicom.pseudonym import Pseudonymizer, SecretError
+from imaging.keys import Pseudonymizer, SecretError
 from imaging.engine.batch import (
     BatchResult,
     BatchRunner,

@@ -1,8 +1,8 @@
 """De-identify one DICOM dataset: PS3.15 Annex E basic profile, options, keyed pseudonyms.
 
-The attribute table is :mod:`imaging.dicom.deid_profile` (all of Table E.1-1);
+The attribute table is :mod:`imaging.deid.profile` (all of Table E.1-1);
 this module applies it, at every nesting level, with the keyed pseudonyms of
-:class:`~imaging.dicom.pseudonym.Pseudonymizer`:
+:class:`~imaging.keys.Pseudonymizer`:
 
 - PatientID and PatientName become the same ``SUBJ-<key>`` pseudo ID, AccessionNumber
   a keyed hex string; every ``U`` UID (instance, series, study, frame of reference,
@@ -13,7 +13,7 @@ this module applies it, at every nesting level, with the keyed pseudonyms of
   value is moved by one per-subject number of days (intervals between one
   subject's studies are kept); times keep hours and minutes only, because
   seconds and fractions are distinctive enough to link records.
-- Clean Descriptors uses a safe-word whitelist (:mod:`imaging.dicom.deid_values`):
+- Clean Descriptors uses a safe-word whitelist (:mod:`imaging.deid.values`):
   a descriptor keeps only words of :data:`DEFAULT_SAFE_WORDS` (plus configured
   ones) and technical tokens such as ``5mm`` or ``T1``; everything else (names,
   IDs, dates, free text) is dropped. A whitelist fails closed: an unknown word is
@@ -43,8 +43,8 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, UID_dictionary
 
-from imaging.dicom.deid_options import DeidOptions, DeidStats, SafePrivate
-from imaging.dicom.deid_profile import (
+from imaging.deid.options import DeidOptions, DeidStats, SafePrivate
+from imaging.deid.profile import (
     BASIC_PROFILE_CODE,
     MASKED_ROWS,
     OPTION_CODES,
@@ -52,14 +52,14 @@ from imaging.dicom.deid_profile import (
     Option,
     resolve_action,
 )
-from imaging.dicom.deid_values import (
+from imaging.deid.values import (
     DEFAULT_SAFE_WORDS,
     clean_text,
     shift_da,
     shift_dt,
     truncate_tm,
 )
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.keys import Pseudonymizer
 
 __all__ = [
     "DEFAULT_SAFE_WORDS",

@@ -20,7 +20,7 @@ Each row is ``(tag, keyword, basic_action, options)``:
 The three repeating-group rows of the table ((50xx,xxxx) curve data, (60xx,3000)
 overlay data, (60xx,4000) overlay comments) are in :data:`MASKED_ROWS`; the row
 for private attributes (odd groups: ``X``, Retain Safe Private ``C``) is
-implemented by the engine in :mod:`imaging.dicom.deid`.
+implemented by the engine in :mod:`imaging.deid.apply`.
 """
 
 from __future__ import annotations

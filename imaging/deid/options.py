@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from imaging.dicom.deid_profile import Option
-from imaging.dicom.deid_values import DEFAULT_SAFE_WORDS
+from imaging.deid.profile import Option
+from imaging.deid.values import DEFAULT_SAFE_WORDS
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from tqdm import tqdm
 
-from imaging.dicom.deid import DeidOptions, DeidStats, action_plan, deidentify_dataset
-from imaging.dicom.pseudonym import Pseudonymizer
+from imaging.deid.apply import DeidOptions, DeidStats, action_plan, deidentify_dataset
+from imaging.keys import Pseudonymizer
 from imaging.fsutil import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Stage orchestrators (train, infer, ...): each composes the lower layers for one command."""
