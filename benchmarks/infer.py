@@ -36,9 +36,9 @@ def setup(work: Path, n_series: int) -> Path:
     import torch
 
     from imaging.dicom.catalog import read_catalog
-    from imaging.dicom.ingest import ingest
     from imaging.keys import Pseudonymizer
     from imaging.models.registry import build_network
+    from imaging.pipelines.ingest import ingest
     from imaging.synth import generate
     from imaging.tracking.registry import register_model
 

@@ -30,8 +30,8 @@ def _main(cfg: DictConfig) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from imaging.keys import SecretError
     from imaging.engine.report import read_report
+    from imaging.keys import SecretError
     from imaging.pipelines.infer import run_inference
 
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every copied module at INFO

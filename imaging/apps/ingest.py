@@ -9,8 +9,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from imaging.dicom.ingest import IngestSummary, ingest
 from imaging.keys import Pseudonymizer, SecretError
+from imaging.pipelines.ingest import IngestSummary, ingest
 
 # Absolute: imported through `imaging.cli`, a relative config_path would be read as a
 # Python package ('conf'), which the repo's conf/ folder is not.

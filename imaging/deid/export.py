@@ -26,8 +26,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from tqdm import tqdm
 
 from imaging.deid.apply import DeidOptions, DeidStats, action_plan, deidentify_dataset
-from imaging.keys import Pseudonymizer
 from imaging.fsutil import atomic_path, atomic_write_json
+from imaging.keys import Pseudonymizer
 
 log = logging.getLogger(__name__)
 

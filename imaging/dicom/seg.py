@@ -34,8 +34,8 @@ from highdicom.seg import SegmentationTypeValues
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from imaging.keys import Pseudonymizer
 from imaging.fsutil import atomic_path
+from imaging.keys import Pseudonymizer
 
 log = logging.getLogger(__name__)
 

@@ -39,11 +39,11 @@ import torch
 from tqdm import tqdm
 
 from imaging.dicom.catalog import CatalogRow
-from imaging.keys import Pseudonymizer
 from imaging.dicom.seg import load_source, write_seg
 from imaging.engine.predict import Prepared, SeriesPredictor, load_nifti, save_mask
 from imaging.engine.report import ReportRow, label_volumes, overlay_montage, write_report
 from imaging.fsutil import atomic_write_json
+from imaging.keys import Pseudonymizer
 
 log = logging.getLogger(__name__)
 OUTPUT_FILES = ("seg.nii.gz",)  # always written for an ok series; seg.dcm/overlay.png when produced
@@ -179,7 +179,7 @@ def resolve_input(input_path: str | Path, output_dir: Path, pseudonymizer: Pseud
         return path, Path(private_dir) if private_dir else path.with_name(path.name + ".private")
     if pseudonymizer is None:
         raise ValueError(f"input '{path}' is a PACS export: ingesting it needs the project secret")
-    from imaging.dicom.ingest import ingest  # only a PACS export pays for it
+    from imaging.pipelines.ingest import ingest  # only a PACS export pays for it
 
     work = output_dir / "work"
     dataset = work / "dataset"

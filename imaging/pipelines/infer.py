@@ -17,7 +17,6 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from imaging.dicom.catalog import CatalogRow, read_catalog
-from imaging.keys import Pseudonymizer, SecretError
 from imaging.engine.batch import (
     BatchResult,
     BatchRunner,
@@ -27,6 +26,7 @@ from imaging.engine.batch import (
     resolve_input,
 )
 from imaging.engine.predict import InferenceOptions, SeriesPredictor
+from imaging.keys import Pseudonymizer, SecretError
 from imaging.tracking.registry import ModelBundle, load_bundle, parse_model_uri
 from imaging.tracking.runs import MlflowTracker, tracking_uri_from_config
 

@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 import pydicom
 
-from imaging.keys import Pseudonymizer
 from imaging.dicom.seg import FrameGeometry, frame_geometry, sample_labels
+from imaging.keys import Pseudonymizer
 from imaging.review.dataset import load_nifti
 
 

@@ -28,13 +28,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from imaging.keys import Pseudonymizer
 from imaging.dicom.seg import load_source, read_seg_frames
 from imaging.engine.report import read_report
+from imaging.keys import Pseudonymizer
 from imaging.models.registry import build_network
+from imaging.pipelines.infer import run_inference
 from imaging.synth import generate
 from imaging.synth.canaries import CANARY_TOKEN
-from imaging.pipelines.infer import run_inference
 from imaging.tracking.registry import register_model
 from tests.unit.test_seg_writer import CANARY, _expected, write_source
 

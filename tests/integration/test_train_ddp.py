@@ -130,8 +130,8 @@ def test_two_process_gloo_run_logs_one_mlflow_run(tmp_path: Path, dataset: Path)
 def _preempt_worker(rank: int, port: int, root: str, dataset: str, queue: mp.Queue) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(port), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"})
-    from imaging.pipelines.train import run
     from imaging.launch.preempt import PreemptionFlag
+    from imaging.pipelines.train import run
 
     flag = PreemptionFlag()
     if rank == 1:

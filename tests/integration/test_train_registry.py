@@ -15,8 +15,8 @@ from imaging.data.splits import split_by_subject
 from imaging.data.transforms import build_inference_transforms
 from imaging.engine.checkpoint import load_checkpoint
 from imaging.engine.config import validate_config
-from imaging.pipelines.train import TrainResult, run
 from imaging.models.registry import build_network
+from imaging.pipelines.train import TrainResult, run
 from imaging.tracking.registry import load_bundle
 from tests.fixtures.train_data import compose_train, make_train_dataset
 

@@ -15,8 +15,8 @@ import torch
 from mlflow import MlflowClient
 
 from imaging.engine.checkpoint import load_checkpoint
-from imaging.pipelines.train import run
 from imaging.launch.preempt import EXIT_PREEMPTED, PreemptionFlag
+from imaging.pipelines.train import run
 from tests.fixtures.train_data import compose_train, make_train_dataset, tiny_train_overrides
 
 pytestmark = pytest.mark.integration

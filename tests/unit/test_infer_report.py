@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 
 from imaging.dicom.catalog import read_catalog
-from imaging.dicom.ingest import ingest
-from imaging.keys import Pseudonymizer
 from imaging.engine.batch import (
     BatchRunner,
     BatchSettings,
@@ -27,6 +25,8 @@ from imaging.engine.batch import (
 )
 from imaging.engine.predict import InferenceOptions, SeriesPredictor
 from imaging.engine.report import ReportRow, label_volumes, overlay_montage, read_report
+from imaging.keys import Pseudonymizer
+from imaging.pipelines.ingest import ingest
 from tests.unit.test_infer_predict import threshold_net
 from tests.unit.test_seg_writer import write_source
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from imaging.dicom.catalog import read_catalog
-from imaging.dicom.ingest import ingest
 from imaging.keys import Pseudonymizer
+from imaging.pipelines.ingest import ingest
 from tests.fixtures.datasets import (
     AXIAL,
     CORONAL,

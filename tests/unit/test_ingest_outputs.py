@@ -17,8 +17,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from imaging.dicom.ingest import ingest
 from imaging.keys import Pseudonymizer
+from imaging.pipelines.ingest import ingest
 from tests.fixtures.datasets import stack_positions, write_slices
 
 PS = Pseudonymizer(b"unit-test-secret-0123456789")

@@ -9,9 +9,9 @@ import pytest
 from pydicom.uid import RLELossless, generate_uid
 
 import imaging.dicom.header as header
-from imaging.dicom.ingest import ingest
-from imaging.keys import Pseudonymizer
 from imaging.dicom.scan import scan
+from imaging.keys import Pseudonymizer
+from imaging.pipelines.ingest import ingest
 from tests.fixtures.datasets import stack_positions, write_enhanced, write_slices
 
 PS = Pseudonymizer(b"unit-test-secret-0123456789")

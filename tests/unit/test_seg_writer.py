@@ -22,8 +22,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from imaging.keys import Pseudonymizer
 from imaging.dicom.seg import load_source, read_seg_frames, sample_labels, write_seg
+from imaging.keys import Pseudonymizer
 
 CANARY = "CANARYxPHI"
 CODES = {"liver": {"category": {"value": "123037004", "scheme": "SCT", "meaning": "Anatomical Structure"},

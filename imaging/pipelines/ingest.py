@@ -26,12 +26,12 @@ from typing import Any
 from tqdm import tqdm
 
 from imaging.dicom.catalog import CATALOG_NAME, CatalogRow, write_catalog
-from imaging.dicom.ingest_series import BatchResult, SeriesContext, process_batch
 from imaging.dicom.labels import LabelTable, read_nifti_label_names
-from imaging.keys import Pseudonymizer
 from imaging.dicom.scan import ScanStats, open_index, scan
 from imaging.dicom.series import SEG_CLASSES
 from imaging.fsutil import atomic_open, atomic_write_json
+from imaging.keys import Pseudonymizer
+from imaging.pipelines.ingest_series import BatchResult, SeriesContext, process_batch
 
 log = logging.getLogger(__name__)
 

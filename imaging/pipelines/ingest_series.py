@@ -28,12 +28,12 @@ from imaging.dicom.labels import (
     nifti_to_labels,
     seg_to_labels,
 )
-from imaging.keys import Pseudonymizer
 from imaging.dicom.scan import decode_row
 from imaging.dicom.series import SeriesPlan, VolumePlan, plan_series
 from imaging.dicom.sidecar import axis_codes, build_sidecar
 from imaging.dicom.volume import VolumeError, assemble, write_nifti
 from imaging.fsutil import atomic_write_json, atomic_write_text
+from imaging.keys import Pseudonymizer
 
 log = logging.getLogger(__name__)
 
