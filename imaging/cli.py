@@ -12,6 +12,8 @@ import importlib
 import os
 import sys
 
+from imaging.errors import EXIT_USAGE
+
 # command -> (module, kind, help). kind "hydra": module.main() reads sys.argv;
 # kind "argv": module.main(argv) with the remaining arguments.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -25,14 +27,25 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "submit": ("imaging.apps.submit", "hydra", "submit train|infer|ingest to Slurm (sbatch rendered into the run dir)"),
     "status": ("imaging.apps.status", "argv", "Slurm state of a job and its MLflow run"),
     "secret": ("imaging.apps.secret", "argv", "create a project secret file for keyed pseudonyms"),
+    "init": ("imaging.apps.where", "argv-init", "make a folder the project root (writes the .imaging marker)"),
+    "where": ("imaging.apps.where", "argv", "print the project root, tracking URI and model registry in use"),
 }
+
+EXIT_CODES = """exit codes (every command):
+  0  done
+  1  done, but some inputs failed (listed in the catalog / report)
+  2  bad invocation or config: one line names the key or path (nothing was done)
+  3  preempted after checkpointing (the Slurm script requeues the job)
+  4  unexpected error (a bug): rerun with --debug (or HYDRA_FULL_ERROR=1) for the traceback"""
+
 
 
 def usage() -> str:
     width = max(len(c) for c in COMMANDS)
     lines = ["usage: imaging <command> [args...]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
-    lines += ["", "`imaging <command> --help` shows a command's options (Hydra commands: its config)."]
+    lines += ["", "`imaging <command> --help` shows a command's options (Hydra commands: its config).",
+              "`--debug` after the command shows a traceback on error.", "", EXIT_CODES]
     return "\n".join(lines)
 
 
@@ -43,8 +56,31 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
-        print(f"imaging: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
-        return 2
+        from imaging.errors import closest
+
+        hint = closest(name, COMMANDS)
+        print(f"imaging: unknown command '{name}' ({hint}); `imaging --help` lists them", file=sys.stderr)
+        return EXIT_USAGE
+    debug = "--debug" in rest or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    rest = [a for a in rest if a != "--debug"]
+    try:
+        return _dispatch(name, rest)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print(f"imaging {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        from imaging.apps.errors import describe
+
+        code, line = describe(exc)
+        print(f"imaging {name}: {line}", file=sys.stderr)
+        return code
+
+
+def _dispatch(name: str, rest: list[str]) -> int:
     module_name, kind, _ = COMMANDS[name]
     module = importlib.import_module(module_name)
     if kind == "hydra":
@@ -53,10 +89,33 @@ def main(argv: list[str] | None = None) -> int:
         # task function looks like a script (module "__main__"); imported from a package it
         # would look for an importable package named 'conf' and fail. Say it is a script.
         os.environ["HYDRA_MAIN_MODULE"] = "__main__"
+        # Hydra prints its own multi-line report (and a stack-trace hint) unless told to
+        # re-raise; we re-raise and report in one line (imaging.apps.errors.describe).
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        _quiet_hydra_job_error()
         result = module.main()
+    elif kind == "argv-init":
+        result = module.init(rest)
     else:
         result = module.main(rest)
     return int(result or 0)
+
+
+def _quiet_hydra_job_error() -> None:
+    """Stop Hydra writing "Error executing job with overrides: [...]" before it re-raises.
+
+    hydra-core 1.3.8 (pinned) writes that line straight to stderr in
+    ``JobReturn.return_value``; the overrides it lists are already on the user's command
+    line, and the one line :func:`main` prints says what was wrong.
+    """
+    from hydra.core.utils import JobReturn, JobStatus
+
+    def return_value(self: JobReturn) -> object:
+        if self.status == JobStatus.COMPLETED:
+            return self._return_value
+        raise self._return_value
+
+    JobReturn.return_value = property(return_value, JobReturn.return_value.fset)  # type: ignore[assignment,method-assign,attr-defined]
 
 
 if __name__ == "__main__":

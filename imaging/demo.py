@@ -20,6 +20,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from imaging.project import write_marker
+
 console = Console()
 
 
@@ -70,6 +72,9 @@ def run_step(step: Step, index: int, total: int) -> float:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="demo")
 def main(cfg: DictConfig) -> None:
     demo_dir = Path(cfg.demo_dir)
+    # Make the root a project so `imaging infer models:/demo_seg@champion` run from any
+    # subfolder finds the store this demo registers into (imaging/project.py).
+    write_marker(cfg.paths.root_dir)
     if cfg.fresh and demo_dir.exists():
         shutil.rmtree(demo_dir)
     steps = demo_steps(cfg)

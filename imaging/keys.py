@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from imaging.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 SECRET_ENV = "IMAGING_DEID_SECRET"
@@ -25,7 +27,7 @@ DEMO_SECRET = b"imaging-demo-key-not-for-patient-data"
 MIN_SECRET_BYTES = 16
 
 
-class SecretError(ValueError):
+class SecretError(UsageError):
     """No usable project secret was configured."""
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from imaging.deid.apply import DeidOptions
 from imaging.deid.export import DeidConfigError, DeidSummary, deidentify_export
+from imaging.errors import require_dir, require_writable_dir
 from imaging.keys import Pseudonymizer, SecretError
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -47,6 +48,8 @@ def print_summary(summary: DeidSummary, console: Console | None = None) -> None:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="deid")
 def main(cfg: DictConfig) -> None:
     console = Console()
+    require_dir("input_dir", cfg.input_dir)
+    require_writable_dir("output_dir", cfg.output_dir)
     try:
         pseudo = Pseudonymizer.from_config(cfg.deid.secret_file, cfg.deid.demo_key)
         opts = dict(OmegaConf.to_container(cfg.deid.options, resolve=True))  # type: ignore[arg-type]

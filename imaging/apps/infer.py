@@ -31,17 +31,26 @@ def _main(cfg: DictConfig) -> None:
     from rich.table import Table
 
     from imaging.engine.report import read_report
+    from imaging.errors import UsageError, require_input, require_writable_dir
     from imaging.keys import SecretError
     from imaging.pipelines.infer import run_inference
 
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every copied module at INFO
     console = Console()
+    if not str(cfg.input).startswith(("http://", "https://")):
+        require_input("input", cfg.input)
+    require_writable_dir("output_dir", cfg.output_dir)
     try:
         outcome = run_inference(cfg)
-    except (SecretError, FileNotFoundError, ValueError, MlflowException) as exc:
-        # Set-up errors (no secret, no input, bad URI, unknown model): one clear line, exit 2.
-        console.print(f"[red]imaging infer: {exc}")
-        raise SystemExit(2) from None
+    except MlflowException as exc:
+        from imaging.tracking.runs import tracking_uri_from_config
+
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UsageError(f"model={cfg.model_uri}: {first} (store: {tracking_uri_from_config(cfg)[0]}; "
+                         "`imaging where` shows the store, `imaging model list` its models)") from None
+    except (SecretError, FileNotFoundError, ValueError) as exc:
+        # Set-up errors (no secret, no input, bad URI): one clear line, exit 2.
+        raise UsageError(str(exc)) from None
     res = outcome.result
     report = res.merged_report
     if report is not None and report.is_file():

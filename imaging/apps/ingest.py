@@ -9,14 +9,14 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from imaging.keys import Pseudonymizer, SecretError
+from imaging.errors import require_dir, require_writable_dir
+from imaging.keys import Pseudonymizer
 from imaging.pipelines.ingest import IngestSummary, ingest
 
 # Absolute: imported through `imaging.cli`, a relative config_path would be read as a
 # Python package ('conf'), which the repo's conf/ folder is not.
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 EXIT_FAILED = 1
-EXIT_CONFIG = 2
 
 
 def print_summary(summary: IngestSummary, console: Console | None = None) -> None:
@@ -48,11 +48,10 @@ def print_summary(summary: IngestSummary, console: Console | None = None) -> Non
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="ingest")
 def main(cfg: DictConfig) -> None:
     console = Console()
-    try:
-        ps = Pseudonymizer.from_config(cfg.secret_file, cfg.demo_key)
-    except SecretError as exc:
-        console.print(f"[red]imaging ingest: {exc}[/red]")
-        raise SystemExit(EXIT_CONFIG) from exc
+    # Bad invocations raise UsageError: imaging.cli prints one line and exits 2.
+    require_dir("input_dir", cfg.input_dir)
+    require_writable_dir("output_dir", cfg.output_dir)
+    ps = Pseudonymizer.from_config(cfg.secret_file, cfg.demo_key)
     summary = ingest(
         cfg.input_dir, cfg.output_dir, ps, private_dir=cfg.private_dir, workers=cfg.workers, tilt=cfg.tilt,
         uneven=cfg.uneven, split_4d=cfg.split_4d, labels_dir=cfg.labels_dir,

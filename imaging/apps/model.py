@@ -2,8 +2,8 @@
 
 VERSION is a number or an alias (``promote demo_seg candidate --alias champion``).
 The store is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the embedded
-``sqlite:///<root>/mlflow/mlflow.db`` with root = ``IMAGING_ROOT`` or the current
-folder (the same place ``conf/paths/default.yaml`` puts it).
+``sqlite:///<root>/mlflow/mlflow.db`` with the project root of :mod:`imaging.project`
+(the same place ``conf/paths/default.yaml`` puts it).
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from imaging.project import root_dir
+
 console = Console()
 
 
 def default_tracking_uri() -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    root = Path(os.environ.get("IMAGING_ROOT") or Path.cwd())
+    root = Path(root_dir())
     return f"sqlite:///{(root / 'mlflow' / 'mlflow.db').resolve()}"
 
 

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from imaging.pipelines.train import TrainResult
 
 log = logging.getLogger(__name__)
-EXIT_CONFIG = 2
 # Absolute: imported through `imaging.cli`, a relative config_path would be read as a
 # Python package ('conf'), which the repo's conf/ folder is not.
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -52,14 +51,10 @@ def summary_table(r: TrainResult) -> Table:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
-    from imaging.engine.config import ConfigError
     from imaging.pipelines.train import run
 
-    try:
-        result = run(cfg)
-    except ConfigError as exc:
-        Console(stderr=True).print(f"[red]{exc}")
-        raise SystemExit(EXIT_CONFIG) from exc
+    # A ConfigError (a UsageError) reaches imaging.cli: one line, exit 2.
+    result = run(cfg)
     if result.run_dir is not None and (result.metrics or result.preempted) and dist_env().is_main:
         Console().print(summary_table(result))
     if result.preempted:

@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from tqdm import tqdm
 
 from imaging.deid.apply import DeidOptions, DeidStats, action_plan, deidentify_dataset
+from imaging.errors import UsageError
 from imaging.fsutil import atomic_path, atomic_write_json
 from imaging.keys import Pseudonymizer
 
@@ -42,7 +43,7 @@ LINK_KINDS = (
 _NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
-class DeidConfigError(ValueError):
+class DeidConfigError(UsageError):
     """The export cannot run as configured (paths overlap, link table inside the output)."""
 
 

@@ -26,6 +26,7 @@ from imaging.data.items import (
     segmentation_items,
 )
 from imaging.data.transforms import preprocessing_from_config
+from imaging.errors import UsageError
 from imaging.models.registry import check_network_config, network_task
 
 TASKS = ("segmentation", "classification")
@@ -34,7 +35,7 @@ RESUME = ("auto", "never", "must")
 MONITOR_MODES = ("max", "min")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A config value that cannot work; ``key`` is its dotted config key."""
 
     def __init__(self, key: str, message: str) -> None:

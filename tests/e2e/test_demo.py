@@ -95,3 +95,17 @@ def test_demo_outputs_and_mlflow_audit_clean(demo: Path) -> None:
     outputs = [d / "dataset", d / "predictions", demo / "runs", demo / "logs", demo / "demo.log"]
     assert scan_paths([o for o in outputs if o.exists()], needles) == []
     assert scan_mlflow(f"sqlite:///{demo / 'mlflow' / 'mlflow.db'}", needles) == []
+
+
+def test_the_demo_model_is_found_from_a_subfolder(demo: Path, tmp_path: Path) -> None:
+    """`make demo` marks its root a project: `imaging infer` from a subfolder finds its store."""
+    env = {k: v for k, v in os.environ.items() if k not in ("IMAGING_ROOT", "MLFLOW_TRACKING_URI")}
+    sub = demo / "demo" / "predictions"
+    out = tmp_path / "again"
+    proc = subprocess.run([sys.executable, "-m", "imaging", "infer", "model=models:/demo_seg@champion",
+                           f"input={demo / 'demo' / 'heldout'}", f"output_dir={out}", "demo_key=true",
+                           "overlay=false"],
+                          cwd=sub, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader((out / "report.csv").read_text().splitlines()))
+    assert rows and all(r["status"] == "ok" for r in rows)

@@ -191,7 +191,7 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     common = [f"input_dir={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}", f"paths.root_dir={tmp_path}",
               "progress=false"]
     no_secret = _cli("ingest", *common, env={"IMAGING_DEID_SECRET": ""})
-    assert no_secret.returncode == 2 and "secret" in no_secret.stdout
+    assert no_secret.returncode == 2 and "secret" in no_secret.stderr
     assert _cli("secret", "new", str(tmp_path / "secret")).returncode == 0
     ok = _cli("ingest", *common, f"secret_file={tmp_path / 'secret'}")
     assert ok.returncode == 0, ok.stderr
