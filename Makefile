@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit test-integration lint clean-demo help
+.PHONY: install system-deps demo test test-unit test-integration lint clean-demo help
 
 help:
 	@echo "make demo   - synth -> ingest -> train -> register -> infer on a synthetic export (CPU, minutes)"
@@ -24,16 +24,21 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# System packages (Slurm, munge, Orthanc, PostgreSQL, Chromium, DICOM oracles):
+# installed when missing and we are root, else one line with the command to run.
+system-deps:
+	@bash scripts/system-deps.sh
+
 demo: install
 	IMAGING_ROOT=$(CURDIR) $(BIN)/python -m imaging.demo demo_dir=$(DEMO_DIR)
 
-test: install
+test: install system-deps
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: install
+test-integration: install system-deps
 	$(BIN)/python -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
 
 lint: install
