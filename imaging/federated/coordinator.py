@@ -193,11 +193,12 @@ def run_federation(grid: Grid, cfg: DictConfig, tracker: Any | None = None) -> F
         start = time.perf_counter()
         _rejoin(grid, names, recipe, first, timeout)
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(train_cfg), grid))
-        sampled = {names.get(m.metadata.dst_node_id, f"node-{m.metadata.dst_node_id}") for m in messages}
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         ok = [r for r in replies if not r.has_error()]
         trained = sorted(_site_of(r, names) for r in ok)
-        failed = sorted(sampled - set(trained))
+        # Lost: every site of the federation that returned no update this round (its node
+        # timed out, failed, or is gone from the SuperLink).
+        failed = sorted(set(names.values()) - set(trained))
         if failed:
             log.warning("round %d: site(s) %s did not return an update; aggregating the other %d",
                         rnd, ", ".join(failed), len(ok))
