@@ -12,6 +12,7 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from imaging.dicom.dims import EXTRA_WANTED, PRIVATE_KEYWORDS, header_dims, private_getter
 from imaging.dicom.fastheader import EXPLICIT_LE, IMPLICIT_LE, NeedMore, read_fast
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ HEADER_TAGS = [
     "MRAcquisitionType", "ImagingFrequency", "EchoTrainLength", "PixelBandwidth",
     "PatientAge", "PatientSex", "PerFrameFunctionalGroupsSequence",
     "SharedFunctionalGroupsSequence", "ReferencedSeriesSequence", "SegmentSequence",
-    "SegmentationType", "PixelData",
+    "SegmentationType", "DimensionIndexSequence", "PixelData", *EXTRA_WANTED,
 ]
 # Acquisition parameters for the JSON sidecar (no identifiers, dates or free text).
 PARAM_KEYWORDS = [
@@ -108,6 +109,13 @@ def _frame_info(frame: Dataset | None, shared: Dataset | None) -> dict[str, Any]
         "b": pick("MRDiffusionSequence", "DiffusionBValue"),
         "trig": pick("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"),
     }
+    diffusion = _first(frame, "MRDiffusionSequence") or _first(shared, "MRDiffusionSequence")
+    direction = _first(diffusion, "DiffusionGradientDirectionSequence")
+    if direction is not None and "DiffusionGradientOrientation" in direction:
+        t["bvec"] = _get(direction, "DiffusionGradientOrientation")
+    component = pick("MRImageFrameTypeSequence", "ComplexImageComponent")
+    if component:
+        t["comp"] = {"MAGNITUDE": "M", "PHASE": "P", "REAL": "R", "IMAGINARY": "I"}.get(str(component).upper())
     info["t"] = {k: v for k, v in t.items() if v is not None}
     return info
 
@@ -234,6 +242,11 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
         "acq": get("AcquisitionNumber"), "b": get("DiffusionBValue"),
     }
     row["tkey"] = {k: v for k, v in tkey.items() if v is not None}
+    if ds is not None:
+        extra = private_getter(ds)
+        row["tkey"].update(header_dims(lambda kw: extra(kw) if kw in PRIVATE_KEYWORDS else get(kw)))
+    else:
+        row["tkey"].update(header_dims(get))
     params = {kw: get(kw) for kw in PARAM_KEYWORDS}
     row["params"] = {k: v for k, v in params.items() if v is not None}
     if row["ts"]:
@@ -245,6 +258,7 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
     if per_frame is not None or shared is not None:
         frames = per_frame if per_frame is not None else [None] * row["n_frames"]
         row["frames"] = [_frame_info(f, shared) for f in frames]
+        _dimension_indices(row["frames"], frames, ds.get("DimensionIndexSequence"))
         _enhanced_params(row["params"], shared)
     refs = ds.get("ReferencedSeriesSequence")
     if refs:
@@ -253,6 +267,20 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
     if segs:
         row["segments"] = [[int(s.SegmentNumber), str(s.get("SegmentLabel", ""))] for s in segs]
     return row
+
+
+def _dimension_indices(infos: list[dict[str, Any]], frames: Any, index_seq: Any) -> None:
+    """Each frame's DimensionIndexValues without the in-stack position (``t['dimidx']``)."""
+    pointers = [int(item.get("DimensionIndexPointer", 0)) for item in index_seq or []]
+    drop = {i for i, p in enumerate(pointers) if p in (0x00209057, 0x00200032)}  # InStackPosition, IPP
+    for info, frame in zip(infos, frames, strict=True):
+        values = _get(_first(frame, "FrameContentSequence") or {}, "DimensionIndexValues") if frame else None
+        if isinstance(values, int):
+            values = [values]
+        if isinstance(values, list):
+            kept = [v for i, v in enumerate(values) if i not in drop]
+            if kept:
+                info["t"]["dimidx"] = kept
 
 
 def _enhanced_params(params: dict[str, Any], shared: Dataset | None) -> None:
