@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -137,7 +138,9 @@ def _csa(raw: Any) -> dict[str, Any]:
     """B_value, DiffusionGradientDirection, NumberOfImagesInMosaic, SliceNormalVector from a CSA header."""
     if not isinstance(raw, (bytes, bytearray)) or len(raw) < 16:
         return {}
-    from nibabel.nicom import csareader  # only for Siemens diffusion/mosaic files
+    with warnings.catch_warnings():  # nibabel.nicom warns that its DICOM *wrappers* are experimental
+        warnings.simplefilter("ignore")
+        from nibabel.nicom import csareader  # only for Siemens diffusion/mosaic files
 
     try:
         csa = csareader.read(bytes(raw))
@@ -185,7 +188,7 @@ def header_dims(get: Callable[[str], Any]) -> dict[str, Any]:
     b, vec = get("DiffusionBValue"), _vector(get("DiffusionGradientOrientation"))
     if "SIEMENS" in man:
         csa = _csa(get("SiemensCSAImageHeader")) if ("MOSAIC" in itype or "DIFFUSION" in itype) else {}
-        if csa.get("mosaic") or ("MOSAIC" in itype and get("SiemensNumberOfImagesInMosaic")):
+        if "MOSAIC" in itype and (csa.get("mosaic") or get("SiemensNumberOfImagesInMosaic")):
             out["mosaic"] = csa.get("mosaic") or int(get("SiemensNumberOfImagesInMosaic"))
             if csa.get("normal"):
                 out["csa_normal"] = csa["normal"]
