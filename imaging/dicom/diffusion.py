@@ -42,21 +42,27 @@ def gradient_lps(s: Slice) -> np.ndarray | None:
 
 
 def _ge_to_lps(g: np.ndarray, iop: Any, pe: str) -> np.ndarray:
-    """GE (0019,10BB/BC/BD), relative to the phase/frequency/slice axes, in LPS.
+    """GE (0019,10BB/BC/BD), relative to the image's phase/frequency/slice axes, in LPS.
 
-    dcm2niix (``geCorrectBvecs``) maps them to its voxel axes (columns, flipped rows,
-    slices): with column phase encoding (x, y, z) -> (-x, y, z) for axial
-    slices; with row phase encoding x and y swap first. Undoing dcm2niix's row flip
-    gives the directions along the DICOM row/column/normal axes used here.
+    Follows dcm2niix's ``geCorrectBvecs`` (after dicm2nii): with row phase encoding
+    x and y swap (and the new y changes sign); then the components along the
+    dominant slice axis' flip pattern change sign (axial z; sagittal x, y;
+    coronal y, z); y changes sign for dcm2niix's flipped rows; and the whole
+    vector changes sign. The result is along dcm2niix's voxel axes
+    (row direction, minus column direction, slice normal; determinant < 0, no FSL flip),
+    taken here back to patient coordinates.
     """
     r = np.asarray(iop[:3], float)
     c = np.asarray(iop[3:], float)
     n = np.cross(r, c)
-    x, y, z = g
+    v = np.array(g, float)
     if pe.startswith("ROW"):
-        x, y = y, -x
-    # dcm2niix's voxel vector is (-x, y, z) on (row dir, -column dir, normal); FSL flips none (det < 0).
-    return -x * r - y * c + z * n
+        v = np.array([v[1], -v[0], v[2]])
+    flip = {0: (1, 1, 0), 1: (0, 1, 1), 2: (0, 0, 1)}[int(np.argmax(np.abs(n)))]
+    v = np.where(np.asarray(flip) == 1, -v, v)
+    v[1] = -v[1]
+    v = -v
+    return v[0] * r - v[1] * c + v[2] * n
 
 
 def diffusion_table(vol: VolumePlan) -> tuple[list[float], np.ndarray] | None:

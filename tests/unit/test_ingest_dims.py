@@ -103,13 +103,16 @@ def test_real_siemens_dwi_mosaics_match_dcm2niix(tmp_path: Path) -> None:
     assert nib.load(ours).header.get_zooms()[3] == 1.0  # 4th axis is b, not time
 
 
-@pytest.mark.parametrize(("vendor", "iop"), [
-    ("siemens", OBLIQUE), ("siemens_csa", (1, 0, 0, 0, 1, 0)), ("ge", (1, 0, 0, 0, 1, 0)),
-    ("philips", OBLIQUE), ("canon", (0, 1, 0, 0, 0, -1)), ("siemens", (0, 1, 0, 0, 0, -1)),
-    ("philips", (1, 0, 0, 0, 0, -1)),
+AXIAL, SAG, COR = (1, 0, 0, 0, 1, 0), (0, 1, 0, 0, 0, -1), (1, 0, 0, 0, 0, -1)
+
+
+@pytest.mark.parametrize(("vendor", "iop", "descending"), [
+    ("siemens", OBLIQUE, False), ("siemens", SAG, True), ("siemens_csa", AXIAL, False), ("philips", OBLIQUE, False),
+    ("philips", COR, True), ("canon", SAG, False), ("ge", AXIAL, False), ("ge", AXIAL, True), ("ge", SAG, False),
+    ("ge", COR, False), ("ge_row", AXIAL, False),
 ])
-def test_classic_dwi_each_vendor_matches_dcm2niix(tmp_path: Path, vendor: str, iop) -> None:
-    info = write_dwi(tmp_path / "in" / "dwi", vendor, iop=iop)
+def test_classic_dwi_each_vendor_matches_dcm2niix(tmp_path: Path, vendor: str, iop, descending: bool) -> None:
+    info = write_dwi(tmp_path / "in" / "dwi", vendor, iop=iop, descending=descending)
     (row,) = _ok(run(tmp_path / "in", tmp_path))
     n = len(info["directions"])
     assert row.n_timepoints == n and row.shape.endswith(f"x4x{n}")
