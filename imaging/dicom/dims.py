@@ -211,7 +211,8 @@ def header_dims(get: Callable[[str], Any]) -> dict[str, Any]:
         if vec is None:
             vec = _vector([get("PhilipsDiffusionRL"), get("PhilipsDiffusionAP"), get("PhilipsDiffusionFH")])
         if str(get("PhilipsDiffusionDirection") or "").upper() == "I" and b:
-            vec = [0.0, 0.0, 0.0]  # isotropic (trace) image: b > 0 without a direction
+            vec = [0.0, 0.0, 0.0]  # isotropic (trace) image: derived, a volume of its own (dcm2niix drops it)
+            out["comp"] = "TRACE"
     if isinstance(b, (int, float)):
         out["b"] = float(b)
         if vec is not None:

@@ -25,8 +25,10 @@ from tests.fixtures.vendor_mr import (
     dcm2niix,
     write_dual_echo_mag_phase,
     write_dwi,
+    write_enhanced_dwi,
     write_ge_fmri,
     write_mosaic_series,
+    write_multi_echo_fmri,
 )
 from tests.unit.test_ingest_geometry import run
 
@@ -45,12 +47,16 @@ def _voxel_map(ours: nib.Nifti1Image, theirs: nib.Nifti1Image) -> np.ndarray:
     return idx
 
 
-def assert_same_world(ours_path: Path, theirs_path: Path) -> None:
+def assert_same_world(ours_path: Path, theirs_path: Path, theirs_volume: int | None = None) -> None:
+    """Same intensities at the same world positions (``theirs_volume``: one 3D volume of their 4D file)."""
     ours, theirs = nib.load(ours_path), nib.load(theirs_path)
-    assert ours.shape[3:] == theirs.shape[3:] and np.prod(ours.shape[:3]) == np.prod(theirs.shape[:3])
+    their_data = np.asarray(theirs.dataobj, dtype=np.float64)
+    if theirs_volume is not None:
+        their_data = their_data[..., theirs_volume]
+    assert ours.shape[3:] == their_data.shape[3:] and np.prod(ours.shape[:3]) == np.prod(theirs.shape[:3])
     idx = _voxel_map(ours, theirs)
     a = np.asarray(ours.dataobj, dtype=np.float64).reshape(len(idx), -1)
-    b = np.asarray(theirs.dataobj, dtype=np.float64)[idx[:, 0], idx[:, 1], idx[:, 2]].reshape(len(idx), -1)
+    b = their_data[idx[:, 0], idx[:, 1], idx[:, 2]].reshape(len(idx), -1)
     np.testing.assert_allclose(a, b, atol=1e-3)
 
 
@@ -186,3 +192,41 @@ def test_dimension_tags_same_on_fast_and_pydicom_paths(tmp_path: Path, vendor: s
     slow = header_row(path)
     assert fast["tkey"] == slow["tkey"]
     assert fast["tkey"]["b"] == 1000.0 and ("bvec" in fast["tkey"] or "bvec_ge" in fast["tkey"])
+
+
+def test_enhanced_dwi_by_frame_diffusion_groups_matches_dcm2niix(tmp_path: Path) -> None:
+    write_enhanced_dwi(tmp_path / "in" / "edwi.dcm", iop=OBLIQUE)
+    (row,) = _ok(run(tmp_path / "in", tmp_path))
+    assert row.shape == "8x6x3x4" and row.n_instances == 1
+    (theirs,) = dcm2niix(tmp_path / "in", tmp_path / "d2n")
+    ours = tmp_path / "ds" / row.volume_path
+    assert_same_world(ours, theirs)
+    assert_same_diffusion(ours, theirs)
+
+
+def test_two_extra_dimensions_give_one_4d_volume_per_echo(tmp_path: Path) -> None:
+    write_multi_echo_fmri(tmp_path / "in" / "me")
+    rows = _ok(run(tmp_path / "in", tmp_path))
+    assert [r.shape for r in rows] == ["6x6x3x3", "6x6x3x3"]
+    theirs = dcm2niix(tmp_path / "in", tmp_path / "d2n")
+    assert len(theirs) == 2
+    matched = {_matching(tmp_path / "ds" / r.volume_path, theirs) for r in rows}
+    assert len(matched) == 2
+    for r in rows:
+        img = nib.load(tmp_path / "ds" / r.volume_path)
+        assert img.header.get_zooms()[3] == pytest.approx(1.5)  # TR, time axis
+
+
+def test_philips_isotropic_trace_is_its_own_volume(tmp_path: Path) -> None:
+    info = write_dwi(tmp_path / "in" / "dwi", "philips", iop=OBLIQUE, trace=True)
+    rows = _ok(run(tmp_path / "in", tmp_path))
+    n = len(info["directions"]) - 1
+    (dwi,) = [r for r in rows if r.n_timepoints == n]
+    (trace,) = [r for r in rows if r.n_timepoints == 1]
+    assert "component TRACE" in trace.reason and trace.shape == "10x8x4"
+    # dcm2niix takes the trace out of the DWI too; its <name>_ADC keeps all volumes, the trace last
+    theirs, theirs_trace = sorted(dcm2niix(tmp_path / "in", tmp_path / "d2n"), key=lambda p: "_ADC" in p.name)
+    assert theirs_trace.name.endswith("_ADC.nii.gz")
+    assert_same_world(tmp_path / "ds" / dwi.volume_path, theirs)
+    assert_same_diffusion(tmp_path / "ds" / dwi.volume_path, theirs)
+    assert_same_world(tmp_path / "ds" / trace.volume_path, theirs_trace, theirs_volume=n)
