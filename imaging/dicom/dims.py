@@ -62,6 +62,10 @@ AXIS_NAMES = {
 TIME_AXES = {"tpi", "acq", "order"}
 
 
+class DimensionError(ValueError):
+    """Repeated positions that look like a 4D series but do not form complete volumes."""
+
+
 def decode_value(raw: Any, kind: str) -> Any:
     """A private attribute's value from raw bytes (implicit VR / UN) or as pydicom typed it."""
     if raw is None:
@@ -270,6 +274,9 @@ def split_dimensions(
     Returns:
         ``[(stacks, axis key or None, label)]``: one entry per output volume, ``stacks[t]``
         the slices of timepoint t; ``label`` names the component/echo for the catalog.
+
+    Raises:
+        DimensionError: every position repeats, but not equally often (an incomplete 4D series).
     """
     separate: dict[tuple[Any, ...], list[Slice]] = defaultdict(list)
     for s in group:
@@ -327,6 +334,11 @@ def _volumes(part: list[Slice], pos_key: Callable[[Slice], Any],
                 by_pos[pos_key(s)].append(s)
             counts = Counter(len(v) for v in by_pos.values())
             if len(counts) != 1 or set(by_pos) != positions:
+                if set(by_pos) == positions and min(counts) >= 2:
+                    raise DimensionError(
+                        f"incomplete 4D series: each of {len(positions)} slice positions (0020,0032) should repeat "
+                        f"equally, but they repeat {min(counts)} to {max(counts)} times and no temporal, diffusion "
+                        "or acquisition tag completes the volumes")
                 return None
             for items in by_pos.values():
                 for n, s in enumerate(sorted(items, key=_order)):

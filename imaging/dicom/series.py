@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from imaging.dicom.dims import AXIS_NAMES, split_dimensions
+from imaging.dicom.dims import AXIS_NAMES, DimensionError, split_dimensions
 from imaging.dicom.geometry import Grid, PlanError, plan_grid
 from imaging.dicom.header import is_native, ts_name
 from imaging.dicom.mosaic import MosaicError, mosaic_items
@@ -251,7 +251,11 @@ def _plan_volumes(plan: SeriesPlan, slices: list[Slice], *, tilt: str, uneven: s
         if len(group) < MIN_SLICES:
             remarks.append(f"{len(group)} slice(s) with another orientation dropped")
             continue
-        stacks.extend(_split_dimension(group, split_4d, remarks))
+        try:
+            stacks.extend(_split_dimension(group, split_4d, remarks))
+        except DimensionError as exc:
+            _done(plan, "error", str(exc))
+            return
     if not stacks:
         counts = ", ".join(str(len(g)) for g in groups.values())
         _done(plan, "skipped", f"fewer than {MIN_SLICES} slices per stack ({counts})")

@@ -230,3 +230,21 @@ def test_philips_isotropic_trace_is_its_own_volume(tmp_path: Path) -> None:
     assert_same_world(tmp_path / "ds" / dwi.volume_path, theirs)
     assert_same_diffusion(tmp_path / "ds" / dwi.volume_path, theirs)
     assert_same_world(tmp_path / "ds" / trace.volume_path, theirs_trace, theirs_volume=n)
+
+
+def test_incomplete_4d_series_is_an_error_row(tmp_path: Path) -> None:
+    write_ge_fmri(tmp_path / "in" / "fmri", n_slices=4, n_time=3)
+    (tmp_path / "in" / "fmri" / "fmri0011").unlink()  # the run stopped before the last slice
+    summary = run(tmp_path / "in", tmp_path)
+    (row,) = summary.rows
+    assert row.status == "error" and "incomplete 4D series" in row.reason and "repeat 2 to 3 times" in row.reason
+
+
+@pytest.mark.parametrize("normal", [(1.0, 0.0, 0.0), (-1.0, 0.0, 0.0)])
+def test_sagittal_mosaic_slice_order_from_csa_normal_matches_dcm2niix(tmp_path: Path, normal) -> None:
+    # (0,1,0)x(0,0,-1) = (-1,0,0): CSA SliceNormalVector (1,0,0) is the negative-determinant mosaic
+    write_mosaic_series(tmp_path / "in" / "sag", n_time=2, iop=(0, 1, 0, 0, 0, -1), slice_normal=normal)
+    (row,) = _ok(run(tmp_path / "in", tmp_path))
+    assert row.shape == "128x128x48x2"
+    (theirs,) = dcm2niix(tmp_path / "in", tmp_path / "d2n")
+    assert_same_world(tmp_path / "ds" / row.volume_path, theirs)
