@@ -37,8 +37,10 @@ HEADER_TAGS = [
     "MRAcquisitionType", "ImagingFrequency", "EchoTrainLength", "PixelBandwidth",
     "PatientAge", "PatientSex", "PerFrameFunctionalGroupsSequence",
     "SharedFunctionalGroupsSequence", "ReferencedSeriesSequence", "SegmentSequence",
-    "SegmentationType", "DimensionIndexSequence", "PixelData", *EXTRA_WANTED,
+    "SegmentationType", "DimensionIndexSequence", "PixelData",
 ]
+# Dimension attributes (diffusion, vendor private tags, CSA), by tag: see imaging.dicom.dims.
+HEADER_TAG_NUMBERS: list[int | str] = [*HEADER_TAGS, *EXTRA_WANTED]
 # Acquisition parameters for the JSON sidecar (no identifiers, dates or free text).
 PARAM_KEYWORDS = [
     "Modality", "Manufacturer", "ManufacturerModelName", "MagneticFieldStrength",
@@ -176,7 +178,8 @@ def header_row(path: str) -> dict[str, Any]:
             with warnings.catch_warnings():
                 # pydicom warns with absolute paths; problems surface as this row's error instead.
                 warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=HEADER_TAGS, force=True)
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=HEADER_TAG_NUMBERS,  # type: ignore[arg-type]
+                                    force=True)
             meta = getattr(ds, "file_meta", None)
             ts_value = meta.get("TransferSyntaxUID") if meta is not None else None
             ts_str = str(ts_value) if ts_value else None
@@ -274,7 +277,8 @@ def _dimension_indices(infos: list[dict[str, Any]], frames: Any, index_seq: Any)
     pointers = [int(item.get("DimensionIndexPointer", 0)) for item in index_seq or []]
     drop = {i for i, p in enumerate(pointers) if p in (0x00209057, 0x00200032)}  # InStackPosition, IPP
     for info, frame in zip(infos, frames, strict=True):
-        values = _get(_first(frame, "FrameContentSequence") or {}, "DimensionIndexValues") if frame else None
+        content = _first(frame, "FrameContentSequence") if frame else None
+        values = _get(content, "DimensionIndexValues") if content is not None else None
         if isinstance(values, int):
             values = [values]
         if isinstance(values, list):
