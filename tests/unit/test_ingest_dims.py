@@ -119,6 +119,17 @@ AXIAL, SAG, COR = (1, 0, 0, 0, 1, 0), (0, 1, 0, 0, 0, -1), (1, 0, 0, 0, 0, -1)
 ])
 def test_classic_dwi_each_vendor_matches_dcm2niix(tmp_path: Path, vendor: str, iop, descending: bool) -> None:
     info = write_dwi(tmp_path / "in" / "dwi", vendor, iop=iop, descending=descending)
+    _check_dwi(tmp_path, info)
+
+
+@pytest.mark.parametrize("vendor", ["siemens", "philips", "ge"])
+def test_repeated_b0_and_slice_major_numbering_keep_dcm2niix_order(tmp_path: Path, vendor: str) -> None:
+    dirs = [(0, 0, 0), (1, 0, 0), (0, 0, 0), (0, 1, 0), (0, 0, 0), (0, 0, 1)]
+    info = write_dwi(tmp_path / "in" / "dwi", vendor, directions=dirs, slice_major=vendor == "philips")
+    _check_dwi(tmp_path, info)
+
+
+def _check_dwi(tmp_path: Path, info: dict) -> None:
     (row,) = _ok(run(tmp_path / "in", tmp_path))
     n = len(info["directions"])
     assert row.n_timepoints == n and row.shape.endswith(f"x4x{n}")
