@@ -191,15 +191,22 @@ def header_dims(get: Callable[[str], Any]) -> dict[str, Any]:
         out["inst"] = inst
     b, vec = get("DiffusionBValue"), _vector(get("DiffusionGradientOrientation"))
     if "SIEMENS" in man:
-        csa = _csa(get("SiemensCSAImageHeader")) if ("MOSAIC" in itype or "DIFFUSION" in itype) else {}
-        if "MOSAIC" in itype and (csa.get("mosaic") or get("SiemensNumberOfImagesInMosaic")):
+        mosaic = "MOSAIC" in itype
+        if b is None:
+            b = get("SiemensBValue")
+        if vec is None:
+            vec = _vector(get("SiemensDiffusionGradientDirection"))
+        # The CSA header (a few ms to parse) only where the (0019,10xx) copies do not answer.
+        need = mosaic or ("DIFFUSION" in itype and (b is None or (b and vec is None)))
+        csa = _csa(get("SiemensCSAImageHeader")) if need else {}
+        if mosaic and (csa.get("mosaic") or get("SiemensNumberOfImagesInMosaic")):
             out["mosaic"] = csa.get("mosaic") or int(get("SiemensNumberOfImagesInMosaic"))
             if csa.get("normal"):
                 out["csa_normal"] = csa["normal"]
         if b is None:
-            b = csa.get("b", get("SiemensBValue"))
+            b = csa.get("b")
         if vec is None:
-            vec = _vector(csa.get("bvec")) or _vector(get("SiemensDiffusionGradientDirection"))
+            vec = _vector(csa.get("bvec"))
     elif man.startswith("GE"):
         slop = get("GESlopInt6to9")
         first = slop[0] if isinstance(slop, list) and slop else slop
