@@ -7,7 +7,7 @@ nibabel, GE, Philips private tags), echo, image component (magnitude, phase,
 real, imaginary), temporal position, acquisition number and time.
 :func:`split_dimensions` then
 
-1. separates image components and echoes into separate volumes;
+1. separates image components, echoes and ASL label/control into separate volumes;
 2. finds the keys that are constant over a whole volume (each value covers every
    slice position): diffusion (b, direction), temporal position, trigger time,
    acquisition number;
@@ -44,7 +44,7 @@ EXTRA_WANTED: dict[int, tuple[str, str]] = {
     0x001910BB: ("GEDiffusionX", "ds"), 0x001910BC: ("GEDiffusionY", "ds"), 0x001910BD: ("GEDiffusionZ", "ds"),
     0x20011003: ("PhilipsBValue", "fl"), 0x20011004: ("PhilipsDiffusionDirection", "s"),
     0x200510B0: ("PhilipsDiffusionRL", "fl"), 0x200510B1: ("PhilipsDiffusionAP", "fl"),
-    0x200510B2: ("PhilipsDiffusionFH", "fl"),
+    0x200510B2: ("PhilipsDiffusionFH", "fl"), 0x20051429: ("PhilipsMRImageLabelType", "s"),
 }
 PRIVATE_KEYWORDS = {kw: (tag, kind) for tag, (kw, kind) in EXTRA_WANTED.items()}
 COMPONENTS = {"M": "M", "MAGNITUDE": "M", "P": "P", "PHASE": "P", "R": "R", "REAL": "R",
@@ -221,6 +221,9 @@ def header_dims(get: Callable[[str], Any]) -> dict[str, Any]:
             b = get("PhilipsBValue")
         if vec is None:
             vec = _vector([get("PhilipsDiffusionRL"), get("PhilipsDiffusionAP"), get("PhilipsDiffusionFH")])
+        label = str(get("PhilipsMRImageLabelType") or "").upper()
+        if label in ("LABEL", "CONTROL"):  # ASL: label and control images are separate volumes
+            out["asl"] = label
         if str(get("PhilipsDiffusionDirection") or "").upper() == "I" and b:
             vec = [0.0, 0.0, 0.0]  # isotropic (trace) image: derived, a volume of its own (dcm2niix drops it)
             out["comp"] = "TRACE"
@@ -261,9 +264,10 @@ def _value(s: Slice, key: str) -> Any:
 
 
 def _separate_key(s: Slice) -> tuple[Any, ...]:
+    """(image component, echo, ASL label/control): each value its own volume."""
     t = s.t
     echo = t.get("echo") if t.get("echo") is not None else t.get("te")
-    return (t.get("comp") or "", _norm(echo))
+    return (t.get("comp") or "", _norm(echo), t.get("asl") or "")
 
 
 def _order(s: Slice) -> tuple[Any, ...]:
@@ -288,12 +292,13 @@ def split_dimensions(
     separate: dict[tuple[Any, ...], list[Slice]] = defaultdict(list)
     for s in group:
         separate[_separate_key(s)].append(s)
-    varying = [i for i in range(2) if len({k[i] for k in separate}) > 1]
+    varying = [i for i in range(3) if len({k[i] for k in separate}) > 1]
     out: list[tuple[list[list[Slice]], str | None, str]] = []
-    for key in sorted(separate, key=lambda k: (str(k[0]), k[1] if isinstance(k[1], (int, float)) else 0)):
+    for key in sorted(separate, key=lambda k: (str(k[0]), k[1] if isinstance(k[1], (int, float)) else 0, k[2])):
         part = separate[key]
         label = ", ".join(filter(None, [
-            f"component {key[0]}" if 0 in varying else "", f"echo {key[1]}" if 1 in varying else ""]))
+            f"component {key[0]}" if 0 in varying else "", f"echo {key[1]}" if 1 in varying else "",
+            f"ASL {key[2].lower()}" if 2 in varying else ""]))
         positions = {pos_key(s) for s in part}
         if len(positions) == len({(s.sop_uid or id(s), s.frame) for s in part}):
             out.append(([part], None, label))

@@ -29,8 +29,9 @@ from tests.fixtures.vendor_mr import (
     write_ge_fmri,
     write_mosaic_series,
     write_multi_echo_fmri,
+    write_philips_asl,
 )
-from tests.unit.test_ingest_geometry import run
+from tests.unit.test_ingest_geometry import assert_matches_dicom, run
 
 OBLIQUE = (0.9659258, 0.2588190, 0.0, -0.2241439, 0.8365163, -0.5)  # 15 deg about z, then 30 about x
 
@@ -261,3 +262,14 @@ def test_sagittal_mosaic_slice_order_from_csa_normal_matches_dcm2niix(tmp_path: 
     assert row.shape == "128x128x48x2"
     (theirs,) = dcm2niix(tmp_path / "in", tmp_path / "d2n")
     assert_same_world(tmp_path / "ds" / row.volume_path, theirs)
+
+
+def test_philips_asl_label_and_control_are_separate_4d_volumes(tmp_path: Path) -> None:
+    written = write_philips_asl(tmp_path / "in" / "asl")
+    rows = _ok(run(tmp_path / "in", tmp_path))
+    assert len(rows) == 2 and {r.shape for r in rows} == {"7x6x3x3"}
+    for r in rows:  # the DICOM is the oracle here: each dynamic of each volume holds its own frames
+        lab = 1 if "ASL label" in r.reason else 0
+        assert "ASL control" in r.reason or lab
+        for dyn in range(3):
+            assert_matches_dicom(tmp_path / "ds" / r.volume_path, written[lab][dyn], t=dyn)
