@@ -264,10 +264,15 @@ def _value(s: Slice, key: str) -> Any:
 
 
 def _separate_key(s: Slice) -> tuple[Any, ...]:
-    """(image component, echo, ASL label/control): each value its own volume."""
+    """(image component, echo, ASL label/control): each value its own volume.
+
+    Without a known component, the ImageType values after ORIGINAL/PRIMARY stand in for it
+    (e.g. a Philips B0 map beside its magnitude images).
+    """
     t = s.t
     echo = t.get("echo") if t.get("echo") is not None else t.get("te")
-    return (t.get("comp") or "", _norm(echo), t.get("asl") or "")
+    comp = t.get("comp") or "\\".join(str(v).upper() for v in (s.row.get("image_type") or [])[2:])
+    return (comp, _norm(echo), t.get("asl") or "")
 
 
 def _order(s: Slice) -> tuple[Any, ...]:
@@ -297,7 +302,7 @@ def split_dimensions(
     for key in sorted(separate, key=lambda k: (str(k[0]), k[1] if isinstance(k[1], (int, float)) else 0, k[2])):
         part = separate[key]
         label = ", ".join(filter(None, [
-            f"component {key[0]}" if 0 in varying else "", f"echo {key[1]}" if 1 in varying else "",
+            f"component {key[0] or 'none'}" if 0 in varying else "", f"echo {key[1]}" if 1 in varying else "",
             f"ASL {key[2].lower()}" if 2 in varying else ""]))
         positions = {pos_key(s) for s in part}
         if len(positions) == len({(s.sop_uid or id(s), s.frame) for s in part}):

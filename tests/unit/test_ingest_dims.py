@@ -273,3 +273,17 @@ def test_philips_asl_label_and_control_are_separate_4d_volumes(tmp_path: Path) -
         assert "ASL control" in r.reason or lab
         for dyn in range(3):
             assert_matches_dicom(tmp_path / "ds" / r.volume_path, written[lab][dyn], t=dyn)
+
+
+def test_field_map_image_types_are_separate_volumes(tmp_path: Path) -> None:
+    from tests.fixtures.datasets import stack_positions, write_slices
+
+    pos, uid, study = stack_positions(4), "1.2.826.0.1.3680043.8.498.77", "1.2.826.0.1.3680043.8.498.78"
+    mag = write_slices(tmp_path / "in" / "fm", pos, series_uid=uid, study_uid=study, names=[f"M{k}" for k in range(4)], seed=1,
+                       modality="MR", extra={"ImageType": ["ORIGINAL", "PRIMARY", "M_FFE", "M", "FFE"]})
+    b0 = write_slices(tmp_path / "in" / "fm", pos, series_uid=uid, study_uid=study, names=[f"B{k}" for k in range(4)], seed=2,
+                      modality="MR", extra={"ImageType": ["ORIGINAL", "PRIMARY", "B0", "B0", "FFE"]})
+    rows = _ok(run(tmp_path / "in", tmp_path))
+    assert len(rows) == 2
+    for r in rows:
+        assert_matches_dicom(tmp_path / "ds" / r.volume_path, mag if "component M" in r.reason else b0)
