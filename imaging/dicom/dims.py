@@ -208,11 +208,12 @@ def header_dims(get: Callable[[str], Any]) -> dict[str, Any]:
         if vec is None:
             vec = _vector(csa.get("bvec"))
     elif man.startswith("GE"):
+        # slop_int_6 holds other things outside diffusion: trusted only beside the gradient tags
+        ge = _vector([get("GEDiffusionX"), get("GEDiffusionY"), get("GEDiffusionZ")])
         slop = get("GESlopInt6to9")
         first = slop[0] if isinstance(slop, list) and slop else slop
-        if b is None and isinstance(first, (int, float)):
+        if b is None and ge is not None and isinstance(first, (int, float)):
             b = float(int(first) % 1000000000)  # GE adds 1e9 (or 1e9 multiples) to the b-value
-        ge = _vector([get("GEDiffusionX"), get("GEDiffusionY"), get("GEDiffusionZ")])
         if ge is not None and vec is None:
             out["bvec_ge"] = ge
             out["pe"] = str(get("InPlanePhaseEncodingDirection") or "COL").upper()[:3]
