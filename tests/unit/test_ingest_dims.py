@@ -287,3 +287,18 @@ def test_field_map_image_types_are_separate_volumes(tmp_path: Path) -> None:
     assert len(rows) == 2
     for r in rows:
         assert_matches_dicom(tmp_path / "ds" / r.volume_path, mag if "component M" in r.reason else b0)
+
+
+def test_enhanced_magnitude_and_phase_frames_are_separate_volumes(tmp_path: Path) -> None:
+    write_enhanced_dwi(tmp_path / "in" / "mp.dcm", directions=[(0, 0, 0), (1, 0, 0)],
+                       components=["MAGNITUDE", "PHASE"])
+    rows = _ok(run(tmp_path / "in", tmp_path))
+    assert len(rows) == 2 and {r.shape for r in rows} == {"8x6x3x2"}
+    assert {"component M" in r.reason for r in rows} == {True, False}
+    theirs = dcm2niix(tmp_path / "in", tmp_path / "d2n")
+    for r in rows:  # intensities: dcm2niix; b-values: dcm2niix's _ph file says 0 0, the DICOM says 0 800
+        match = _matching(tmp_path / "ds" / r.volume_path, theirs)
+        if "component M" in r.reason:
+            assert_same_diffusion(tmp_path / "ds" / r.volume_path, match)
+        else:
+            assert np.loadtxt(tmp_path / "ds" / r.volume_path.replace(".nii.gz", ".bval")).tolist() == [0, 800]
