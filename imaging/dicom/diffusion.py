@@ -77,7 +77,14 @@ def diffusion_table(vol: VolumePlan) -> tuple[list[float], np.ndarray] | None:
         g = gradient_lps(s)
         bvals.append(float(b) if isinstance(b, (int, float)) else 0.0)
         vecs.append(np.zeros(3) if g is None else g)
-    return bvals, np.asarray(vecs)
+    table = np.asarray(vecs)
+    directional = bool(np.abs(table).sum(axis=1).max(initial=0.0) > 0)
+    for i, stack in enumerate(vol.slices):
+        # GE writes the b=0 volumes of a DTI run with the run's b-value and no direction
+        # (dcm2niix nii_saveDTI, issue 245): unweighted, b = 0.
+        if "bvec_ge" in stack[0].t and directional and not np.abs(table[i]).sum():
+            bvals[i] = 0.0
+    return bvals, table
 
 
 def fsl_bvecs(vecs_lps: np.ndarray, affine_ras: np.ndarray) -> np.ndarray:

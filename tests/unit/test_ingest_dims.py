@@ -126,7 +126,8 @@ def test_classic_dwi_each_vendor_matches_dcm2niix(tmp_path: Path, vendor: str, i
 @pytest.mark.parametrize("vendor", ["siemens", "philips", "ge"])
 def test_repeated_b0_and_slice_major_numbering_keep_dcm2niix_order(tmp_path: Path, vendor: str) -> None:
     dirs = [(0, 0, 0), (1, 0, 0), (0, 0, 0), (0, 1, 0), (0, 0, 0), (0, 0, 1)]
-    info = write_dwi(tmp_path / "in" / "dwi", vendor, directions=dirs, slice_major=vendor == "philips")
+    info = write_dwi(tmp_path / "in" / "dwi", vendor, directions=dirs, slice_major=vendor == "philips",
+                     ge_b0_nominal=True)
     _check_dwi(tmp_path, info)
 
 
