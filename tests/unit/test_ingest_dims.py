@@ -303,3 +303,12 @@ def test_enhanced_magnitude_and_phase_frames_are_separate_volumes(tmp_path: Path
             assert_same_diffusion(tmp_path / "ds" / r.volume_path, match)
         else:
             assert np.loadtxt(tmp_path / "ds" / r.volume_path.replace(".nii.gz", ".bval")).tolist() == [0, 800]
+
+
+def test_mosaic_that_is_not_whole_tiles_is_an_error_row(tmp_path: Path) -> None:
+    # nibabel's 0.dcm is a real Siemens DWI mosaic header (48 tiles) with a 256x256 image: not 7x7 tiles
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "0.dcm").write_bytes((NICOM_DATA / "0.dcm").read_bytes())
+    (row,) = run(tmp_path / "in", tmp_path).rows
+    assert row.status == "error"
+    assert "file '0.dcm'" in row.reason and "(0028,0010) Rows=256" in row.reason and "NumberOfImagesInMosaic=48" in row.reason
