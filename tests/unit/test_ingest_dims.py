@@ -312,3 +312,13 @@ def test_mosaic_that_is_not_whole_tiles_is_an_error_row(tmp_path: Path) -> None:
     (row,) = run(tmp_path / "in", tmp_path).rows
     assert row.status == "error"
     assert "file '0.dcm'" in row.reason and "(0028,0010) Rows=256" in row.reason and "NumberOfImagesInMosaic=48" in row.reason
+
+
+def test_real_mosaic_dimension_tags_same_on_fast_and_pydicom_paths(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "b1000.dcm"  # implicit VR, CSA headers, Siemens private (0019,10xx)
+    path.write_bytes(gzip.decompress((NICOM_DATA / "siemens_dwi_1000.dcm.gz").read_bytes()))
+    fast = header_row(str(path))
+    monkeypatch.setattr("imaging.dicom.header.read_fast", lambda *a, **k: None)
+    slow = header_row(str(path))
+    assert fast["tkey"] == slow["tkey"]
+    assert fast["tkey"]["mosaic"] == 48 and fast["tkey"]["b"] == 1000.0 and len(fast["tkey"]["csa_normal"]) == 3
