@@ -14,6 +14,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from imaging.dicom.dims import EXTRA_WANTED
+
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _LONG_VRS = {b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"OD", b"OL", b"OV", b"SV", b"UV", b"UC", b"UR"}
@@ -55,6 +57,7 @@ WANTED: dict[int, tuple[str, str]] = {
     0x00280103: ("PixelRepresentation", "us"), 0x00281052: ("RescaleIntercept", "ds"),
     0x00281053: ("RescaleSlope", "ds"),
 }
+WANTED.update(EXTRA_WANTED)  # dimension tags: diffusion, vendor private, CSA (fd n-values, fl, raw kinds)
 
 
 class _Bail(Exception):
@@ -70,6 +73,10 @@ def _decode(raw: bytes, kind: str, encoding: str) -> Any:
         return _U16.unpack_from(raw)[0] if len(raw) >= 2 else None
     if kind == "fd":
         return _F64.unpack_from(raw)[0] if len(raw) >= 8 else None
+    if kind in ("fdn", "fl", "raw"):
+        from imaging.dicom.dims import decode_value
+
+        return decode_value(raw, kind)
     text = raw.decode(encoding).rstrip(" \x00")
     if not text:
         return None

@@ -12,6 +12,7 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from imaging.dicom.dims import EXTRA_WANTED, PRIVATE_KEYWORDS, header_dims, private_getter
 from imaging.dicom.fastheader import EXPLICIT_LE, IMPLICIT_LE, NeedMore, read_fast
 
 if TYPE_CHECKING:
@@ -36,8 +37,10 @@ HEADER_TAGS = [
     "MRAcquisitionType", "ImagingFrequency", "EchoTrainLength", "PixelBandwidth",
     "PatientAge", "PatientSex", "PerFrameFunctionalGroupsSequence",
     "SharedFunctionalGroupsSequence", "ReferencedSeriesSequence", "SegmentSequence",
-    "SegmentationType", "PixelData",
+    "SegmentationType", "DimensionIndexSequence", "PixelData",
 ]
+# Dimension attributes (diffusion, vendor private tags, CSA), by tag: see imaging.dicom.dims.
+HEADER_TAG_NUMBERS: list[int | str] = [*HEADER_TAGS, *EXTRA_WANTED]
 # Acquisition parameters for the JSON sidecar (no identifiers, dates or free text).
 PARAM_KEYWORDS = [
     "Modality", "Manufacturer", "ManufacturerModelName", "MagneticFieldStrength",
@@ -108,6 +111,13 @@ def _frame_info(frame: Dataset | None, shared: Dataset | None) -> dict[str, Any]
         "b": pick("MRDiffusionSequence", "DiffusionBValue"),
         "trig": pick("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"),
     }
+    diffusion = _first(frame, "MRDiffusionSequence") or _first(shared, "MRDiffusionSequence")
+    direction = _first(diffusion, "DiffusionGradientDirectionSequence")
+    if direction is not None and "DiffusionGradientOrientation" in direction:
+        t["bvec"] = _get(direction, "DiffusionGradientOrientation")
+    component = pick("MRImageFrameTypeSequence", "ComplexImageComponent")
+    if component:
+        t["comp"] = {"MAGNITUDE": "M", "PHASE": "P", "REAL": "R", "IMAGINARY": "I"}.get(str(component).upper())
     info["t"] = {k: v for k, v in t.items() if v is not None}
     return info
 
@@ -168,7 +178,8 @@ def header_row(path: str) -> dict[str, Any]:
             with warnings.catch_warnings():
                 # pydicom warns with absolute paths; problems surface as this row's error instead.
                 warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=HEADER_TAGS, force=True)
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=HEADER_TAG_NUMBERS,  # type: ignore[arg-type]
+                                    force=True)
             meta = getattr(ds, "file_meta", None)
             ts_value = meta.get("TransferSyntaxUID") if meta is not None else None
             ts_str = str(ts_value) if ts_value else None
@@ -234,6 +245,11 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
         "acq": get("AcquisitionNumber"), "b": get("DiffusionBValue"),
     }
     row["tkey"] = {k: v for k, v in tkey.items() if v is not None}
+    if ds is not None:
+        extra = private_getter(ds)
+        row["tkey"].update(header_dims(lambda kw: extra(kw) if kw in PRIVATE_KEYWORDS else get(kw)))
+    else:
+        row["tkey"].update(header_dims(get))
     params = {kw: get(kw) for kw in PARAM_KEYWORDS}
     row["params"] = {k: v for k, v in params.items() if v is not None}
     if row["ts"]:
@@ -245,6 +261,7 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
     if per_frame is not None or shared is not None:
         frames = per_frame if per_frame is not None else [None] * row["n_frames"]
         row["frames"] = [_frame_info(f, shared) for f in frames]
+        _dimension_indices(row["frames"], frames, ds.get("DimensionIndexSequence"))
         _enhanced_params(row["params"], shared)
     refs = ds.get("ReferencedSeriesSequence")
     if refs:
@@ -253,6 +270,21 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
     if segs:
         row["segments"] = [[int(s.SegmentNumber), str(s.get("SegmentLabel", ""))] for s in segs]
     return row
+
+
+def _dimension_indices(infos: list[dict[str, Any]], frames: Any, index_seq: Any) -> None:
+    """Each frame's DimensionIndexValues without the in-stack position (``t['dimidx']``)."""
+    pointers = [int(item.get("DimensionIndexPointer", 0)) for item in index_seq or []]
+    drop = {i for i, p in enumerate(pointers) if p in (0x00209057, 0x00200032)}  # InStackPosition, IPP
+    for info, frame in zip(infos, frames, strict=True):
+        content = _first(frame, "FrameContentSequence") if frame else None
+        values = _get(content, "DimensionIndexValues") if content is not None else None
+        if isinstance(values, int):
+            values = [values]
+        if isinstance(values, list):
+            kept = [v for i, v in enumerate(values) if i not in drop]
+            if kept:
+                info["t"]["dimidx"] = kept
 
 
 def _enhanced_params(params: dict[str, Any], shared: Dataset | None) -> None:

@@ -26,7 +26,7 @@ from imaging.dicom.header import HEADER_TAGS, header_row
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tkey holds diffusion, component, acquisition time and mosaic entries
 COLUMNS = [
     "path", "size", "mtime", "kind", "error", "sop_class", "sop_uid", "study_uid", "series_uid",
     "patient_id", "modality", "ts", "rows", "cols", "n_frames", "iop", "ipp", "spacing",

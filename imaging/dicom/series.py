@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from imaging.dicom.dims import AXIS_NAMES, DimensionError, split_dimensions
 from imaging.dicom.geometry import Grid, PlanError, plan_grid
 from imaging.dicom.header import is_native, ts_name
+from imaging.dicom.mosaic import MosaicError, mosaic_items
 
 SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
 SC_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
@@ -27,15 +29,8 @@ NON_IMAGE_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.66", "1.2.840.10008.5.1.4.1.1.104.", "1.2.840.10008.5.1.4.1.1.9.",
     "1.2.840.10008.5.1.4.1.1.67", "1.2.840.10008.5.1.4.1.1.68",
 )
-# Keys that can separate slices sharing a position, most specific first. Echoes
-# give separate volumes (different contrast); the others a time/b-value axis.
-SPLIT_KEYS = ("tpi", "trig", "b", "echo", "te", "acq", "stack")
-SEPARATE_KEYS = {"echo", "te", "stack"}
-KEY_TAGS = {
-    "tpi": "(0020,0100) TemporalPositionIdentifier", "trig": "(0018,1060) TriggerTime",
-    "b": "(0018,9087) DiffusionBValue", "echo": "(0018,0086) EchoNumbers",
-    "te": "(0018,0081) EchoTime", "acq": "(0020,0012) AcquisitionNumber", "stack": "(0020,9056) StackID",
-}
+# The tag (or rule) that orders a volume's 4th axis, for sidecars and remarks.
+KEY_TAGS = dict(AXIS_NAMES)
 MIN_SLICES = 3
 
 
@@ -151,10 +146,6 @@ def plan_series(
         if "LOCALIZER" in itype:
             value = "\\".join(r["image_type"])
             return _done(plan, "skipped", f"localizer: file '{_rel(r['path'], input_dir)}' (0008,0008) ImageType = '{value}'")
-        if "MOSAIC" in itype:  # Siemens tiles many slices into one image: unpacking is not implemented
-            value = "\\".join(r["image_type"])
-            return _done(plan, "skipped", f"mosaic not supported: file '{_rel(r['path'], input_dir)}' "
-                                          f"(0008,0008) ImageType = '{value}'")
     for r in rows:
         problem = _file_problem(r)
         if problem:
@@ -193,6 +184,11 @@ def _expand(rows: list[dict[str, Any]], input_dir: str) -> tuple[list[Slice], st
                         "without (5200,9230) PerFrameFunctionalGroupsSequence geometry")
         items = frames or [{"ipp": r.get("ipp"), "iop": r.get("iop"), "sp": r.get("spacing"),
                             "slope": r.get("slope"), "intercept": r.get("intercept"), "t": r.get("tkey") or {}}]
+        if frames is None and "MOSAIC" in [str(v).upper() for v in r.get("image_type") or []]:
+            try:  # Siemens mosaic: one slice per tile, positions corrected from the mosaic to the tile
+                items = mosaic_items(r, items[0])
+            except MosaicError as exc:
+                return [], f"{_where(r, 0, None, input_dir)}: {exc}"
         for i, f in enumerate(items):
             for key, tag, n in (("iop", "(0020,0037) ImageOrientationPatient", 6),
                                 ("ipp", "(0020,0032) ImagePositionPatient", 3),
@@ -213,7 +209,8 @@ def _expand(rows: list[dict[str, Any]], input_dir: str) -> tuple[list[Slice], st
             out.append(Slice(
                 path=r["path"], frame=i, ipp=tuple(f["ipp"]), iop=tuple(f["iop"]), spacing=tuple(f["sp"]),
                 t=dict(f.get("t") or {}), slope=1.0 if slope is None else float(slope),
-                intercept=0.0 if intercept is None else float(intercept), sop_uid=r.get("sop_uid") or "", row=r,
+                intercept=0.0 if intercept is None else float(intercept), sop_uid=r.get("sop_uid") or "",
+                row=f.get("row", r),
             ))
     return out, None
 
@@ -248,25 +245,29 @@ def _plan_volumes(plan: SeriesPlan, slices: list[Slice], *, tilt: str, uneven: s
     remarks: list[str] = []
     if len(groups) > 1:
         remarks.append(f"series holds {len(groups)} orientations/image sizes")
-    stacks: list[tuple[list[list[Slice]], str | None]] = []
+    stacks: list[tuple[list[list[Slice]], str | None, str]] = []
     for key in sorted(groups, key=lambda k: (-len(groups[k]), str(k))):
         group = groups[key]
         if len(group) < MIN_SLICES:
             remarks.append(f"{len(group)} slice(s) with another orientation dropped")
             continue
-        stacks.extend(_split_dimension(group, split_4d, remarks))
+        try:
+            stacks.extend(_split_dimension(group, split_4d, remarks))
+        except DimensionError as exc:
+            _done(plan, "error", str(exc))
+            return
     if not stacks:
         counts = ", ".join(str(len(g)) for g in groups.values())
         _done(plan, "skipped", f"fewer than {MIN_SLICES} slices per stack ({counts})")
         return
     problems = []
-    for vol_slices, t_key in stacks:
+    for vol_slices, t_key, label in stacks:
         try:
             grid, vol_remarks, ordered = plan_grid(vol_slices, tilt=tilt, uneven=uneven)
         except PlanError as exc:
-            problems.append(str(exc))
+            problems.append(f"{label}: {exc}" if label else str(exc))
             continue
-        plan.volumes.append(VolumePlan(ordered, grid, remarks + vol_remarks, t_key))
+        plan.volumes.append(VolumePlan(ordered, grid, [*remarks, *filter(None, [label]), *vol_remarks], t_key))
     if problems and not plan.volumes:
         _done(plan, "error", "; ".join(problems))
     elif problems:
@@ -275,34 +276,19 @@ def _plan_volumes(plan: SeriesPlan, slices: list[Slice], *, tilt: str, uneven: s
 
 def _split_dimension(
     group: list[Slice], split_4d: bool, remarks: list[str]
-) -> list[tuple[list[list[Slice]], str | None]]:
-    """Split slices sharing positions by temporal/echo/stack tags into timepoints or volumes."""
+) -> list[tuple[list[list[Slice]], str | None, str]]:
+    """Split slices sharing positions by their real dimensions (see :mod:`imaging.dicom.dims`)."""
     positions = {_pos_key(s) for s in group}
     if len(positions) == len(group):
-        return [([group], None)]
-    for key in SPLIT_KEYS:
-        values = {_norm(s.t.get(key)) for s in group}
-        if len(values) < 2:
-            continue
-        parts: dict[Any, list[Slice]] = defaultdict(list)
-        for s in group:
-            parts[_norm(s.t.get(key))].append(s)
-        if any(len({_pos_key(s) for s in p}) != len(p) for p in parts.values()):
-            continue
-        order = sorted(parts, key=lambda v: (v is None, v if isinstance(v, (int, float)) else str(v)))
-        same_positions = all({_pos_key(s) for s in parts[v]} == positions for v in order)
-        if key in SEPARATE_KEYS or not same_positions or split_4d:
-            if key not in SEPARATE_KEYS and same_positions:
-                remarks.append(f"4D split by {KEY_TAGS[key]} into {len(order)} volumes")
-            return [([parts[v]], None) for v in order]
-        return [([parts[v] for v in order], key)]
-    # Positions repeat and no tag tells the copies apart: volume.py compares pixels.
-    return [([group], None)]
-
-
-def _norm(v: Any) -> Any:
-    if isinstance(v, float):
-        return round(v, 3)
-    if isinstance(v, list):
-        return tuple(v)
-    return v
+        return [([group], None, "")]
+    parts = split_dimensions(group, _pos_key)
+    if parts is None:  # positions repeat and nothing tells the copies apart: volume.py compares pixels
+        return [([group], None, "")]
+    out: list[tuple[list[list[Slice]], str | None, str]] = []
+    for stacks, axis, label in parts:
+        if axis and len(stacks) > 1 and split_4d:
+            remarks.append(f"4D split by {KEY_TAGS[axis]} into {len(stacks)} volumes")
+            out.extend(([st], None, label) for st in stacks)
+        else:
+            out.append((stacks, axis if len(stacks) > 1 else None, label))
+    return out

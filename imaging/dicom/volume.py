@@ -20,6 +20,7 @@ import numpy as np
 
 from imaging.dicom.geometry import Grid
 from imaging.dicom.header import is_native, ts_name
+from imaging.dicom.mosaic import unmosaic
 from imaging.dicom.nifti import nifti1_header
 from imaging.dicom.series import Slice, VolumePlan
 from imaging.fsutil import atomic_path
@@ -52,6 +53,10 @@ def read_file_frames(path: str, row: dict[str, Any], rel: str) -> np.ndarray:
     Raises:
         VolumeError: truncated, undecodable or wrongly sized pixel data (names the file).
     """
+    if row.get("mosaic"):  # Siemens mosaic: read the whole image, return its tiles as frames
+        m = row["mosaic"]
+        whole = read_file_frames(path, {**row, "rows": m["rows"], "cols": m["cols"], "n_frames": 1, "mosaic": None}, rel)
+        return unmosaic(whole[0], m)
     rows, cols, n = int(row["rows"]), int(row["cols"]), int(row.get("n_frames") or 1)
     bits_ok = row.get("bits_stored") in (None, row.get("bits_alloc")) or row.get("pixel_rep") != 1
     if is_native(row.get("ts")) and row.get("pixel_offset") and bits_ok and row["bits_alloc"] in (8, 16, 32):
@@ -113,7 +118,7 @@ def assemble(plan: VolumePlan, input_dir: str) -> np.ndarray:
 def _read_native_into(dest: np.ndarray, path: str, row: dict[str, Any], frame: int) -> bool:
     """Read one uncompressed frame straight into ``dest``; False when that is not possible."""
     bits_ok = row.get("bits_stored") in (None, row.get("bits_alloc")) or row.get("pixel_rep") != 1
-    if not (is_native(row.get("ts")) and row.get("pixel_offset") and bits_ok and dest.dtype == _dtype(row)
+    if row.get("mosaic") or not (is_native(row.get("ts")) and row.get("pixel_offset") and bits_ok and dest.dtype == _dtype(row)
             and (row.get("pixel_length") or 0) >= dest.nbytes * int(row.get("n_frames") or 1)):
         return False
     with open(path, "rb") as fh:

@@ -35,7 +35,7 @@ from imaging.pipelines.ingest_series import BatchResult, SeriesContext, process_
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 4D by real dimensions, bval/bvec, per-volume sidecar parameters
 POLICIES = ("resample", "refuse")
 
 

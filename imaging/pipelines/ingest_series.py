@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from imaging.dicom.catalog import CatalogRow
+from imaging.dicom.diffusion import diffusion_table, write_fsl
+from imaging.dicom.dims import TIME_AXES
 from imaging.dicom.labels import (
     LabelError,
     LabelTable,
@@ -178,7 +180,10 @@ def _write_volume(plan: SeriesPlan, vol: VolumePlan, key: str, ctx: SeriesContex
     except LabelError as exc:
         result.label_errors += 1
         reason = "; ".join(filter(None, [reason, f"labels not written: {exc}"]))
-    write_nifti(data, vol.grid, vol_path, tr_s=_tr_seconds(plan), fsync=False)
+    write_nifti(data, vol.grid, vol_path, tr_s=_tr_seconds(vol), fsync=False)
+    table = diffusion_table(vol)
+    if table is not None:
+        write_fsl(vol_path, *table, vol.grid.affine_ras)
     atomic_write_json(ctx.output_dir / f"volumes/{key}.json", build_sidecar(
         plan, vol, data.shape, keep_patient_characteristics=ctx.keep_patient_characteristics), fsync=False)
     if labels is not None:
@@ -224,6 +229,9 @@ def _labels(plan: SeriesPlan, vol: VolumePlan, segs: list[dict[str, Any]], label
     return None
 
 
-def _tr_seconds(plan: SeriesPlan) -> float | None:
-    tr = plan.params.get("RepetitionTime")
+def _tr_seconds(vol: VolumePlan) -> float | None:
+    """pixdim[4]: the volume's own TR when its 4th axis is time, 1 for other axes (b-value, phase...)."""
+    if vol.t_key is not None and vol.t_key not in TIME_AXES:
+        return 1.0
+    tr = (vol.slices[0][0].row.get("params") or {}).get("RepetitionTime")
     return float(tr) / 1000.0 if isinstance(tr, (int, float)) else None

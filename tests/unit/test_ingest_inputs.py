@@ -127,8 +127,11 @@ def test_skipped_kinds_have_reasons(tmp_path: Path) -> None:
     summary = run(src, tmp_path)
     reasons = sorted(r.reason.split(":")[0] for r in summary.rows if r.status == "skipped")
     assert reasons == ["fewer than 3 slices per stack (2)", "localizer", "localizer",
-                       "mosaic not supported", "non-image SOP class", "secondary capture"]
-    assert summary.counts == {"ok": 1, "skipped": 6} and not summary.failed
+                       "non-image SOP class", "secondary capture"]
+    # A mosaic is unpacked now; one without its tile count is an error naming file and tag, not a skip.
+    (err,) = [r for r in summary.rows if r.status == "error"]
+    assert "mosaic/IM0000" in err.reason and "NumberOfImagesInMosaic" in err.reason
+    assert summary.counts == {"ok": 1, "skipped": 5, "error": 1}
 
 
 def test_bad_files_name_file_tag_and_value_and_the_rest_ingests(tmp_path: Path) -> None:
