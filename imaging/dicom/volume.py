@@ -162,19 +162,29 @@ def resample_stack(stack: np.ndarray, grid: Grid) -> np.ndarray:
 
     Each source slice is a plane perpendicular to the normal; a tilted stack only
     shifts in-plane from slice to slice. Shifting every slice by its offset puts
-    it on the output's in-plane grid exactly; linear interpolation between the
-    two neighbouring slices along the normal then gives each output slice.
-    Voxels outside the acquired field of view get the stack's minimum.
+    it on the output's in-plane grid exactly (the grid is wide enough for every
+    slice's whole field of view, so nothing is cropped); linear interpolation
+    between the two neighbouring slices along the normal then gives each output
+    slice. Voxels outside the acquired field of view get the stack's minimum
+    (padding has already been replaced by the lowest real value).
     """
     from scipy import ndimage
 
     integer = np.issubdtype(stack.dtype, np.integer)
-    work = stack.astype(np.float32)
-    fill = float(work.min())
-    if grid.shifted:
+    n_src, src_ny, src_nx = stack.shape
+    fill = float(stack.min())
+    if grid.shifted or (grid.ny, grid.nx) != (src_ny, src_nx):
+        work = np.empty((n_src, grid.ny, grid.nx), dtype=np.float32)
+        i0, j0 = grid.lattice
         for k, (off_r, off_c) in enumerate(grid.offsets):
-            # Output pixel (j, i) of slice k is source pixel (j - off_c/dy, i - off_r/dx).
-            work[k] = ndimage.shift(work[k], (off_c / grid.dy, off_r / grid.dx), order=1, mode="constant", cval=fill)
+            # Output pixel (j, i) of slice k is source pixel (j + j0 - off_c/dy, i + i0 - off_r/dx);
+            # outside the source slice: the fill, never a blend of the fill with real pixels.
+            src_pos = (j0 - off_c / grid.dy, i0 - off_r / grid.dx)
+            ndimage.affine_transform(stack[k].astype(np.float32), np.ones(2), offset=src_pos,
+                                     output_shape=(grid.ny, grid.nx), output=work[k], order=1,
+                                     mode="constant", cval=fill)
+    else:
+        work = stack.astype(np.float32)
     out = np.empty((len(grid.out_d), grid.ny, grid.nx), dtype=np.float32)
     pos = np.interp(grid.out_d, grid.src_d, np.arange(len(grid.src_d), dtype=np.float64))
     for k, p in enumerate(pos):

@@ -106,7 +106,8 @@ def process_batch(uids: list[str], ctx: SeriesContext) -> BatchResult:
 
 def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: BatchResult) -> list[CatalogRow]:
     o = ctx.options
-    plan = plan_series(rows, str(ctx.input_dir), tilt=o["tilt"], uneven=o["uneven"], split_4d=o["split_4d"])
+    plan = plan_series(rows, str(ctx.input_dir), tilt=o["tilt"], uneven=o["uneven"], split_4d=o["split_4d"],
+                       philips_precise=o.get("philips_precise", False))
     subject = ctx.ps.key(plan.patient_id, "subject")
     study = ctx.ps.key(plan.study_uid, "study")
     base = ctx.ps.key(plan.series_uid, "series")

@@ -126,7 +126,8 @@ def uneven_spacing(export: Export, subject: Subject) -> None:
     gaps[n // 3] = 1.5 * step  # not a multiple of the spacing: uneven, not a missing slice
     gaps[2 * n // 3] = 0.5 * step
     g = _grid(export, subject, gaps=gaps)
-    expected = {"status": "ok", "reason_contains": "uneven", "n_volumes": 1, "shape": None, "timepoints": 1}
+    # Refused by ingest's default (uneven=refuse); uneven=resample would interpolate it.
+    expected = {"status": "error", "reason_contains": "uneven", "n_volumes": 1, "shape": None, "timepoints": 1}
     _ct(export, subject, "CT UNEVEN SPACING", g, flags=["uneven_spacing"], expected=expected)
 
 
@@ -135,7 +136,8 @@ def missing_slice(export: Export, subject: Subject) -> None:
     g = _grid(export, subject)
     full = g.n_slices
     g.positions = np.delete(g.positions, full // 2, axis=0)
-    expected = {"status": "ok", "reason_contains": "missing slice", "n_volumes": 1,
+    # An error row under ingest's default (uneven=refuse); ``shape`` is the grid uneven=resample would give.
+    expected = {"status": "error", "reason_contains": "missing slice", "n_volumes": 1,
                 "shape": [g.cols, g.rows, full], "timepoints": 1}
     _ct(export, subject, "CT MISSING SLICE", g, flags=["missing_slice"], expected=expected)
 
