@@ -151,7 +151,9 @@ def _walk(buf: bytes, pos: int, explicit: bool, *, nested: bool, out: dict[str, 
         elif tag == 0xFFFEE00D:
             return pos + 8, None
         if length == 0xFFFFFFFF:
-            pos = _skip_undefined(buf, pos + hdr, explicit)
+            # An undefined-length UN element holds a sequence encoded in implicit VR (PS3.5 6.2.2).
+            nested_explicit = explicit and not (hdr == 12 and buf[pos + 4:pos + 6] == b"UN")
+            pos = _skip_undefined(buf, pos + hdr, nested_explicit)
             continue
         end = pos + hdr + length
         if end > n:

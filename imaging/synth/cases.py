@@ -200,11 +200,11 @@ def structured_report(export: Export, subject: Subject) -> None:
 def truncated(export: Export, subject: Subject) -> None:
     """A normal series with its middle slice cut in half (a copy interrupted mid-file).
 
-    The file gets its own error (naming it); the rest of the series is a volume with
-    one missing slice.
+    The file gets its own error (naming it); the rest of the series misses one slice:
+    an error row under ingest's default (uneven=refuse), a volume with uneven=resample.
     """
     g = _grid(export, subject)
-    expected = {"status": "ok", "reason_contains": "missing slice", "n_volumes": 1,
+    expected = {"status": "error", "reason_contains": "missing slice", "n_volumes": 1,
                 "shape": [g.cols, g.rows, g.n_slices], "timepoints": 1}
     entry = _ct(export, subject, "CT TRUNCATED", g, flags=["truncated"], expected=expected)
     bad = entry["files"][len(entry["files"]) // 2]
