@@ -218,6 +218,29 @@ def _spacing(d: np.ndarray, gaps: np.ndarray) -> tuple[float, np.ndarray, bool, 
     return dz, d[0] + dz * np.arange(n_out), True, remark
 
 
+def sparse_grid(grid: Grid, max_divisor: int = 16) -> Grid:
+    """A sparse stack's grid on the largest spacing that puts every position on a slice.
+
+    For objects that carry frames only where there is something (a SEG omits empty
+    frames), missing positions are empty slices, not interpolated data: the gaps
+    between frames must be whole multiples of one spacing, the largest that fits.
+
+    Raises:
+        PlanError: no spacing down to the smallest gap / ``max_divisor`` fits every gap.
+    """
+    d = grid.src_d
+    gaps = np.diff(d)
+    for n in range(1, max_divisor + 1):
+        unit = float(gaps.min()) / n
+        tol = max(POSITION_TOL_MM, SPACING_REL_TOL * unit)
+        if unit > 0 and np.all(np.abs(gaps - np.round(gaps / unit) * unit) <= tol):
+            count = int(round((d[-1] - d[0]) / unit)) + 1
+            grid.dz, grid.out_d, grid.uneven = unit, d[0] + unit * np.arange(count), False
+            return grid
+    raise PlanError(f"frame positions (0020,0032) with gaps {float(gaps.min()):.4g} to "
+                    f"{float(gaps.max()):.4g} mm fit no common slice spacing")
+
+
 def world_lps(s: Slice, r: float, c: float) -> np.ndarray:
     """World (LPS) position of pixel (row r, column c) of slice ``s``, straight from its DICOM tags."""
     row_dir, col_dir, _ = slice_normal(s.iop)

@@ -177,12 +177,16 @@ def resample_stack(stack: np.ndarray, grid: Grid) -> np.ndarray:
         work = np.empty((n_src, grid.ny, grid.nx), dtype=np.float32)
         i0, j0 = grid.lattice
         for k, (off_r, off_c) in enumerate(grid.offsets):
-            # Output pixel (j, i) of slice k is source pixel (j + j0 - off_c/dy, i + i0 - off_r/dx);
-            # outside the source slice: the fill, never a blend of the fill with real pixels.
+            # Output pixel (j, i) of slice k is source pixel (j + j0 - off_c/dy, i + i0 - off_r/dx).
+            # Within a source pixel's footprint (half a pixel past the edge centres) the edge value
+            # holds; beyond it, the fill: never a blend of the fill with real pixels.
             src_pos = (j0 - off_c / grid.dy, i0 - off_r / grid.dx)
             ndimage.affine_transform(stack[k].astype(np.float32), np.ones(2), offset=src_pos,
-                                     output_shape=(grid.ny, grid.nx), output=work[k], order=1,
-                                     mode="constant", cval=fill)
+                                     output_shape=(grid.ny, grid.nx), output=work[k], order=1, mode="nearest")
+            jj = np.arange(grid.ny) + src_pos[0]
+            ii = np.arange(grid.nx) + src_pos[1]
+            work[k][(jj < -0.5 - 1e-3) | (jj > src_ny - 0.5 + 1e-3), :] = fill
+            work[k][:, (ii < -0.5 - 1e-3) | (ii > src_nx - 0.5 + 1e-3)] = fill
     else:
         work = stack.astype(np.float32)
     out = np.empty((len(grid.out_d), grid.ny, grid.nx), dtype=np.float32)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from imaging.dicom.catalog import CatalogRow
+from imaging.dicom.geometry import PlanError, Slice, plan_grid, sparse_grid
 from imaging.dicom.labels import (
     LabelError,
     LabelTable,
@@ -29,7 +30,6 @@ from imaging.dicom.labels import (
     seg_to_labels,
 )
 from imaging.dicom.scan import decode_row
-from imaging.dicom.geometry import PlanError, Slice, plan_grid
 from imaging.dicom.series import SEG_CLASSES, SeriesPlan, VolumePlan, plan_series
 from imaging.dicom.sidecar import axis_codes, build_sidecar
 from imaging.dicom.volume import VolumeError, assemble, write_nifti
@@ -245,7 +245,7 @@ def _write_orphan_seg(plan: SeriesPlan, key: str, ctx: SeriesContext, result: Ba
         if not slices:
             raise PlanError("no frames with (5200,9230) PerFrameFunctionalGroupsSequence geometry")
         # Frames only where a segment is: the gaps are empty slices, never interpolated data.
-        grid, _, _ = plan_grid([slices], tilt=ctx.options["tilt"], uneven="resample")
+        grid = sparse_grid(plan_grid([slices], tilt=ctx.options["tilt"], uneven="resample")[0])
         labels = seg_to_labels(seg["path"], grid, ctx.table, rel)
     except (PlanError, LabelError) as exc:
         return CatalogRow(key, status="error", reason=f"{what}: file '{rel}': {exc}",
