@@ -148,7 +148,7 @@ def seg_to_labels(seg_path: str, grid: Grid, table: LabelTable, rel: str) -> np.
         if abs(ci) > 1e-3 or abs(cj) > 1e-3 or plane.shape != grid.shape[:2]:
             # Placed by position (nearest): a tilted volume's grid is wider than one frame.
             plane = ndimage.affine_transform(plane, np.ones(2), offset=(-ci, -cj), output_shape=grid.shape[:2],
-                                             order=0, mode="constant", cval=0)
+                                             order=0, mode="grid-constant", cval=0)
         np.copyto(out[:, :, k], plane.astype(out.dtype), where=plane > 0)
     return out
 

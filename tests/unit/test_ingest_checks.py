@@ -168,3 +168,25 @@ def test_seg_without_its_source_series_becomes_its_own_label_volume(tmp_path: Pa
     assert data.shape == (7, 6, 6)
     np.testing.assert_array_equal(data, expected)
     assert (data > 0).sum() == liver.sum() + spleen.sum()
+
+
+def test_seg_on_a_tilted_series_lands_on_its_pixels(tmp_path: Path) -> None:
+    extra = {"FrameOfReferenceUID": generate_uid(), "StudyDate": "20200101", "StudyTime": "1200",
+             "AccessionNumber": "", "StudyID": "1", "ReferringPhysicianName": "", "PatientBirthDate": "",
+             "PatientSex": "O", "PatientName": "Doe^Jane"}
+    pos = stack_positions(6, gap=2.0, drift=(0.0, 0.6, 0.0))
+    slices = write_slices(tmp_path / "in" / "s", pos, extra=extra, shape=(8, 7), spacing=(1.0, 1.0))
+    mask = np.zeros((6, 8, 7), bool)
+    mask[:, 0, 0] = mask[:, 7, 6] = mask[3, 4, 2] = True  # corners of every slice: the edges of the tilted FOV
+    seg_path = tmp_path / "in" / "seg" / "seg.dcm"
+    _seg([s.path for s in slices], seg_path, {"Liver": mask})
+    summary = run(tmp_path / "in", tmp_path)
+    ok = next(r for r in summary.rows if r.status == "ok" and r.volume_path)
+    assert "whole tilted field of view" in ok.reason and summary.label_errors == 0
+    lab = nib.load(tmp_path / "ds" / ok.label_path)
+    data = np.asarray(lab.dataobj)
+    for s, m in zip(slices, mask, strict=True):  # every labelled DICOM pixel, by its own position
+        lps, _ = pixel_world(s.path)
+        idx = np.rint(to_voxel(lab, lps[m])).astype(int)
+        assert np.all(data[idx[:, 0], idx[:, 1], idx[:, 2]] == 1)
+    assert (data > 0).sum() == mask.sum()
