@@ -11,19 +11,21 @@ from __future__ import annotations
 import os
 import struct
 import warnings
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from imaging.dicom.fastheader import EXPLICIT_LE, IMPLICIT_LE, NeedMore, read_fast
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
+    from pydicom.tag import BaseTag
 
 DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 # Only these attributes are parsed (pydicom seeks over everything else).
-HEADER_TAGS = [
+HEADER_TAGS: list[str | int] = [
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID",
     "Modality", "ImageType", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
     "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "PhotometricInterpretation",
@@ -205,7 +207,7 @@ def header_row(path: str) -> dict[str, Any]:
             with warnings.catch_warnings():
                 # pydicom warns with absolute paths; problems surface as this row's error instead.
                 warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=HEADER_TAGS, force=True)
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_specific_tags(), force=True)
             meta = getattr(ds, "file_meta", None)
             ts_value = meta.get("TransferSyntaxUID") if meta is not None else None
             # A bare file (no File Meta): the syntax pydicom detected, as deid does.
@@ -226,6 +228,13 @@ def header_row(path: str) -> dict[str, Any]:
             row["error"] = f"DICM preamble but {row['error']} (damaged file?)"
         return row
     return _fill(row, lambda kw: _get(ds, kw), ts_str, location, ds)
+
+
+@lru_cache(maxsize=1)
+def _specific_tags() -> list[BaseTag]:
+    from pydicom.tag import Tag
+
+    return [Tag(t) for t in HEADER_TAGS]
 
 
 def _read_fast_growing(fp: Any, buf: bytes, size: int) -> Any:

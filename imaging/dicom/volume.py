@@ -150,8 +150,9 @@ def _rescale(raw: np.ndarray, slices: list[list[Slice]]) -> np.ndarray:
                 return out
             if np.all(slope == 1) and np.all(icpt == 0) and raw.dtype == target:
                 return raw
-            work = np.int32 if target.itemsize <= 2 else np.int64  # exact for the checked range
-            wide = raw.astype(work) * slope.astype(work)[..., None, None] + icpt.astype(work)[..., None, None]
+            work = np.dtype(np.int32 if target.itemsize <= 2 else np.int64)  # exact for the checked range
+            wide = np.add(np.multiply(raw.astype(work), slope.astype(work)[..., None, None]),
+                          icpt.astype(work)[..., None, None])
             return wide.astype(target)
     return (raw.astype(np.float32) * slope.astype(np.float32)[..., None, None]
             + icpt.astype(np.float32)[..., None, None])
