@@ -71,7 +71,9 @@ def assemble(plan: VolumePlan, input_dir: str) -> np.ndarray:
     padding = _padding_mask(raw, plan.slices, fmts)
     data = _rescale(raw, plan.slices)
     if padding is not None:
-        _fill_padding(data, padding)
+        value = _fill_padding(data, padding)
+        plan.remarks.append(f"{int(padding.sum())} (0028,0120) PixelPaddingValue pixels set to the lowest "
+                            f"real value {value:g}")
     if grid.resampled:
         data = np.stack([resample_stack(data[t], grid) for t in range(nt)])
     out = data.transpose(3, 2, 1, 0)  # (t, k, row, col) -> (col, row, k, t): F-contiguous, no copy
@@ -109,7 +111,7 @@ def _padding_mask(raw: np.ndarray, slices: list[list[Slice]], fmts: dict[str, Pi
     return mask
 
 
-def _fill_padding(data: np.ndarray, mask: np.ndarray) -> None:
+def _fill_padding(data: np.ndarray, mask: np.ndarray) -> float:
     """Padding policy: padded pixels take the lowest real (non-padding) value of the volume.
 
     PixelPaddingValue marks pixels outside the reconstructed field of view (e.g.
@@ -119,7 +121,9 @@ def _fill_padding(data: np.ndarray, mask: np.ndarray) -> None:
     interpolation at the field-of-view edge stay physical. All padding: 0.
     """
     real = data[~mask]
-    data[mask] = real.min() if real.size else 0
+    value = real.min() if real.size else 0
+    data[mask] = value
+    return float(value)
 
 
 def _rescale(raw: np.ndarray, slices: list[list[Slice]]) -> np.ndarray:
