@@ -283,3 +283,26 @@ def test_real_philips_enhanced_mprage_matches_dcm2niix(tmp_path: Path) -> None:
     idx = np.rint(ijk).astype(int)
     assert a.size == b.size == 256 * 256 * 176
     np.testing.assert_allclose(a, b[idx[..., 0], idx[..., 1], idx[..., 2]], rtol=1e-5, atol=1e-3)
+
+
+def test_philips_real_world_value_mapping_without_rescale_matches_dcm2niix(tmp_path: Path) -> None:
+    files = _philips(tmp_path / "in" / "s", 0.37)
+    for s in files:  # no RescaleSlope/Intercept: the Real World Value Mapping gives the values
+        ds = pydicom.dcmread(s.path)
+        del ds.RescaleSlope, ds.RescaleIntercept
+        item = pydicom.Dataset()
+        item.RealWorldValueSlope, item.RealWorldValueIntercept = 1.5, -7.0
+        item.RealWorldValueFirstValueMapped, item.RealWorldValueLastValueMapped = 0, 4095
+        ds.RealWorldValueMappingSequence = [item]
+        ds.save_as(s.path, enforce_file_format=True)
+    (ok,) = [r for r in run(tmp_path / "in", tmp_path).rows if r.status == "ok"]
+    ours = nib.load(tmp_path / "ds" / ok.volume_path)
+    ref = _dcm2niix(tmp_path / "in" / "s", tmp_path / "d2n", "n")
+    m = np.linalg.inv(ref.affine) @ ours.affine
+    a, b = ours.get_fdata(), ref.get_fdata()
+    ii, jj, kk = np.meshgrid(*[np.arange(n) for n in a.shape], indexing="ij")
+    idx = np.rint(np.stack([ii, jj, kk, np.ones_like(ii)], -1) @ m[:3].T).astype(int)
+    np.testing.assert_allclose(a, b[idx[..., 0], idx[..., 1], idx[..., 2]], rtol=1e-5, atol=1e-4)
+    stored = pydicom.dcmread(files[0].path).pixel_array
+    i, j, k = voxel_of(ours, pydicom.dcmread(files[0].path))
+    np.testing.assert_allclose(a[i, j, k], stored * 1.5 - 7.0)  # and the DICOM's own mapping
