@@ -54,7 +54,7 @@ def main(cfg: DictConfig) -> None:
     ps = Pseudonymizer.from_config(cfg.secret_file, cfg.demo_key)
     summary = ingest(
         cfg.input_dir, cfg.output_dir, ps, private_dir=cfg.private_dir, workers=cfg.workers, tilt=cfg.tilt,
-        uneven=cfg.uneven, split_4d=cfg.split_4d, labels_dir=cfg.labels_dir,
+        uneven=cfg.uneven, split_4d=cfg.split_4d, labels_dir=cfg.labels_dir, philips_precise=cfg.philips_precise,
         keep_patient_characteristics=cfg.keep_patient_characteristics, progress=cfg.progress,
     )
     print_summary(summary, console)

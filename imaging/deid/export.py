@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from tqdm import tqdm
 
 from imaging.deid.apply import DeidOptions, DeidStats, action_plan, deidentify_dataset
+from imaging.dicom.header import bare_transfer_syntax
 from imaging.errors import UsageError
 from imaging.fsutil import atomic_path, atomic_write_json
 from imaging.keys import Pseudonymizer
@@ -166,12 +167,7 @@ def _read(path: Path) -> tuple[Dataset | None, str]:
     if not str(ds.get("SOPInstanceUID", "")).strip():
         return None, "unparseable: no SOPInstanceUID"
     if not meta.get("TransferSyntaxUID"):
-        implicit, little = getattr(ds, "original_encoding", (True, True))
-        meta.TransferSyntaxUID = (
-            "1.2.840.10008.1.2"
-            if implicit
-            else ("1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
-        )
+        meta.TransferSyntaxUID = bare_transfer_syntax(ds)  # the same inference as ingest's scan
         ds.file_meta = meta
     return ds, ""
 

@@ -17,9 +17,10 @@ from functools import lru_cache
 from typing import Any
 
 from imaging.dicom.dims import AXIS_NAMES, DimensionError, split_dimensions
-from imaging.dicom.geometry import Grid, PlanError, plan_grid
+from imaging.dicom.geometry import Grid, PlanError, Slice, plan_grid
 from imaging.dicom.header import is_native, ts_name
 from imaging.dicom.mosaic import MosaicError, mosaic_items
+from imaging.dicom.pixels import problem as pixel_problem
 
 SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
 SC_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
@@ -32,22 +33,6 @@ NON_IMAGE_PREFIXES = (
 # The tag (or rule) that orders a volume's 4th axis, for sidecars and remarks.
 KEY_TAGS = dict(AXIS_NAMES)
 MIN_SLICES = 3
-
-
-@dataclass
-class Slice:
-    """One 2D image: a single-frame file or one frame of a multi-frame file."""
-
-    path: str
-    frame: int  # 0-based frame index in the file
-    ipp: tuple[float, float, float]
-    iop: tuple[float, ...]
-    spacing: tuple[float, float]  # (row spacing, column spacing) as in PixelSpacing
-    t: dict[str, Any]
-    slope: float
-    intercept: float
-    sop_uid: str
-    row: dict[str, Any]  # the file's index row (pixel location, bits, transfer syntax)
 
 
 @dataclass
@@ -109,8 +94,9 @@ def plan_series(
     input_dir: str,
     *,
     tilt: str = "resample",
-    uneven: str = "resample",
+    uneven: str = "refuse",
     split_4d: bool = False,
+    philips_precise: bool = False,
 ) -> SeriesPlan:
     """Classify a series (all index rows sharing a SeriesInstanceUID) and plan its volumes.
 
@@ -118,8 +104,10 @@ def plan_series(
         rows: decoded index rows (see :func:`imaging.dicom.scan.decode_row`) of kind ``dicom``.
         input_dir: the export root, to name files relative to it in reasons.
         tilt: ``resample`` (onto an orthogonal grid) or ``refuse`` a gantry-tilted stack.
-        uneven: ``resample`` (onto a regular grid) or ``refuse`` uneven or missing slices.
+        uneven: ``refuse`` (default: an error row) or ``resample`` (interpolate) uneven or missing slices.
         split_4d: write each timepoint as its own 3D volume instead of one 4D volume.
+        philips_precise: Philips "precise" floating-point values (private scale slope (2005,100E),
+            as dcm2niix ``-p y``) instead of the displayed RescaleSlope/Intercept values.
 
     Returns:
         A :class:`SeriesPlan`; problems are reported in ``kind``/``reason``, never raised.
@@ -150,7 +138,10 @@ def plan_series(
         problem = _file_problem(r)
         if problem:
             return _done(plan, "error", f"file '{_rel(r['path'], input_dir)}': {problem}")
-    slices, problem = _expand(rows, input_dir)
+    problem = _mixed_identity(rows, input_dir)
+    if problem:
+        return _done(plan, "error", problem)
+    slices, problem = _expand(rows, input_dir, philips_precise=philips_precise)
     if problem:
         return _done(plan, "error", problem)
     _plan_volumes(plan, slices, tilt=tilt, uneven=uneven, split_4d=split_4d)
@@ -169,12 +160,25 @@ def _file_problem(r: dict[str, Any]) -> str | None:
     samples = r.get("samples") or 1
     if samples != 1:
         return f"colour image not a volume: (0028,0002) SamplesPerPixel = {samples}"
-    if r.get("bits_alloc") not in (8, 16, 32):
-        return f"unsupported (0028,0100) BitsAllocated = {r.get('bits_alloc')}"
+    return pixel_problem(r)
+
+
+def _mixed_identity(rows: list[dict[str, Any]], input_dir: str) -> str | None:
+    """One series must belong to one patient and one study: anything else is a broken export."""
+    for col, tag in (("patient_id", "(0010,0020) PatientID"), ("study_uid", "(0020,000D) StudyInstanceUID")):
+        first: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            first.setdefault(str(r.get(col) or ""), r)
+        if len(first) > 1:
+            a, b = list(first.values())[:2]
+            # Values are identifiers (PHI): name the files, never the values.
+            return (f"{len(first)} different {tag} values in one series (e.g. files "
+                    f"'{_rel(a['path'], input_dir)}' and '{_rel(b['path'], input_dir)}')")
     return None
 
 
-def _expand(rows: list[dict[str, Any]], input_dir: str) -> tuple[list[Slice], str | None]:
+def _expand(rows: list[dict[str, Any]], input_dir: str, *,
+            philips_precise: bool = False) -> tuple[list[Slice], str | None]:
     """All frames of all files as :class:`Slice` records, or the first geometry problem."""
     out: list[Slice] = []
     for r in rows:
@@ -204,15 +208,35 @@ def _expand(rows: list[dict[str, Any]], input_dir: str) -> tuple[list[Slice], st
                             f"{f['iop']!r} (not orthonormal)")
             if min(f["sp"]) <= 0:
                 return [], f"{_where(r, i, frames, input_dir)}: invalid (0028,0030) PixelSpacing = {f['sp']!r}"
-            slope = f.get("slope")
-            intercept = f.get("intercept")
+            slope, intercept = _rescale_of(r, f, philips_precise)
             out.append(Slice(
                 path=r["path"], frame=i, ipp=tuple(f["ipp"]), iop=tuple(f["iop"]), spacing=tuple(f["sp"]),
-                t=dict(f.get("t") or {}), slope=1.0 if slope is None else float(slope),
-                intercept=0.0 if intercept is None else float(intercept), sop_uid=r.get("sop_uid") or "",
+                t=dict(f.get("t") or {}), slope=slope, intercept=intercept, sop_uid=r.get("sop_uid") or "",
                 row=f.get("row", r),
             ))
     return out, None
+
+
+def _rescale_of(r: dict[str, Any], f: dict[str, Any], philips_precise: bool) -> tuple[float, float]:
+    """(slope, intercept) from stored to output values.
+
+    Standard RescaleSlope/Intercept give displayed values. Philips MR without them
+    may carry a Real World Value Mapping instead (used then, as dcm2niix does).
+    With ``philips_precise`` the private scale slope SS (2005,100E) gives the
+    floating-point values P = (stored * RS + RI) / (RS * SS) (Chenevert et al.,
+    PMC3998685; dcm2niix ``-p y``).
+    """
+    slope, intercept = f.get("slope"), f.get("intercept")
+    rwvm = r.get("rwvm")
+    if slope is None and intercept is None and rwvm and "PHILIPS" in str(
+            (r.get("params") or {}).get("Manufacturer", "")).upper():
+        slope, intercept = rwvm
+    rs = 1.0 if slope is None else float(slope)
+    ri = 0.0 if intercept is None else float(intercept)
+    ss = r.get("philips_ss")
+    if philips_precise and ss:
+        return 1.0 / float(ss), ri / (rs * float(ss))
+    return rs, ri
 
 
 @lru_cache(maxsize=256)
@@ -228,7 +252,9 @@ def _where(r: dict[str, Any], i: int, frames: Any, input_dir: str) -> str:
 
 
 def _geometry_key(s: Slice) -> tuple[Any, ...]:
-    return (tuple(round(v, 3) for v in s.iop), s.row.get("rows"), s.row.get("cols"))
+    """Slices that can share one volume: orientation, image size, PixelSpacing, frame of reference."""
+    return (tuple(round(v, 3) for v in s.iop), s.row.get("rows"), s.row.get("cols"),
+            tuple(round(v, 4) for v in s.spacing), s.row.get("for_uid") or "")
 
 
 def _pos_key(s: Slice) -> tuple[float, ...]:
@@ -244,7 +270,7 @@ def _plan_volumes(plan: SeriesPlan, slices: list[Slice], *, tilt: str, uneven: s
         return
     remarks: list[str] = []
     if len(groups) > 1:
-        remarks.append(f"series holds {len(groups)} orientations/image sizes")
+        remarks.append(f"series holds {len(groups)} orientations/image sizes/pixel spacings/frames of reference")
     stacks: list[tuple[list[list[Slice]], str | None, str]] = []
     for key in sorted(groups, key=lambda k: (-len(groups[k]), str(k))):
         group = groups[key]

@@ -35,7 +35,7 @@ from imaging.pipelines.ingest_series import BatchResult, SeriesContext, process_
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: 4D by real dimensions, bval/bvec, per-volume sidecar parameters
+FORMAT_VERSION = 3  # 2: 4D by real dimensions, bval/bvec, per-volume sidecars; 3: + exact stored values, padding policy
 POLICIES = ("resample", "refuse")
 
 
@@ -89,8 +89,9 @@ def ingest(
     private_dir: str | os.PathLike[str] | None = None,
     workers: int = 2,
     tilt: str = "resample",
-    uneven: str = "resample",
+    uneven: str = "refuse",
     split_4d: bool = False,
+    philips_precise: bool = False,
     labels_dir: str | os.PathLike[str] | None = None,
     keep_patient_characteristics: bool = False,
     progress: bool = True,
@@ -104,8 +105,10 @@ def ingest(
         private_dir: index, links and sources (default ``<output_dir>.private``); never inside the dataset.
         workers: processes for the header scan and for assembling series.
         tilt: ``resample`` gantry-tilted stacks onto an orthogonal grid, or ``refuse`` them.
-        uneven: ``resample`` uneven/missing-slice stacks onto a regular grid, or ``refuse`` them.
+        uneven: ``refuse`` uneven/missing-slice stacks (default: error rows), or ``resample`` them
+            onto a regular grid (interpolated slices, flagged in the catalog).
         split_4d: write each timepoint of a 4D series as its own volume.
+        philips_precise: Philips precise floating-point values (private scale slope) instead of displayed ones.
         labels_dir: NIfTI ground truth named ``<SeriesInstanceUID>.nii.gz`` (default ``<input>/labels``).
         keep_patient_characteristics: copy PatientAge/PatientSex into sidecars.
         progress: show progress bars.
@@ -136,7 +139,8 @@ def ingest(
     existing = _read_json(out / "dataset.json").get("labels")
     ctx = SeriesContext(
         input_dir=src, output_dir=out, private_dir=private, ps=pseudonymizer,
-        options={"tilt": tilt, "uneven": uneven, "split_4d": split_4d, "v": FORMAT_VERSION},
+        options={"tilt": tilt, "uneven": uneven, "split_4d": split_4d, "philips_precise": philips_precise,
+                 "v": FORMAT_VERSION},
         labels_dir=lab_dir if lab_dir.is_dir() else None,
         label_names=read_nifti_label_names(lab_dir) if lab_dir.is_dir() else {},
         table=LabelTable(existing), segs=_seg_index(con), keep_patient_characteristics=keep_patient_characteristics,

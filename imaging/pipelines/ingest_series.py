@@ -23,6 +23,7 @@ import numpy as np
 from imaging.dicom.catalog import CatalogRow
 from imaging.dicom.diffusion import diffusion_table, write_fsl
 from imaging.dicom.dims import TIME_AXES
+from imaging.dicom.geometry import PlanError, Slice, plan_grid, sparse_grid
 from imaging.dicom.labels import (
     LabelError,
     LabelTable,
@@ -31,7 +32,7 @@ from imaging.dicom.labels import (
     seg_to_labels,
 )
 from imaging.dicom.scan import decode_row
-from imaging.dicom.series import SeriesPlan, VolumePlan, plan_series
+from imaging.dicom.series import SEG_CLASSES, SeriesPlan, VolumePlan, plan_series
 from imaging.dicom.sidecar import axis_codes, build_sidecar
 from imaging.dicom.volume import VolumeError, assemble, write_nifti
 from imaging.fsutil import atomic_write_json, atomic_write_text
@@ -90,8 +91,11 @@ def process_batch(uids: list[str], ctx: SeriesContext) -> BatchResult:
                     con.execute("SELECT * FROM files WHERE kind='dicom' AND series_uid=?", (uid,))]
             if not rows:
                 continue
+            ref = rows[0].get("ref_series_uid")
+            orphan = rows[0].get("sop_class") in SEG_CLASSES and not (ref and con.execute(
+                "SELECT 1 FROM files WHERE kind='dicom' AND series_uid=? LIMIT 1", (ref,)).fetchone())
             try:
-                result.rows.extend(_ingest_series(rows, ctx, result))
+                result.rows.extend(_ingest_series(rows, ctx, result, orphan_seg=orphan))
             except LabelTableFrozen:
                 result.deferred.append(uid)
             except Exception as exc:  # noqa: BLE001 - one series never stops the export
@@ -106,9 +110,11 @@ def process_batch(uids: list[str], ctx: SeriesContext) -> BatchResult:
     return result
 
 
-def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: BatchResult) -> list[CatalogRow]:
+def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: BatchResult, *,
+                   orphan_seg: bool = False) -> list[CatalogRow]:
     o = ctx.options
-    plan = plan_series(rows, str(ctx.input_dir), tilt=o["tilt"], uneven=o["uneven"], split_4d=o["split_4d"])
+    plan = plan_series(rows, str(ctx.input_dir), tilt=o["tilt"], uneven=o["uneven"], split_4d=o["split_4d"],
+                       philips_precise=o.get("philips_precise", False))
     subject = ctx.ps.key(plan.patient_id, "subject")
     study = ctx.ps.key(plan.study_uid, "study")
     base = ctx.ps.key(plan.series_uid, "series")
@@ -117,6 +123,8 @@ def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: Batch
     common: dict[str, Any] = {"subject_key": subject, "study_key": study, "modality": plan.modality, "sop_class": plan.sop_class,
               "series_number": str(plan.params.get("SeriesNumber", "")),
               "body_part": str(plan.params.get("BodyPartExamined", ""))}
+    if plan.kind == "seg" and orphan_seg:
+        return [_write_orphan_seg(plan, base, ctx, result, common)]
     if plan.kind == "seg":
         ref = rows[0].get("ref_series_uid")
         target = f" of series {ctx.ps.key(ref, 'series')}" if ref else " (no (0008,1115) ReferencedSeriesSequence)"
@@ -214,6 +222,48 @@ def _write_volume(plan: SeriesPlan, vol: VolumePlan, key: str, ctx: SeriesContex
     result.n_written += 1
     log.debug("series %s: ok %s", key, row.shape)
     return row
+
+
+def _write_orphan_seg(plan: SeriesPlan, key: str, ctx: SeriesContext, result: BatchResult,
+                      common: dict[str, Any]) -> CatalogRow:
+    """A DICOM SEG whose source series is not in the export: its labels on the SEG's own frame grid.
+
+    The grid comes from the SEG's frames (PlanePositionSequence, orientation, PixelSpacing,
+    Rows/Columns) like an image series' grid from its slices; frames at the same position
+    (one per segment) are one slice, and positions the SEG has no frame for are empty slices.
+    """
+    rows = sorted(plan.rows, key=lambda r: r["path"])
+    ref = rows[0].get("ref_series_uid")
+    what = (f"DICOM SEG whose source series {ctx.ps.key(ref, 'series')} is not in the export" if ref
+            else "DICOM SEG without (0008,1115) ReferencedSeriesSequence")
+    seg = rows[0]
+    rel = os.path.relpath(seg["path"], ctx.input_dir)
+    slices = []
+    for i, f in enumerate(seg.get("frames") or []):
+        if f.get("ipp") is None or f.get("iop") is None or f.get("sp") is None:
+            return CatalogRow(key, status="error", n_instances=plan.n_instances, **common, reason=(
+                f"{what}: file '{rel}' frame {i + 1}: missing (0020,0032)/(0020,0037)/(0028,0030) "
+                "in functional groups"))
+        slices.append(Slice(path=seg["path"], frame=i, ipp=tuple(f["ipp"]), iop=tuple(f["iop"]),
+                            spacing=tuple(f["sp"]), t={}, slope=1.0, intercept=0.0, sop_uid=f"{i}", row=seg))
+    try:
+        if not slices:
+            raise PlanError("no frames with (5200,9230) PerFrameFunctionalGroupsSequence geometry")
+        # Frames only where a segment is: the gaps are empty slices, never interpolated data.
+        grid = sparse_grid(plan_grid([slices], tilt=ctx.options["tilt"], uneven="resample")[0])
+        labels = seg_to_labels(seg["path"], grid, ctx.table, rel)
+    except (PlanError, LabelError) as exc:
+        return CatalogRow(key, status="error", reason=f"{what}: file '{rel}': {exc}",
+                          n_instances=plan.n_instances, **common)
+    lab_rel = f"labels/{key}.nii.gz"
+    write_nifti(labels, grid, ctx.output_dir / lab_rel, fsync=False)
+    result.n_written += 1
+    return CatalogRow(
+        key, status="ok", n_instances=plan.n_instances, shape="x".join(map(str, labels.shape)),
+        reason=f"{what}: label volume in the SEG's own frame geometry (no image volume)",
+        spacing="x".join(f"{v:.6g}" for v in (grid.dx, grid.dy, grid.dz)), orientation=axis_codes(grid.affine_ras),
+        label_path=lab_rel, tilt_deg=grid.tilt_deg, **common,
+    )
 
 
 def _labels(plan: SeriesPlan, vol: VolumePlan, segs: list[dict[str, Any]], label_file: Path | None,
