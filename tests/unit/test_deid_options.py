@@ -200,10 +200,10 @@ def test_overrides_are_stricter() -> None:
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"BurnedInAnnotation": "YES"}, "BurnedInAnnotation"),
-        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"}, "Secondary Capture"),
-        ({"Modality": "US"}, "ultrasound"),
-        ({"RecognizableVisualFeatures": "YES"}, "RecognizableVisualFeatures"),
+        ({"BurnedInAnnotation": "YES"}, "rule burned-in-annotation"),
+        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"}, "rule secondary-capture"),
+        ({"Modality": "US"}, "rule risky-modality"),
+        ({"RecognizableVisualFeatures": "YES"}, "rule recognizable-features"),
     ],
 )
 def test_withheld_classes(change: dict[str, str], reason: str) -> None:
