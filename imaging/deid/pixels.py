@@ -55,7 +55,7 @@ def clear_unused_bits(arr: np.ndarray, bits_stored: Any, high_bit: Any = None, s
     if stored >= nbits or stored <= 0:
         return arr
     n = arr.dtype.itemsize
-    work = arr.astype(np.dtype(f"u{n}"))  # native byte order, bit pattern kept
+    work = arr.astype(np.dtype(f"u{n}"), copy=False)  # native byte order, bit pattern kept
     mask = np.array(stored_mask(stored, high), dtype=work.dtype)
     if not signed:
         if not np.any(work & ~mask):
