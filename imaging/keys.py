@@ -136,6 +136,8 @@ def new_secret_file(path: str | os.PathLike[str]) -> Path:
 _FILE_REF = re.compile(r"(?P<what>(?:label |source )?file) '(?P<path>[^']*)'")
 _QUOTED_PATH = re.compile(r"""(?P<q>['"])(?P<path>[^'"\n]*[/\\][^'"\n]*)(?P=q)""")
 _UID = re.compile(r"(?<![\w.])(?:\d+\.){3,}\d+(?![\w.])")
+# Class and syntax UIDs name no one: an unknown one stays readable in an error.
+_CLASS_TAGS = re.compile(r"\((0002,0002|0002,0010|0008,0016|0008,1150)\)[^(]*$")
 
 
 @dataclass
@@ -187,7 +189,13 @@ class Redactor:
         if self.root is not None:
             root = re.escape(str(self.root))
             text = re.sub(root + r"(?:[/\\][^\s'\":,;]*)?", lambda m: self.file_key(m.group()), text)
-        return _UID.sub(lambda m: m.group() if _is_standard_uid(m.group()) else self.uid_key(m.group()), text)
+        def uid(m: re.Match[str]) -> str:
+            value = m.group()
+            if _is_standard_uid(value) or _CLASS_TAGS.search(text[max(0, m.start() - 80) : m.start()]):
+                return value
+            return self.uid_key(value)
+
+        return _UID.sub(uid, text)
 
 
 def _is_standard_uid(value: str) -> bool:

@@ -140,6 +140,21 @@ def ingest(
     out.mkdir(parents=True, exist_ok=True)
     private.mkdir(parents=True, exist_ok=True, mode=0o700)
     lab_dir = Path(labels_dir).resolve() if labels_dir else src / "labels"
+    # pydicom logs warnings with absolute file paths (folders may carry names); problems reach
+    # the catalog as rows naming files by key instead. Workers fork with this level.
+    pydicom_log = logging.getLogger("pydicom")
+    old_level = pydicom_log.level
+    pydicom_log.setLevel(logging.ERROR)
+    try:
+        return _ingest(src, out, private, lab_dir, pseudonymizer, workers, tilt, uneven, split_4d,
+                       keep_patient_characteristics, withhold, keep_age_90_plus, progress)
+    finally:
+        pydicom_log.setLevel(old_level)
+
+
+def _ingest(src: Path, out: Path, private: Path, lab_dir: Path, pseudonymizer: Pseudonymizer, workers: int,
+            tilt: str, uneven: str, split_4d: bool, keep_patient_characteristics: bool,
+            withhold: WithholdPolicy | None, keep_age_90_plus: bool, progress: bool) -> IngestSummary:
     stats = scan(src, private / "index.sqlite", workers=workers, progress=progress,
                  skip_dirs=(lab_dir, out, private))
     con = open_index(private / "index.sqlite")
@@ -163,15 +178,7 @@ def ingest(
     uids = [r[0] for r in con.execute(
         "SELECT DISTINCT series_uid FROM files WHERE kind='dicom' AND series_uid IS NOT NULL ORDER BY series_uid")]
     con.close()
-    # pydicom logs warnings with absolute file paths (folders may carry names); problems reach
-    # the catalog as rows with relative paths instead. Workers fork with this level.
-    pydicom_log = logging.getLogger("pydicom")
-    old_level = pydicom_log.level
-    pydicom_log.setLevel(logging.ERROR)
-    try:
-        result = _run_series(uids, ctx, workers, progress)
-    finally:
-        pydicom_log.setLevel(old_level)
+    result = _run_series(uids, ctx, workers, progress)
     # Volumes were written without a per-file fsync: one sync before the files that refer to them.
     os.sync()
     summary.rows.extend(result.rows)
