@@ -373,7 +373,10 @@ def _drop_private_codes(ds: Dataset, ctx: _Context) -> None:
         ]
         if len(kept) != len(elem.value):
             ctx.stats.count("PrivateSchemeCodeItem", "removed")
-            elem.value = Sequence(kept)
+            if kept:
+                elem.value = Sequence(kept)
+            else:  # a present code sequence needs 1-n items (dciodvfy): it goes
+                del ds[tag]
 
 
 def _map_values(elem: DataElement, fn: Any) -> None:

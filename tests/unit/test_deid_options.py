@@ -140,7 +140,8 @@ def test_clean_descriptors_whitelist() -> None:
 
 def test_private_scheme_codes_are_removed() -> None:
     out = deidentify_dataset(ct_dataset(), PSEUDO)
-    assert out is not None and len(out.ProcedureCodeSequence) == 0
+    # Every item was private: the sequence goes (an empty one is invalid, 1-n items).
+    assert out is not None and "ProcedureCodeSequence" not in out
 
 
 def test_retain_safe_private() -> None:
