@@ -29,6 +29,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.dataset import Dataset
+
 SECONDARY_CAPTURE_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.7",
     "1.2.840.10008.5.1.4.1.1.7.1",
@@ -116,7 +118,7 @@ def _words(value: Any) -> list[str]:
     return [str(value).strip().upper()]
 
 
-def check(attrs: Mapping[str, Any], policy: WithholdPolicy | None = None) -> Withheld | None:
+def check(attrs: Mapping[str, Any] | Dataset, policy: WithholdPolicy | None = None) -> Withheld | None:
     """The first rule that withholds an instance with these attributes, or None.
 
     Args:
