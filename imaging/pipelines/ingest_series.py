@@ -98,7 +98,9 @@ def process_batch(uids: list[str], ctx: SeriesContext) -> BatchResult:
                 log.error("series %s failed unexpectedly: %s", ctx.ps.key(uid, "series"), type(exc).__name__)
                 first = rows[0]
                 result.rows.append(CatalogRow(
-                    ctx.ps.key(uid, "series"), ctx.ps.key(first.get("patient_id") or "", "subject"),
+                    ctx.ps.key(uid, "series"),
+                    ctx.ps.key(subject_identity(first.get("patient_id") or "", "", first.get("study_uid") or "")[0],
+                               "subject"),
                     ctx.ps.key(first.get("study_uid") or "", "study"), first.get("modality") or "", "error",
                     f"internal error: {type(exc).__name__}: {exc}"))
     finally:
