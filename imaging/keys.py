@@ -134,7 +134,8 @@ def new_secret_file(path: str | os.PathLike[str]) -> Path:
 # What names a file or a series in a message: a quoted relative path after "file",
 # any quoted or bare absolute path, and UIDs (4+ numeric components).
 _FILE_REF = re.compile(r"(?P<what>(?:label |source )?file) '(?P<path>[^']*)'")
-_QUOTED_PATH = re.compile(r"""(?P<q>['"])(?P<path>[^'"\n]*[/\\][^'"\n]*)(?P=q)""")
+# A quoted path: has a '/', or is a Windows path; multi-valued DICOM values ('A\\B') are not.
+_QUOTED_PATH = re.compile(r"""(?P<q>['"])(?P<path>[^'"\n]*/[^'"\n]*|[A-Za-z]:\\[^'"\n]*|\\\\[^'"\n]*)(?P=q)""")
 _UID = re.compile(r"(?<![\w.])(?:\d+\.){3,}\d+(?![\w.])")
 # Class and syntax UIDs name no one: an unknown one stays readable in an error.
 _CLASS_TAGS = re.compile(r"\((0002,0002|0002,0010|0008,0016|0008,1150)\)[^(]*$")
