@@ -289,6 +289,9 @@ def _one(
         / pseudo.key(str(original.get("SeriesInstanceUID", "")), "series")
         / f"{pseudo.key(str(result.SOPInstanceUID), 'sop')}.dcm"
     )
+    # The 128-byte preamble is free for applications and exports put text there
+    # (even patient names): it is never copied from the source.
+    result.preamble = bytes(128)
     try:
         with atomic_path(target) as tmp:
             result.save_as(tmp, enforce_file_format=True)
@@ -310,6 +313,11 @@ def _audit(
         "profile": "DICOM PS3.15 Annex E basic application level confidentiality profile",
         "options": sorted(o.value for o in options.enabled()),
         "allow_ultrasound": options.allow_ultrasound,
+        "withhold": {
+            "allow_rules": sorted(options.policy().allow_rules),
+            "allow_modalities": sorted(options.policy().allow_modalities),
+        },
+        "keep_age_90_plus": options.keep_age_90_plus,
         "demo_key": pseudo.is_demo,
         "secret_fingerprint": _fingerprint(pseudo),
         "files": {

@@ -95,7 +95,7 @@ def iter_files(root: Path, skip: frozenset[Path] = frozenset()) -> Iterator[os.D
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
-            log.warning("cannot list folder '%s': %s", folder.relative_to(root), exc.strerror)
+            log.warning("cannot list a folder of the export: %s", exc.strerror)  # its name may be a patient's
             continue
         subdirs = []
         for entry in entries:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from imaging.deid.pixels import clear_unused_bits
 from imaging.dicom.geometry import Grid
 from imaging.dicom.nifti import nifti1_header
 from imaging.dicom.pixels import PixelFormat, VolumeError, read_file_frames, read_native_into
@@ -68,6 +69,8 @@ def assemble(plan: VolumePlan, input_dir: str) -> np.ndarray:
             raw = raw.astype(np.result_type(raw.dtype, frames.dtype))
         for frame, t, k in where:
             raw[t, k] = frames[frame]
+    # Bits above HighBit are not the pixel value: overlay planes (annotations, names) hide there.
+    raw = clear_unused_bits(raw, first.row.get("bits_stored"), signed=first.row.get("pixel_rep") == 1)
     _check_duplicates(grid, input_dir)
     padding = _padding_mask(raw, plan.slices, fmts)
     data = _rescale(raw, plan.slices)

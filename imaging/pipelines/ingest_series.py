@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from imaging.deid.values import cap_age
+from imaging.deid.withhold import Withheld, WithholdPolicy, check, read_policy_header
 from imaging.dicom.catalog import CatalogRow
 from imaging.dicom.diffusion import diffusion_table, write_fsl
 from imaging.dicom.dims import TIME_AXES
@@ -36,7 +38,7 @@ from imaging.dicom.series import SEG_CLASSES, SeriesPlan, VolumePlan, plan_serie
 from imaging.dicom.sidecar import axis_codes, build_sidecar
 from imaging.dicom.volume import VolumeError, assemble, write_nifti
 from imaging.fsutil import atomic_write_json, atomic_write_text
-from imaging.keys import Pseudonymizer
+from imaging.keys import Pseudonymizer, Redactor, subject_identity
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ class SeriesContext:
     table: LabelTable
     segs: dict[str, list[dict[str, Any]]]
     keep_patient_characteristics: bool
+    withhold: WithholdPolicy = field(default_factory=WithholdPolicy)
+    keep_age_90_plus: bool = False
 
 
 @dataclass
@@ -65,8 +69,10 @@ class BatchResult:
     n_reused: int = 0
     label_errors: int = 0
     deferred: list[str] = field(default_factory=list)
+    names: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> path/UID (private)
 
     def merge(self, other: BatchResult) -> None:
+        self.names.update(other.names)
         self.rows += other.rows
         self.links |= other.links
         self.n_written += other.n_written
@@ -75,14 +81,10 @@ class BatchResult:
         self.deferred += other.deferred
 
 
-def scrub(text: str, root: Path) -> str:
-    """Make absolute input paths in a message relative (they may name patients' folders)."""
-    return text.replace(f"{root}{os.sep}", "").replace(str(root), "<input>")
-
-
 def process_batch(uids: list[str], ctx: SeriesContext) -> BatchResult:
     """Ingest the series ``uids`` (index rows read one series at a time)."""
     result = BatchResult()
+    redact = Redactor(ctx.ps, ctx.input_dir)
     con = sqlite3.connect(f"file:{ctx.private_dir / 'index.sqlite'}?mode=ro", uri=True)
     con.row_factory = sqlite3.Row
     try:
@@ -102,11 +104,17 @@ def process_batch(uids: list[str], ctx: SeriesContext) -> BatchResult:
                 log.error("series %s failed unexpectedly: %s", ctx.ps.key(uid, "series"), type(exc).__name__)
                 first = rows[0]
                 result.rows.append(CatalogRow(
-                    ctx.ps.key(uid, "series"), ctx.ps.key(first.get("patient_id") or "", "subject"),
+                    ctx.ps.key(uid, "series"),
+                    ctx.ps.key(subject_identity(first.get("patient_id") or "", "", first.get("study_uid") or "")[0],
+                               "subject"),
                     ctx.ps.key(first.get("study_uid") or "", "study"), first.get("modality") or "", "error",
-                    scrub(f"internal error: {type(exc).__name__}: {exc}", ctx.input_dir)))
+                    f"internal error: {type(exc).__name__}: {exc}"))
     finally:
         con.close()
+    # Reasons name files and series by key only: folder names may be patient names.
+    for row in result.rows:
+        row.reason = redact(row.reason)
+    result.names.update(redact.found)
     return result
 
 
@@ -115,7 +123,9 @@ def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: Batch
     o = ctx.options
     plan = plan_series(rows, str(ctx.input_dir), tilt=o["tilt"], uneven=o["uneven"], split_4d=o["split_4d"],
                        philips_precise=o.get("philips_precise", False))
-    subject = ctx.ps.key(plan.patient_id, "subject")
+    head = read_policy_header(rows[0]["path"])
+    identity, per_study = subject_identity(plan.patient_id, str(head.get("IssuerOfPatientID") or ""), plan.study_uid)
+    subject = ctx.ps.key(identity, "subject")
     study = ctx.ps.key(plan.study_uid, "study")
     base = ctx.ps.key(plan.series_uid, "series")
     result.links.update({("subject", plan.patient_id, subject), ("study", plan.study_uid, study),
@@ -129,6 +139,10 @@ def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: Batch
         ref = rows[0].get("ref_series_uid")
         target = f" of series {ctx.ps.key(ref, 'series')}" if ref else " (no (0008,1115) ReferencedSeriesSequence)"
         return [CatalogRow(base, status="skipped", reason=plan.reason + target, n_instances=plan.n_instances, **common)]
+    if per_study:
+        log.warning("series %s: empty (0010,0020) PatientID; its study becomes its own subject", base)
+    if plan.kind != "seg" and (withheld := _withheld(rows, head, ctx)) is not None:
+        return [CatalogRow(base, status="skipped", reason=str(withheld), n_instances=plan.n_instances, **common)]
     if plan.kind in ("skipped", "error"):
         log.debug("series %s: %s", base, plan.kind)
         return [CatalogRow(base, status=plan.kind, reason=plan.reason, n_instances=plan.n_instances, **common)]
@@ -142,6 +156,27 @@ def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: Batch
         out.append(CatalogRow(f"{base}_refused", status="error", reason=plan.reason,
                               n_instances=plan.n_instances, **common))
     return out
+
+
+def _withheld(rows: list[dict[str, Any]], head: dict[str, Any], ctx: SeriesContext) -> Withheld | None:
+    """The withholding rule (the one policy ``imaging deid`` applies) that refuses this series.
+
+    The index gives every file's SOP class, modality and ImageType; the flags the
+    index does not hold (BurnedInAnnotation, RecognizableVisualFeatures,
+    SeriesDescription) come from the first file's header.
+    """
+    seen: set[tuple[Any, ...]] = set()
+    for r in rows:
+        image_type = tuple(r.get("image_type") or ())
+        sig = (r.get("sop_class"), r.get("modality"), image_type)
+        if sig in seen:
+            continue
+        seen.add(sig)
+        attrs = {**head, "SOPClassUID": r.get("sop_class") or "", "Modality": r.get("modality") or "",
+                 "ImageType": list(image_type)}
+        if (found := check(attrs, ctx.withhold)) is not None:
+            return found
+    return None
 
 
 def _fingerprint(vol: VolumePlan, segs: list[dict[str, Any]], label_file: Path | None, options: dict[str, Any]) -> str:
@@ -192,8 +227,10 @@ def _write_volume(plan: SeriesPlan, vol: VolumePlan, key: str, ctx: SeriesContex
     table = diffusion_table(vol)
     if table is not None:
         write_fsl(vol_path, *table, vol.grid.affine_ras)
-    atomic_write_json(ctx.output_dir / f"volumes/{key}.json", build_sidecar(
-        plan, vol, data.shape, keep_patient_characteristics=ctx.keep_patient_characteristics), fsync=False)
+    sidecar = build_sidecar(plan, vol, data.shape, keep_patient_characteristics=ctx.keep_patient_characteristics)
+    if sidecar.get("PatientAge") and not ctx.keep_age_90_plus:
+        sidecar["PatientAge"] = cap_age(str(sidecar["PatientAge"]))
+    atomic_write_json(ctx.output_dir / f"volumes/{key}.json", sidecar, fsync=False)
     if labels is not None:
         write_nifti(labels, vol.grid, ctx.output_dir / lab_rel, fsync=False)
     grid = vol.grid

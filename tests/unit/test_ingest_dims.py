@@ -32,6 +32,7 @@ from tests.fixtures.vendor_mr import (
     write_philips_asl,
 )
 from tests.unit.test_ingest_geometry import assert_matches_dicom, run
+from tests.unit.test_ingest_inputs import keyed
 
 OBLIQUE = (0.9659258, 0.2588190, 0.0, -0.2241439, 0.8365163, -0.5)  # 15 deg about z, then 30 about x
 
@@ -311,7 +312,7 @@ def test_mosaic_that_is_not_whole_tiles_is_an_error_row(tmp_path: Path) -> None:
     (tmp_path / "in" / "0.dcm").write_bytes((NICOM_DATA / "0.dcm").read_bytes())
     (row,) = run(tmp_path / "in", tmp_path).rows
     assert row.status == "error"
-    assert "file '0.dcm'" in row.reason and "(0028,0010) Rows=256" in row.reason and "NumberOfImagesInMosaic=48" in row.reason
+    assert f"file {keyed('0.dcm')}" in row.reason and "(0028,0010) Rows=256" in row.reason and "NumberOfImagesInMosaic=48" in row.reason
 
 
 def test_real_mosaic_dimension_tags_same_on_fast_and_pydicom_paths(tmp_path: Path, monkeypatch) -> None:

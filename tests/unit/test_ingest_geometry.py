@@ -189,7 +189,8 @@ def test_identical_duplicates_dropped_different_duplicates_refused(tmp_path: Pat
     assert "duplicate" in by_status["ok"].reason
     assert_matches_dicom(tmp_path / "ds" / by_status["ok"].volume_path, slices)
     err = by_status["error"]
-    assert "duplicate slice position (0020,0032)" in err.reason and "b/IM0001" in err.reason
+    assert "duplicate slice position (0020,0032)" in err.reason
+    assert "file-" + PS.key("b/IM0001", "file") in err.reason and "b/IM0001" not in err.reason
 
 
 def test_catalog_round_trips(tmp_path: Path) -> None:
