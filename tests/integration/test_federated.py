@@ -73,9 +73,9 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Sites:
     return Sites(root, datasets, build_needles([CANARY_TOKEN], links, manifests))
 
 
-def _config(root: Path, rounds: int) -> object:
+def _config(root: Path, rounds: int, names: tuple[str, ...]) -> object:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("federate", overrides=[
+        return compose("federate", overrides=[f"federation.sites=[{','.join(names)}]",
             "experiment=demo_federated", f"paths.root_dir={root}", "federation.synthetic=null",
             f"federation.rounds={rounds}", "federation.local_epochs=1", "federation.min_sites=2",
             "federation.round_timeout_s=240", "federation.connect_timeout_s=120",
@@ -95,7 +95,7 @@ class Ran:
 
 def _federate(sites: Sites, root: Path, rounds: int, names: tuple[str, ...],
               kill: str | None = None) -> Ran:
-    cfg = _config(root, rounds)
+    cfg = _config(root, rounds, names)
     run_dir = Path(str(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = write_server_config(cfg, run_dir)
