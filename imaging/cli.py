@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "audit": ("imaging.apps.audit", "argv", "scan files and an MLflow store for PHI; non-zero exit on a hit"),
     "train": ("imaging.apps.train", "hydra", "train a MONAI model (Hydra config, DDP, MLflow)"),
     "infer": ("imaging.apps.infer", "hydra", "batch inference from a registered model -> NIfTI, DICOM SEG, report"),
+    "federate": ("imaging.apps.federate", "hydra", "federated training across sites with Flower (FedAvg/FedProx)"),
     "model": ("imaging.apps.model", "argv", "model registry: list, promote (set alias), show"),
     "submit": ("imaging.apps.submit", "hydra", "submit train|infer|ingest to Slurm (sbatch rendered into the run dir)"),
     "status": ("imaging.apps.status", "argv", "Slurm state of a job and its MLflow run"),

@@ -25,6 +25,7 @@ def main(cfg: DictConfig) -> None:
         layout=str(cfg.layout),
         dicomdir=bool(cfg.dicomdir),
         overwrite=bool(cfg.overwrite),
+        scanner=str(cfg.get("scanner", "default")),
     )
     table = Table(title=f"synthetic export: {cfg.output_dir}")
     for col in ("modality", "series", "files", "expected"):

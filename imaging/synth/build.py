@@ -15,7 +15,7 @@ from imaging.fsutil import atomic_write_json, atomic_write_text
 from imaging.synth import phantom as ph
 from imaging.synth.canaries import CANARY_TOKEN
 from imaging.synth.dicomdir import write_dicomdir
-from imaging.synth.export import SIZES, Export, Subject, grid_for, volume_series
+from imaging.synth.export import SCANNERS, SIZES, Export, Subject, grid_for, volume_series
 from imaging.synth.writer import make_uid
 
 log = logging.getLogger(__name__)
@@ -29,19 +29,30 @@ _OWN_OUTPUTS = ("DICOM", "labels", "DICOMDIR", MANIFEST, "README.TXT")
 def normal_subject(export: Export, subject: Subject) -> None:
     """A plain subject: CT study (labelled PV series + SEG, thick recon) and MR study (T1, T2)."""
     n, pixel, slices, step = SIZES[export.size]["CT"]
-    ct = grid_for(export, subject, "CT")
-    volume_series(export, subject, "CT", "CT", "CT", f"CT ABDOMEN PV {step:.1f}", ct, labels=True, seg=True)
-    thick = grid_for(export, subject, "CT", n_slices=slices // 2, step=step * 2)
-    volume_series(export, subject, "CT", "CT", "CT", f"CT ABDOMEN PV {2 * step:.1f}", thick)
+    sc = SCANNERS[export.scanner]
+    # The same body coverage whatever the scanner's pixel and step.
+    pixel, n = pixel * sc["pixel"], round(n / sc["pixel"])
+    step, slices = step * sc["step"], round(slices / sc["step"])
+    pos = str(sc["position"])
+    ct = grid_for(export, subject, "CT", rows=n, cols=n, pixel=pixel, n_slices=slices, step=step, position=pos)
+    volume_series(export, subject, "CT", "CT", "CT", f"CT ABDOMEN PV {step:.1f}", ct, labels=True, seg=True,
+                  position=pos)
+    thick = grid_for(export, subject, "CT", rows=n, cols=n, pixel=pixel, n_slices=slices // 2, step=step * 2,
+                     position=pos)
+    volume_series(export, subject, "CT", "CT", "CT", f"CT ABDOMEN PV {2 * step:.1f}", thick, position=pos)
     mr = grid_for(export, subject, "MR")
     volume_series(export, subject, "MR", "MR", "T1", "MR AX T1 SE", mr, labels=True)
     volume_series(export, subject, "MR", "MR", "T2", "MR AX T2 TSE", mr, labels=True)
 
 
-def _request(seed: int, subjects: int, cases: list[str], size: str, layout: str, dicomdir: bool) -> dict[str, Any]:
+def _request(seed: int, subjects: int, cases: list[str], size: str, layout: str, dicomdir: bool,
+             scanner: str = "default") -> dict[str, Any]:
     """The manifest fields that identify what was asked for."""
-    return {"schema_version": SCHEMA_VERSION, "generator": "imaging.synth", "seed": seed, "subjects": subjects,
-            "size": size, "layout": layout, "cases": cases, "dicomdir": "DICOMDIR" if dicomdir else None}
+    req = {"schema_version": SCHEMA_VERSION, "generator": "imaging.synth", "seed": seed, "subjects": subjects,
+           "size": size, "layout": layout, "cases": cases, "dicomdir": "DICOMDIR" if dicomdir else None}
+    if scanner != "default":  # absent for the default, so earlier manifests stay comparable
+        req["scanner"] = scanner
+    return req
 
 
 def _existing(root: Path, request: dict[str, Any]) -> dict[str, Any] | None:
@@ -87,6 +98,7 @@ def generate(
     layout: str = "nested",
     dicomdir: bool = True,
     overwrite: bool = False,
+    scanner: str = "default",
 ) -> dict[str, Any]:
     """Write a synthetic PACS export and return its manifest (also ``<out>/manifest.json``).
 
@@ -98,6 +110,8 @@ def generate(
         size: "small" (training in minutes on a CPU) or "full".
         layout: "nested" (``DICOM/P.../S.../SE.../IM...``) or "flat" (``DICOM/IM...``).
         dicomdir: also write a DICOMDIR indexing every readable DICOM file.
+        scanner: CT set-up of the normal subjects (:data:`imaging.synth.export.SCANNERS`:
+            pixel, slice step, patient position), e.g. one per site of a federation.
         overwrite: replace a previous export in ``output_dir`` (only files this
             function writes are removed). Without it, a complete export of the same
             arguments is reused as it is (its manifest returned).
@@ -116,8 +130,8 @@ def generate(
     if subjects < 0:
         raise ValueError(f"subjects must be >= 0, got {subjects}")
     root = Path(output_dir)
-    export = Export(root, int(seed), size, layout)
-    request = _request(int(seed), subjects, case_names, size, layout, dicomdir)
+    export = Export(root, int(seed), size, layout, scanner)
+    request = _request(int(seed), subjects, case_names, size, layout, dicomdir, scanner)
     # The manifest is written last, so its presence marks a complete export: re-running
     # the same request (a demo resumed) reuses it instead of failing or rewriting.
     if not overwrite and (previous := _existing(root, request)) is not None:

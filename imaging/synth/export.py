@@ -32,6 +32,15 @@ SIZES: dict[str, dict[str, tuple[int, float, int, float]]] = {
     "full": {"CT": (256, 1.5, 120, 2.0), "MR": (192, 2.0, 48, 5.0), "case": (128, 3.0, 40, 4.0)},
 }
 LAYOUTS = ("nested", "flat")
+# Scanner set-ups of the normal subjects' CT (federated demo: one per hospital). Each
+# scales the preset's in-plane pixel and slice step and sets the patient position, so
+# sites differ in spacing, field of view and orientation (feet first flips the z axis).
+SCANNERS: dict[str, dict[str, Any]] = {
+    "default": {"pixel": 1.0, "step": 1.0, "position": "HFS"},
+    "site0": {"pixel": 1.0, "step": 1.0, "position": "HFS"},
+    "site1": {"pixel": 0.875, "step": 0.8, "position": "FFS"},
+    "site2": {"pixel": 1.125, "step": 1.25, "position": "HFS"},
+}
 _CLASSIC_IMAGES = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"}
 _TOP_LEVEL_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
 
@@ -70,6 +79,7 @@ class Export:
     seed: int
     size: str
     layout: str
+    scanner: str = "default"
     series: list[dict[str, Any]] = field(default_factory=list)
     canaries: set[str] = field(default_factory=set)
     uids: set[str] = field(default_factory=set)
@@ -84,6 +94,8 @@ class Export:
             raise ValueError(f"size must be one of {sorted(SIZES)}, got {self.size!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.scanner not in SCANNERS:
+            raise ValueError(f"scanner must be one of {sorted(SCANNERS)}, got {self.scanner!r}")
 
     def subject(self, index: int) -> Subject:
         """Build subject ``index`` (1-based); everything derives from (seed, index)."""

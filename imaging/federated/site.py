@@ -1,0 +1,163 @@
+"""One hospital's side of a federation: the same engine, configs and data code as
+central training, on the site's own ``imaging ingest`` dataset.
+
+A :class:`Site` is built from the federation's *recipe* (the resolved ``data``,
+``model`` and ``trainer`` groups sent by the coordinator, without paths) and the
+site's own settings (its dataset folder and scratch folder, from the SuperNode's
+``--node-config``). What leaves the site is only what :meth:`Site.train` and
+:meth:`Site.evaluate` return: weights and aggregate numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.losses import DiceCELoss
+from omegaconf import DictConfig, OmegaConf
+
+from imaging.data.datasets import build_train_loader, build_val_loader
+from imaging.data.splits import split_by_subject
+from imaging.data.transforms import build_inference_transforms, build_train_transforms
+from imaging.engine.config import ConfigError, TrainPlan, validate_config
+from imaging.engine.distributed import Dist, setup
+from imaging.engine.loops import train_one_epoch, validate
+from imaging.models.registry import build_network
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """What a site's SuperNode is started with (``--node-config``); never sent anywhere."""
+
+    name: str
+    dataset_dir: Path
+    work_dir: Path
+
+    @classmethod
+    def from_node_config(cls, node_config: dict[str, Any]) -> SiteSettings:
+        """Read ``site``, ``dataset-dir`` and ``work-dir`` from a SuperNode's node config.
+
+        Raises:
+            ConfigError: a key is missing or the dataset folder does not exist.
+        """
+        for key in ("site", "dataset-dir", "work-dir"):
+            if not str(node_config.get(key, "")).strip():
+                raise ConfigError(f"node-config.{key}", "is required: flower-supernode --node-config "
+                                  "'site=\"A\" dataset-dir=\"/data/ds\" work-dir=\"/scratch/a\"'")
+        dataset = Path(str(node_config["dataset-dir"]))
+        if not dataset.is_dir():
+            raise ConfigError("node-config.dataset-dir", f"'{dataset}': no such folder")
+        return cls(str(node_config["site"]), dataset, Path(str(node_config["work-dir"])))
+
+
+def site_config(recipe_yaml: str, settings: SiteSettings) -> DictConfig:
+    """The site's training config: the coordinator's recipe plus the site's own paths."""
+    cfg = OmegaConf.create(recipe_yaml)
+    assert isinstance(cfg, DictConfig)
+    cfg.data.dataset_dir = str(settings.dataset_dir)
+    cfg.data.cache_dir = str(settings.work_dir / "cache")
+    cfg.run_dir = str(settings.work_dir)
+    return cfg
+
+
+def plan_summary(plan: TrainPlan) -> dict[str, Any]:
+    """What a site tells the coordinator about its data: no rows, no keys, no paths."""
+    return {"class_names": {str(k): v for k, v in plan.class_names.items()},
+            "network_config": plan.network_config, "preprocessing": plan.preprocessing, "task": plan.task,
+            "catalog_sha256": plan.dataset.catalog_sha256, "n_cases": len(plan.items),
+            "n_subjects": len({i["subject_key"] for i in plan.items})}
+
+
+class Site:
+    """The site's model, loaders and optimizer settings for one federated run."""
+
+    def __init__(self, cfg: DictConfig, settings: SiteSettings) -> None:
+        self.cfg = cfg
+        self.settings = settings
+        self.plan = validate_config(cfg)
+        self.d: Dist = setup(str(cfg.trainer.accelerator))
+        torch.manual_seed(int(cfg.trainer.seed))
+        split = split_by_subject(self.plan.items, int(cfg.data.split.folds), int(cfg.data.split.fold),
+                                 int(cfg.data.split.seed))
+        self.n_train, self.n_val = len(split.train), len(split.val)
+        data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+        train_tf = build_train_transforms(self.plan.preprocessing, data_cfg)  # type: ignore[arg-type]
+        val_tf = build_inference_transforms(self.plan.preprocessing, with_label=True)
+        # Memory cache only: a federated site process may be restarted for every round, and
+        # its disk cache is a site-local concern that central training already covers.
+        cache = "memory" if str(cfg.data.cache) == "memory" else "none"
+        self.train_loader = build_train_loader(split.train, train_tf, cache=cache, cache_dir=None,
+                                               batch_size=int(cfg.data.batch_size), num_workers=0,
+                                               seed=int(cfg.trainer.seed), rank=0, world_size=1,
+                                               drop_last=self.plan.task == "classification")
+        self.val_loader = build_val_loader(split.val, val_tf, cache=cache, cache_dir=None, num_workers=0,
+                                           rank=0, world_size=1)
+        self.network = build_network(self.plan.network_config).to(self.d.device)
+        self.loss: Callable[..., torch.Tensor] = (DiceCELoss(to_onehot_y=True, softmax=True)
+                                                  if self.plan.task == "segmentation" else _ClsLoss())
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.network.load_state_dict(state)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
+
+    def train(self, state: dict[str, torch.Tensor], *, epochs: int, lr: float,
+              proximal_mu: float = 0.0) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Start from the global ``state``, train ``epochs`` local epochs; new weights + metrics.
+
+        ``proximal_mu > 0`` adds FedProx's term ``mu/2 * ||w - w_global||^2`` to the loss
+        (the value Flower's FedProx strategy sends in the round's config).
+        """
+        self.load(state)
+        t = self.cfg.trainer
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=lr, weight_decay=float(t.weight_decay))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        scaler = torch.amp.GradScaler(self.d.device.type, enabled=False)
+        loss_fn = self.loss
+        if proximal_mu > 0:
+            anchor = [p.detach().clone() for p in self.network.parameters()]
+            params = list(self.network.parameters())
+
+            def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+                return self.loss(logits, target) + 0.5 * proximal_mu * prox  # type: ignore[operator]
+
+        losses, steps = [], 0
+        for epoch in range(epochs):
+            res = train_one_epoch(model=self.network, loader=self.train_loader, epoch=epoch, optimizer=optimizer,
+                                  scheduler=scheduler, scaler=scaler, loss_fn=loss_fn, d=self.d, amp=False,
+                                  accumulate=int(t.accumulate_grad_batches), skip_batches=0,
+                                  should_stop=lambda: False, max_steps=t.get("limit_train_batches"),
+                                  progress=False)
+            losses.append(res.loss)
+            steps += res.steps
+        loss = float(sum(losses) / len(losses)) if losses else math.nan
+        return self.state(), {"train_loss": loss, "num-examples": float(self.n_train), "steps": float(steps)}
+
+    def evaluate(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Validation metrics of ``state`` on this site's held-out subjects (aggregates only)."""
+        self.load(state)
+        t = self.cfg.trainer
+        metrics = validate(model=self.network, loader=self.val_loader, task=self.plan.task,
+                           num_classes=self.plan.num_classes, names=self.plan.class_names, d=self.d,
+                           roi_size=self.plan.preprocessing["roi_size"], sw_batch_size=int(t.sw_batch_size),
+                           overlap=float(t.sw_overlap), amp=False, hd95=False, progress=False)
+        return {**{k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+                "num-examples": float(self.n_val)}
+
+
+class _ClsLoss(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ce = torch.nn.CrossEntropyLoss()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.ce(logits, target.view(-1).long())

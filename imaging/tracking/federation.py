@@ -1,0 +1,92 @@
+"""MLflow for a federation: one run on the coordinator's side.
+
+Params are the resolved config; per site only its catalog hash and counts (never its
+data); per round the aggregated (``val_*``, ``train_*``) and per-site
+(``site.<name>.val_dice_mean``...) metrics, the number of sites that returned an update,
+and a ``federation/rounds.jsonl`` artifact that names the sites lost in a round. The
+final model is registered exactly like a centrally trained one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict
+from typing import Any
+
+import mlflow
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from imaging.tracking.registry import register_model
+from imaging.tracking.runs import MlflowTracker, flatten, git_commit
+
+log = logging.getLogger(__name__)
+
+
+class FederationTracker:
+    """What :func:`imaging.federated.coordinator.run_federation` logs, on the coordinator."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.mlflow = MlflowTracker.from_config(cfg)
+        self.rounds: list[dict[str, Any]] = []
+
+    def start(self, run_id: str | None, cfg: DictConfig, sites: dict[str, dict[str, Any]]) -> str:
+        new = run_id is None
+        rid = self.mlflow.start(run_id, str(cfg.tracking.run_name))
+        if new:
+            config = OmegaConf.to_container(cfg, resolve=True)
+            assert isinstance(config, dict)
+            params = flatten({k: v for k, v in config.items() if k not in ("hydra", "paths")})
+            items = sorted(params.items())
+            for i in range(0, len(items), 100):
+                mlflow.log_params(dict(items[i:i + 100]))
+            mlflow.log_dict(config, "config/federate.json")
+            mlflow.set_tags({"imaging.kind": "federated", "git_commit": git_commit(), "torch": torch.__version__,
+                             "federation.sites": ",".join(sorted(sites)),
+                             **{f"site.{name}.catalog_sha256": s["catalog_sha256"] for name, s in sites.items()}})
+            mlflow.log_params({f"site.{name}.{k}": str(v) for name, s in sites.items()
+                               for k, v in s.items() if k != "catalog_sha256"})
+        return rid
+
+    def log_round(self, rec: Any, monitor: str, best: float) -> None:
+        metrics: dict[str, float] = {"sites_trained": float(len(rec.sites_trained)),
+                                     "sites_failed": float(len(rec.sites_failed)), "round_seconds": rec.seconds}
+        metrics.update({f"val_{k}": v for k, v in rec.evaluate.items() if k != "num-examples"})
+        metrics.update({k if k.startswith("train_") else f"train_{k}": v for k, v in rec.train.items()
+                        if k not in ("num-examples", "steps")})
+        for site, values in rec.per_site.items():
+            metrics.update({f"site.{site}.{k}": v for k, v in values.items()
+                            if not k.endswith(("num-examples", "steps"))})
+        if not math.isnan(best):
+            metrics[f"best_val_{monitor}"] = best
+        self.mlflow.log_metrics(metrics, step=rec.round)
+        self.rounds.append(asdict(rec))
+        mlflow.log_text("\n".join(json.dumps(r) for r in self.rounds) + "\n", "federation/rounds.jsonl")
+        if rec.sites_failed:
+            mlflow.set_tag(f"federation.round{rec.round}.lost", ",".join(rec.sites_failed))
+
+    def finish(self, network: torch.nn.Module, summary: dict[str, Any], metrics: dict[str, float],
+               result: Any) -> dict[str, Any]:
+        """Register the global model (best round) like a centrally trained one; end the run."""
+        info: dict[str, Any] = {}
+        try:
+            if bool(self.cfg.tracking.register):
+                labels = {int(k): v for k, v in summary["class_names"].items()}
+                info = register_model(network.cpu(), network_config=summary["network_config"],
+                                      preprocessing=summary["preprocessing"], labels=labels, task=summary["task"],
+                                      name=str(self.cfg.tracking.registered_model_name),
+                                      alias=str(self.cfg.tracking.alias),
+                                      tags={"federated": "true", "best_round": str(result.best_round),
+                                            **{f"val_{k}": f"{v:.4f}" for k, v in metrics.items()
+                                               if k != "num-examples" and math.isfinite(v)}})
+            self.mlflow.end("FINISHED")
+        except BaseException:
+            self.mlflow.end("FAILED")
+            raise
+        return info
+
+    def fail(self) -> None:
+        self.mlflow.end("FAILED")
