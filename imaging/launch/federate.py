@@ -94,7 +94,7 @@ def _wrap(launcher: Mapping[str, Any], run_dir: Path, workdir: Path, binds: Sequ
         return ""
     bind = ",".join(dict.fromkeys([str(run_dir), str(workdir), *binds,
                                    *(str(b) for b in launcher.get("container_binds") or [])]))
-    return f"apptainer exec --bind {shlex.quote(bind)} {shlex.quote(str(container))} "
+    return f"apptainer exec --nv --bind {shlex.quote(bind)} {shlex.quote(str(container))} "
 
 
 def _context(launcher: Mapping[str, Any], fed: Mapping[str, Any], run_dir: Path, workdir: Path,
