@@ -124,7 +124,11 @@ def render_superlink(launcher: Mapping[str, Any], fed: Mapping[str, Any], *, run
     ctx = _context(launcher, fed, run_dir, workdir, job_name)
     slurm = ctx["slurm"]
     advertise = slurm.get("advertise") or (str(fed["superlink"]).rsplit(":", 1)[0] if fed.get("superlink") else None)
+    host = str(slurm.get("host") or "0.0.0.0")
+    # Where this job checks that the SuperLink listens (and `flwr run` connects without TLS).
+    probe = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     ctx.update(port=superlink_port(fed, run_dir), advertise=advertise, server_config=run_dir / SERVER_CONFIG,
+               probe=probe,
                wrap=_wrap(launcher, run_dir, workdir, []))
     return _template(launcher, TEMPLATES["superlink"]).render(**ctx)
 
@@ -156,6 +160,10 @@ def _site_datasets(cfg: DictConfig) -> dict[str, Path]:
         raise LauncherConfigError(f"federation.sites={sites}: name one or more distinct sites")
     given = {str(k): Path(str(v)) for k, v in (cfg.federation.get("datasets") or {}).items()}
     missing = [s for s in sites if s not in given]
+    if missing and cfg.federation.get("superlink"):
+        # Cross-hospital: those sites run their SuperNodes themselves (docs/federated.md).
+        log.info("no SuperNode job for site(s) %s: they dial %s themselves", missing, cfg.federation.superlink)
+        return {s: given[s] for s in sites if s in given}
     if missing:
         raise LauncherConfigError(f"federation.datasets has no folder for site(s) {missing}: each SuperNode job "
                                   f"needs its site's dataset, e.g. federation.datasets.{missing[0]}=/data/ds")

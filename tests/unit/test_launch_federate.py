@@ -136,6 +136,19 @@ def test_supernode_waits_for_the_address_file_with_a_bound(tmp_path: Path, plain
     assert proc.returncode == 0 and proc.stdout.strip() == "node7:21234 1"
 
 
+def test_cross_hospital_sites_without_a_dataset_get_no_job() -> None:
+    """With federation.superlink set, sites outside the cluster run their SuperNodes themselves."""
+    jobs = _jobs("federation.sites=[A,B,C]", *TLS)
+    assert sorted(jobs) == ["A", "B", "superlink"]
+    with pytest.raises(LauncherConfigError, match=re.escape("no folder for site(s) ['C']")):
+        _jobs("federation.sites=[A,B,C]")
+
+
+def test_superlink_on_one_interface_is_probed_there() -> None:
+    text = _jobs("federation.slurm.host=10.1.2.3")["superlink"].script
+    assert '"/dev/tcp/10.1.2.3/${SUPERLINK_PORT}"' in text and 'address = "10.1.2.3:${SUPERLINK_PORT}"' in text
+
+
 def test_superlink_port_rules() -> None:
     a, b = Path("/runs/x/a"), Path("/runs/x/b")
     assert superlink_port({}, a) == superlink_port({}, a)  # deterministic: same run, same port
