@@ -31,6 +31,7 @@ from typing import Any
 import jinja2
 from omegaconf import DictConfig, OmegaConf
 
+from imaging.federated.config import SERVER_CONFIG, write_server_config
 from imaging.fsutil import atomic_write_text
 from imaging.launch.render import LauncherConfigError, _check, default_templates_dir
 from imaging.launch.submit import CONF_DIR, compose, sbatch, split_overrides
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 
 TEMPLATES = {"superlink": "federate_superlink.sbatch.j2", "supernode": "federate_supernode.sbatch.j2"}
 ADDRESS_FILE = "superlink.address"
-SERVER_CONFIG = "federate.yaml"
 # SuperLink ports come from [PORT_BASE, PORT_BASE + PORT_SPAN): above the registered
 # services most clusters run, below Linux's ephemeral range (32768-60999), so an outgoing
 # connection on the node can never hold the port the SuperLink needs.
@@ -203,21 +203,6 @@ def prepare(overrides: Sequence[str], *, cwd: Path | None = None,
             launcher, fed, site=site, dataset_dir=dataset, run_dir=run_dir, workdir=cwd,
             job_name=f"{base}-site-{site}"), job_dir / f"federate_supernode_{site}.sbatch"))
     return cfg, jobs
-
-
-def write_server_config(cfg: DictConfig, run_dir: Path) -> Path:
-    """``<run_dir>/federate.yaml``, the ServerApp's config: resolved, without any site's folder.
-
-    Same content as :func:`imaging.pipelines.federate.write_server_config`; not imported from
-    there because that module pulls torch and Flower's server into the login node's submit.
-    """
-    container = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
-    container.pop("hydra", None)
-    container["federation"]["datasets"] = {}
-    path = run_dir / SERVER_CONFIG
-    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(container)))
-    return path
 
 
 def submit(cfg: DictConfig, jobs: Sequence[FederationJob], *, dry_run: bool = False,

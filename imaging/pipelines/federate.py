@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from imaging.errors import UsageError
+from imaging.federated.config import write_server_config
 from imaging.federated.coordinator import SUMMARY
 from imaging.federated.processes import LocalFederation
-from imaging.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +79,6 @@ def site_datasets(cfg: DictConfig) -> dict[str, Path]:
             raise UsageError(f"federation.datasets.{site}='{given[site]}': not an `imaging ingest` dataset "
                              "(no catalog.csv)")
     return {s: given[s] for s in sites}
-
-
-def write_server_config(cfg: DictConfig, run_dir: Path) -> Path:
-    """The coordinator's resolved config, read by the ServerApp (no site paths in it)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
-    container.pop("hydra", None)
-    container["federation"]["datasets"] = {}
-    path = run_dir / "federate.yaml"
-    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(container)))
-    return path
 
 
 def run(cfg: DictConfig) -> FederateResult:
