@@ -342,22 +342,36 @@ def probe_overrides(root: Path, uri: str, **extra: Any) -> list[str]:
     return [*launcher_overrides(root, uri, **extra), f"launcher.imaging_cmd={sys.executable} {probe}"]
 
 
+def submit_here(cluster: SlurmCluster, cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                *args: str) -> list[dict[str, Any]]:
+    """`imaging submit ...` in this process (no interpreter start per job); returns the job records."""
+    from imaging.apps.submit import main as submit_main
+
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+    monkeypatch.chdir(cwd)
+    rc = submit_main(list(args))
+    out = capsys.readouterr()
+    assert rc == 0, out.out + out.err
+    index = next(Path(a.split("=", 1)[1]) for a in args if a.startswith("launcher.jobs_index_dir="))
+    return [json.loads((index / f"{job_id}.json").read_text())
+            for _, job_id in re.findall(r"submitted (\w+) job (\d+)", out.out)]
+
+
 def probe_lines(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line.split("PROBE ", 1)[1]) for line in log.read_text().splitlines() if "PROBE " in line]
 
 
 def test_each_rank_gets_its_own_cores_and_a_task_all_of_its_cpus(
-        slurm_cluster: SlurmCluster, mlflow_server: Any, dataset: Any, tmp_path: Path) -> None:
+        slurm_cluster: SlurmCluster, mlflow_server: Any, dataset: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """task/affinity binds each task to its CPUs: two 1-CPU ranks on one node get different cores,
     and a 2-CPU ingest task gets both (srun --cpus-per-task; Slurm 22.05's srun would give it one)."""
-    train = submit(slurm_cluster, tmp_path, "train", [
-        *train_overrides(dataset.dataset, tmp_path, "slurm_probe"),
-        *probe_overrides(tmp_path, mlflow_server.uri, tasks_per_node=2, cpus_per_task=1),
-    ])
-    ingest = submit(slurm_cluster, tmp_path, "ingest", [
-        f"input_dir={dataset.export}", f"output_dir={tmp_path / 'ds'}", "demo_key=true", f"paths.root_dir={tmp_path}",
-        *probe_overrides(tmp_path, mlflow_server.uri, cpus_per_task=2),
-    ])
+    (train,) = submit_here(slurm_cluster, tmp_path, monkeypatch, capsys, "train",
+                           *train_overrides(dataset.dataset, tmp_path, "slurm_probe"),
+                           *probe_overrides(tmp_path, mlflow_server.uri, tasks_per_node=2, cpus_per_task=1))
+    (ingest,) = submit_here(slurm_cluster, tmp_path, monkeypatch, capsys, "ingest",
+                            f"input_dir={dataset.export}", f"output_dir={tmp_path / 'ds'}", "demo_key=true",
+                            f"paths.root_dir={tmp_path}", *probe_overrides(tmp_path, mlflow_server.uri, cpus_per_task=2))
     logs = {}
     for rec in (train, ingest):
         logs[rec["kind"]] = Path(rec["log"].replace("%j", rec["job_id"]))
@@ -373,14 +387,14 @@ def test_each_rank_gets_its_own_cores_and_a_task_all_of_its_cpus(
 
 
 def test_one_dead_rank_ends_the_job_promptly(slurm_cluster: SlurmCluster, mlflow_server: Any, dataset: Any,
-                                             tmp_path: Path) -> None:
+                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     """srun --kill-on-bad-exit=1: rank 1 is SIGKILLed, rank 0 (asleep for 600 s, as if in a collective)
     is killed by Slurm at once, and the batch script reports srun's failure."""
-    rec = submit(slurm_cluster, tmp_path, "train", [
-        *train_overrides(dataset.dataset, tmp_path, "slurm_kill"),
-        *probe_overrides(tmp_path, mlflow_server.uri, tasks_per_node=2, cpus_per_task=1),
-        "+launcher.env.PROBE_MODE=kill-rank-1",
-    ])
+    (rec,) = submit_here(slurm_cluster, tmp_path, monkeypatch, capsys, "train",
+                         *train_overrides(dataset.dataset, tmp_path, "slurm_kill"),
+                         *probe_overrides(tmp_path, mlflow_server.uri, tasks_per_node=2, cpus_per_task=1),
+                         "+launcher.env.PROBE_MODE=kill-rank-1")
     log = Path(rec["log"].replace("%j", rec["job_id"]))
     wait_until("both ranks to start", lambda: log.is_file() and len(probe_lines(log)) == 2, slurm_cluster, log=log,
                timeout=300)
@@ -395,18 +409,17 @@ def test_one_dead_rank_ends_the_job_promptly(slurm_cluster: SlurmCluster, mlflow
 
 
 def test_pipeline_runs_ingest_train_infer_in_order_and_cancels_after_a_failure(
-        slurm_cluster: SlurmCluster, mlflow_server: Any, dataset: Any, tmp_path: Path) -> None:
+        slurm_cluster: SlurmCluster, mlflow_server: Any, dataset: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     def pipeline(root: Path, *extra: str) -> list[dict[str, Any]]:
         root.mkdir()
-        proc = imaging(slurm_cluster, root, "submit", "pipeline", *probe_overrides(root, mlflow_server.uri),
-                       f"paths.root_dir={root}", *extra,
-                       "ingest:", f"input_dir={dataset.export}", f"output_dir={root / 'ds'}", "demo_key=true",
-                       "train:", "experiment=demo_seg", "tracking.experiment_name=slurm_chain",
-                       "infer:", f"output_dir={root / 'pred'}", "demo_key=true", "launcher.array_tasks=1")
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        ids = re.findall(r"submitted (\w+) job (\d+)", proc.stdout)
-        assert [k for k, _ in ids] == ["ingest", "train", "infer"], proc.stdout
-        return [json.loads((root / "index" / f"{i}.json").read_text()) for _, i in ids]
+        recs = submit_here(slurm_cluster, root, monkeypatch, capsys, "pipeline",
+                           *probe_overrides(root, mlflow_server.uri), f"paths.root_dir={root}", *extra,
+                           "ingest:", f"input_dir={dataset.export}", f"output_dir={root / 'ds'}", "demo_key=true",
+                           "train:", "experiment=demo_seg", "tracking.experiment_name=slurm_chain",
+                           "infer:", f"output_dir={root / 'pred'}", "demo_key=true", "launcher.array_tasks=1")
+        assert [r["kind"] for r in recs] == ["ingest", "train", "infer"]
+        return recs
 
     ok = pipeline(tmp_path / "ok")
     assert ok[1]["dependency"] == f"afterok:{ok[0]['job_id']}" and ok[2]["dependency"] == f"afterok:{ok[1]['job_id']}"
