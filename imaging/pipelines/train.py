@@ -47,7 +47,7 @@ from imaging.engine.distributed import (
 from imaging.engine.evaluate import ReviewCase, review_cases
 from imaging.engine.loops import ValidationInterrupted, lr_lambda, train_one_epoch, validate
 from imaging.fsutil import atomic_write_text
-from imaging.launch.preempt import PreemptionFlag
+from imaging.launch.preempt import PreemptionFlag, mark_preempted
 from imaging.models.registry import build_network
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,11 @@ def run(cfg: DictConfig, *, tracker_factory: Callable[[DictConfig], Tracker | No
     d: Dist | None = None
     try:
         d = setup(str(cfg.trainer.accelerator))
-        return _run(cfg, plan, d, tracker_factory, flag, on_epoch_end)
+        result = _run(cfg, plan, d, tracker_factory, flag, on_epoch_end)
+        if result.preempted:
+            mark_preempted(d.is_main)  # before the barrier: no rank exits (exit 3) before it exists
+            barrier(d)
+        return result
     finally:
         if own_flag:
             flag.uninstall()

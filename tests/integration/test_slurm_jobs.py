@@ -206,11 +206,12 @@ def test_scancel_stops_for_good(slurm_cluster: SlurmCluster, mlflow_server: Any,
     assert "requeueing (restart" not in text and f"job {job_id} attempt 2" not in text
 
 
-def test_genuine_failure_is_not_requeued(slurm_cluster: SlurmCluster, mlflow_server: Any,
+def test_genuine_failure_is_not_requeued(slurm_cluster: SlurmCluster, mlflow_server: Any, dataset: Any,
                                          tmp_path: Path) -> None:
-    # A dataset dir that does not exist: the training fails (not exit 3) -> FAILED, no requeue.
+    # A config `imaging submit` accepts but the job cannot run (no GPU on the node): the training
+    # fails (not exit 3) -> FAILED, no requeue. (A missing dataset is refused before sbatch now.)
     record = submit(slurm_cluster, tmp_path, "train", [
-        *train_overrides(tmp_path / "missing", tmp_path, "slurm_fail"),
+        *train_overrides(dataset.dataset, tmp_path, "slurm_fail", **{"trainer.accelerator": "cuda"}),
         *launcher_overrides(tmp_path, mlflow_server.uri),
     ])
     log = Path(record["log"].replace("%j", record["job_id"]))
@@ -329,6 +330,7 @@ print("PROBE " + json.dumps({"kind": sys.argv[1], "rank": rank, "node": os.envir
       "cpus": sorted(os.sched_getaffinity(0)), "port": os.environ.get("MASTER_PORT"), "t": time.time()}), flush=True)
 if mode == "kill-rank-1":
     if rank == 1:
+        time.sleep(3)                          # (lets rank 0 print its line first)
         os.kill(os.getpid(), signal.SIGKILL)   # a rank dies (OOM killer, segfault)
     time.sleep(600)                            # the others would block in a collective
 if mode == "fail-" + sys.argv[1]:

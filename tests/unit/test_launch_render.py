@@ -94,10 +94,31 @@ def test_wait_loop_records_sruns_exit_code_not_the_traps(signals: int, tmp_path:
     script = prepare("train", CASES["train_cpu.sbatch"][1], cwd=PROJECT).script
     loop = _section(script, "srun_pid=$!", 'echo "[imaging] tasks finished')
     kills = "kill -USR1 $$; sleep 0.2; " * signals
-    body = (f"trap 'echo trapped' USR1\n( sleep 0.3; {kills}) &\n"
+    body = (f"set -u\nEXIT_PREEMPTED=3\nIMAGING_PREEMPT_MARKER={tmp_path / 'none'}\n"
+            f"trap 'echo trapped' USR1\n( sleep 0.3; {kills}) &\n"
             f"bash -c 'sleep {0.5 + 0.2 * signals}; exit 7' &\n{loop}echo rc=$rc\n")
     proc = subprocess.run(["bash", "-c", body], capture_output=True, text=True, timeout=30)
     assert proc.stdout.count("trapped") == signals and proc.stdout.strip().endswith("rc=7"), proc.stdout
+    assert proc.stderr == ""
+
+
+@pytest.mark.parametrize(("srun_rc", "marker", "expected"), [
+    (143, True, 3),    # rank 1 exited 3 first, --kill-on-bad-exit killed rank 0 after it left the marker
+    (3, True, 3),
+    (143, False, 143),  # killed without a clean stop: stays a failure
+    (0, True, 0),
+])
+def test_preempt_marker_turns_a_killed_clean_stop_into_exit_3(srun_rc: int, marker: bool, expected: int,
+                                                              tmp_path: Path) -> None:
+    script = prepare("train", CASES["train_cpu.sbatch"][1], cwd=PROJECT).script
+    loop = _section(script, "srun_pid=$!", 'echo "[imaging] tasks finished')
+    mark = tmp_path / "preempted-42"
+    if marker:
+        mark.write_text("3\n")
+    body = (f"set -u\nEXIT_PREEMPTED=3\nIMAGING_PREEMPT_MARKER={mark}\n"
+            f"bash -c 'exit {srun_rc}' &\n{loop}echo rc=$rc\n")
+    proc = subprocess.run(["bash", "-c", body], capture_output=True, text=True, timeout=30)
+    assert proc.stdout.strip().endswith(f"rc={expected}") and proc.stderr == "", proc.stdout + proc.stderr
 
 
 def _run_should_requeue(script: str, rc: int, requeued: int | None, warned: int, tmp: Path,
