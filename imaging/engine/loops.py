@@ -124,26 +124,49 @@ def predict_volume(model: torch.nn.Module, image: torch.Tensor, roi_size: list[i
     return out
 
 
+class ValidationInterrupted(RuntimeError):
+    """A stop signal (preemption, time limit) arrived during validation; every rank agreed to stop."""
+
+
 @torch.no_grad()
 def validate(
     *, model: torch.nn.Module, loader: torch.utils.data.DataLoader, task: str, num_classes: int,
     names: dict[int, str], d: Dist, roi_size: list[int], sw_batch_size: int = 4, overlap: float = 0.25,
-    amp: bool = False, hd95: bool = False, progress: bool = True,
+    amp: bool = False, hd95: bool = False, progress: bool = True, should_stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, float]:
-    """Validate this rank's cases and reduce over all ranks (every rank gets the result)."""
+    """Validate this rank's cases and reduce over all ranks (every rank gets the result).
+
+    ``should_stop`` is polled before each case and again before its metrics (HD95 can take
+    longer than the forward pass). It is polled locally (ranks may hold different numbers
+    of cases, so no collective per case); the ranks agree once, after the loop.
+
+    Raises
+    ------
+    ValidationInterrupted
+        ``should_stop`` was true on some rank: nothing is reduced, the caller checkpoints.
+    """
     model.eval()
     seg = SegMetricAccumulator(num_classes, hd95=hd95) if task == "segmentation" else None
     cls = ClsMetricAccumulator(num_classes) if task == "classification" else None
+    stopped = False
     for batch in tqdm(loader, desc="validate", leave=False, disable=not (progress and d.is_main)):
+        if should_stop():
+            stopped = True
+            break
         image = batch["image"].to(d.device)
         target = batch["label"]
         if seg is not None:
             logits = predict_volume(model, image, roi_size, sw_batch_size, overlap, amp)
+            if should_stop():
+                stopped = True
+                break
             seg.add(logits.argmax(1, keepdim=True), torch.as_tensor(target))
         elif cls is not None:
             with torch.autocast(device_type=d.device.type, enabled=amp):
                 logits = model(image)
             cls.add(logits, torch.as_tensor(target))
+    if any_rank(stopped, d):
+        raise ValidationInterrupted("validation stopped by a signal")
     if seg is not None:
         return seg.reduce(d, names)
     assert cls is not None

@@ -116,9 +116,32 @@ def first_host(nodelist: str) -> str:
     return out[0]
 
 
+# Rendezvous ports: below Linux's ephemeral range (net.ipv4.ip_local_port_range,
+# 32768-60999 by default), where the kernel hands out ports for outgoing
+# connections and a rendezvous port could already be taken. The same formula is in
+# slurm/train.sbatch.j2.
+PORT_BASE, PORT_SPAN = 20000, 10000
+
+
 def port_from_job_id(job_id: str | int) -> int:
-    """A rendezvous port derived from the job id, so two jobs on one node never clash."""
-    return 15000 + int(job_id) % 20000
+    """A rendezvous port derived from the job id (20000-29999), so two jobs on one node do not clash."""
+    return PORT_BASE + int(job_id) % PORT_SPAN
+
+
+def job_tags(environ: Mapping[str, str] | None = None, gpu_model: str = "none") -> dict[str, str]:
+    """Where a run ran, for its MLflow tags: Slurm job id, array task, node list, world size, GPU model.
+
+    Outside Slurm the Slurm keys are absent; ``world_size`` and ``gpu_model`` are always there.
+    """
+    env = os.environ if environ is None else environ
+    tags = {"dist.world_size": str(dist_env(env).world_size), "gpu_model": gpu_model}
+    for tag, var in (("slurm.job_id", "SLURM_JOB_ID"), ("slurm.array_job_id", "SLURM_ARRAY_JOB_ID"),
+                     ("slurm.array_task_id", "SLURM_ARRAY_TASK_ID"), ("slurm.nodelist", "SLURM_JOB_NODELIST"),
+                     ("slurm.cluster", "SLURM_CLUSTER_NAME"), ("slurm.partition", "SLURM_JOB_PARTITION"),
+                     ("slurm.restart_count", "SLURM_RESTART_COUNT")):
+        if env.get(var):
+            tags[tag] = env[var]
+    return tags
 
 
 # Step ids Slurm gives the batch script and the extern step (0xfffffffe / 0xfffffffc ...).

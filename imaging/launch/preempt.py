@@ -20,6 +20,24 @@ DEFAULT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 # Exit code of a process that stopped for a signal after writing its checkpoint:
 # the sbatch script sees it and requeues the job (bounded by launcher.max_requeues).
 EXIT_PREEMPTED = 3
+# Set by slurm/train.sbatch.j2: rank 0 creates this file once every rank has checkpointed and
+# stopped. With `srun --kill-on-bad-exit=1` the first rank to exit 3 makes Slurm kill the others,
+# and srun then reports 143, not 3; the batch script reads the marker instead.
+MARKER_ENV = "IMAGING_PREEMPT_MARKER"
+
+
+def mark_preempted(is_main: bool, environ: dict[str, str] | None = None) -> None:
+    """Rank 0: leave ``$IMAGING_PREEMPT_MARKER`` (if set) saying "stopped cleanly after a checkpoint".
+
+    Call it before the last barrier, so that no rank exits before the marker exists.
+    """
+    import os
+    from pathlib import Path
+
+    path = (os.environ if environ is None else environ).get(MARKER_ENV)
+    if is_main and path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(f"{EXIT_PREEMPTED}\n")
 
 
 class PreemptionFlag:

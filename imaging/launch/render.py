@@ -17,6 +17,7 @@ from typing import Any
 
 import jinja2
 
+from imaging.errors import UsageError
 from imaging.launch.preempt import EXIT_PREEMPTED
 
 JOB_KINDS = ("train", "infer", "ingest")
@@ -24,8 +25,8 @@ TEMPLATES = {"train": "train.sbatch.j2", "infer": "infer_array.sbatch.j2", "inge
 _TIME_RE = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")
 
 
-class LauncherConfigError(ValueError):
-    """A ``launcher.*`` value Slurm would reject (or silently misread)."""
+class LauncherConfigError(UsageError):
+    """A ``launcher.*`` value Slurm would reject (or silently misread): exit 2, like any config error."""
 
 
 def default_templates_dir() -> Path:
@@ -133,6 +134,7 @@ def render(launcher: Mapping[str, Any], spec: JobSpec, templates_dir: Path | Non
         "command": job_command(launcher, spec, *extra_args),
         "exit_preempted": EXIT_PREEMPTED,
         "env": dict(launcher.get("env") or {}),
+        "secret_files": dict(launcher.get("secret_files") or {}),
         "env_setup": list(launcher.get("env_setup") or []),
         "extra_sbatch": list(launcher.get("extra_sbatch") or []),
         **spec.extra_context,

@@ -50,6 +50,7 @@ class Prepared:
     spec: JobSpec
     launcher: dict[str, Any]
     tracking: dict[str, str | None] = field(default_factory=dict)
+    cfg: DictConfig | None = None  # the job's composed config (checked before sbatch)
 
     @property
     def log_pattern(self) -> str:
@@ -74,6 +75,7 @@ class Submission:
     run_id_file: str | None
     array: str | None
     submitted_at: str
+    dependency: str | None = None
 
     def log_for(self, task: int | None = None) -> str:
         """The log path with Slurm's ``%j`` / ``%A_%a`` patterns filled in."""
@@ -148,6 +150,12 @@ def prepare(kind: str, overrides: Sequence[str], *, cwd: Path | None = None,
         job_ov = [("model_uri=" + o[len("model="):]) if o.startswith("model=models:/") else o for o in job_ov]
     cfg = compose(kind, job_ov, conf_dir)
     job_ov = list(job_ov)
+    # The job records the launcher it really ran under (launcher.name in its MLflow run),
+    # not the `local` default of its own config; the other launcher values stay here.
+    if "launcher" in cfg and not _has(job_ov, "launcher"):
+        choice = next((o.split("=", 1)[1] for o in launcher_ov if o.lstrip("+~").startswith("launcher=")),
+                      "slurm")
+        job_ov.append(f"launcher={choice}")
     # Pin what the job must resolve exactly as here, whatever its cwd or environment.
     if not _has(job_ov, "paths.root_dir") and "paths" in cfg:
         job_ov.append(f"paths.root_dir={cfg.paths.root_dir}")
@@ -168,11 +176,16 @@ def prepare(kind: str, overrides: Sequence[str], *, cwd: Path | None = None,
                    run_dir=run_dir)
     script = render(launcher, spec)
     return Prepared(kind=kind, script=script, script_path=job_dir / f"{kind}.sbatch", spec=spec,
-                    launcher=launcher, tracking=_tracking(cfg, kind, launcher))
+                    launcher=launcher, tracking=_tracking(cfg, kind, launcher), cfg=cfg)
 
 
-def sbatch(script_path: Path, sbatch_exe: str = "sbatch", env: Mapping[str, str] | None = None) -> str:
+def sbatch(script_path: Path, sbatch_exe: str = "sbatch", env: Mapping[str, str] | None = None,
+           dependency: str | None = None) -> str:
     """Submit with ``sbatch --parsable``; return the job id.
+
+    ``dependency`` (e.g. ``afterok:123``) holds the job until that one succeeded; with
+    ``--kill-on-invalid-dep=yes`` Slurm cancels it when the dependency can never be met
+    (the earlier job failed) instead of leaving it pending forever.
 
     Raises
     ------
@@ -180,7 +193,8 @@ def sbatch(script_path: Path, sbatch_exe: str = "sbatch", env: Mapping[str, str]
         sbatch is missing or refused the script (its stderr is in the message).
     """
     try:
-        proc = subprocess.run([sbatch_exe, "--parsable", str(script_path)], capture_output=True, text=True,
+        deps = [f"--dependency={dependency}", "--kill-on-invalid-dep=yes"] if dependency else []
+        proc = subprocess.run([sbatch_exe, "--parsable", *deps, str(script_path)], capture_output=True, text=True,
                               env=None if env is None else dict(env), timeout=120)
     except OSError as exc:
         raise SubmitError(f"cannot run '{sbatch_exe}': {exc} (is this a Slurm login node?)") from exc
@@ -189,19 +203,21 @@ def sbatch(script_path: Path, sbatch_exe: str = "sbatch", env: Mapping[str, str]
     return proc.stdout.strip().split(";")[0]  # "<id>" or "<id>;<cluster>"
 
 
-def submit(prep: Prepared, *, dry_run: bool = False, env: Mapping[str, str] | None = None) -> Submission:
+def submit(prep: Prepared, *, dry_run: bool = False, env: Mapping[str, str] | None = None,
+           dependency: str | None = None) -> Submission:
     """Write the script into the job dir, submit it (unless ``dry_run``) and record the job."""
     prep.spec.job_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(prep.script_path, prep.script)
-    os.chmod(prep.script_path, 0o755)
-    job_id = "dry-run" if dry_run else sbatch(prep.script_path, str(prep.launcher.get("sbatch") or "sbatch"), env)
+    os.chmod(prep.script_path, 0o755)  # no secret in it (launcher.secret_files are read at run time)
+    job_id = "dry-run" if dry_run else sbatch(prep.script_path, str(prep.launcher.get("sbatch") or "sbatch"), env,
+                                              dependency)
     run_id_file = prep.spec.run_dir / "mlflow_run_id" if prep.kind == "train" else None
     sub = Submission(
         job_id=job_id, kind=prep.kind, script=str(prep.script_path), log=prep.log_pattern,
         run_dir=str(prep.spec.run_dir), job_dir=str(prep.spec.job_dir), overrides=list(prep.spec.overrides),
         tracking_uri=prep.tracking.get("uri"), experiment_name=prep.tracking.get("experiment_name"),
         run_name=prep.tracking.get("run_name"), run_id_file=str(run_id_file) if run_id_file else None,
-        array=None, submitted_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        array=None, submitted_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), dependency=dependency,
     )
     if prep.kind == "infer":
         from imaging.launch.render import array_spec

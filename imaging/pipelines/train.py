@@ -45,9 +45,9 @@ from imaging.engine.distributed import (
     teardown,
 )
 from imaging.engine.evaluate import ReviewCase, review_cases
-from imaging.engine.loops import lr_lambda, train_one_epoch, validate
+from imaging.engine.loops import ValidationInterrupted, lr_lambda, train_one_epoch, validate
 from imaging.fsutil import atomic_write_text
-from imaging.launch.preempt import PreemptionFlag
+from imaging.launch.preempt import PreemptionFlag, mark_preempted
 from imaging.models.registry import build_network
 
 log = logging.getLogger(__name__)
@@ -115,15 +115,23 @@ def run(cfg: DictConfig, *, tracker_factory: Callable[[DictConfig], Tracker | No
         ConfigError: invalid config, before any work.
     """
     plan = validate_config(cfg)
-    d = setup(str(cfg.trainer.accelerator))
+    # Handlers first: a USR1/TERM during the rendezvous (which can wait minutes for the
+    # other nodes) must set the flag, not kill the process with the default action.
     own_flag = flag is None
     flag = flag or PreemptionFlag().install()
+    d: Dist | None = None
     try:
-        return _run(cfg, plan, d, tracker_factory, flag, on_epoch_end)
+        d = setup(str(cfg.trainer.accelerator))
+        result = _run(cfg, plan, d, tracker_factory, flag, on_epoch_end)
+        if result.preempted:
+            mark_preempted(d.is_main)  # before the barrier: no rank exits (exit 3) before it exists
+            barrier(d)
+        return result
     finally:
         if own_flag:
             flag.uninstall()
-        teardown(d)
+        if d is not None:
+            teardown(d)
 
 
 def _find_resume(cfg: DictConfig, plan: TrainPlan) -> dict[str, Any] | None:
@@ -261,17 +269,25 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
         validated = False
         sync_buffers(network, d)  # the checkpoint holds rank 0's buffers: everyone uses those
         if state.epoch % int(t.val_every) == 0 or state.epoch == int(t.max_epochs):
-            last_val = validate(model=network, loader=val_loader, task=plan.task, num_classes=plan.num_classes,
-                                names=plan.class_names, d=d, roi_size=plan.preprocessing["roi_size"],
-                                sw_batch_size=int(t.sw_batch_size), overlap=float(t.sw_overlap), amp=amp,
-                                hd95=bool(t.hd95), progress=bool(t.progress))
-            metrics.update({f"val_{k}": v for k, v in last_val.items()})
-            validated = True
-            value = last_val.get(monitor, math.nan)
-            improved = not math.isnan(value) and (
-                state.best_epoch == 0 or (value > state.best_metric if maximize else value < state.best_metric))
-            if improved:
-                state.best_metric, state.best_epoch = value, state.epoch
+            try:
+                last_val = validate(model=network, loader=val_loader, task=plan.task, num_classes=plan.num_classes,
+                                    names=plan.class_names, d=d, roi_size=plan.preprocessing["roi_size"],
+                                    sw_batch_size=int(t.sw_batch_size), overlap=float(t.sw_overlap), amp=amp,
+                                    hd95=bool(t.hd95), progress=bool(t.progress),
+                                    should_stop=lambda: flag.requested)
+            except ValidationInterrupted:
+                # Keep the epoch's training (checkpointed below); only this validation is skipped.
+                log.warning("stop signal during validation of epoch %d: validation skipped, checkpointing",
+                            state.epoch)
+                preempted = True
+            else:
+                metrics.update({f"val_{k}": v for k, v in last_val.items()})
+                validated = True
+                value = last_val.get(monitor, math.nan)
+                improved = not math.isnan(value) and (
+                    state.best_epoch == 0 or (value > state.best_metric if maximize else value < state.best_metric))
+                if improved:
+                    state.best_metric, state.best_epoch = value, state.epoch
         state.extra = {"last_val": last_val, "catalog_sha256": plan.dataset.catalog_sha256,
                        "network": _network_key(plan)}
         if d.is_main:
@@ -288,7 +304,7 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
         barrier(d)
         if on_epoch_end is not None:
             on_epoch_end(state.epoch)
-        if state.epoch < int(t.max_epochs) and any_rank(flag.requested, d):
+        if preempted or (state.epoch < int(t.max_epochs) and any_rank(flag.requested, d)):
             preempted = True
             break
 

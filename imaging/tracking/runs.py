@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from imaging.engine.config import TrainPlan
 from imaging.engine.evaluate import ReviewCase
+from imaging.launch.env import job_tags
 from imaging.tracking.registry import register_model
 from imaging.tracking.review import case_dice, render_case
 
@@ -113,12 +114,19 @@ class MlflowTracker:
                 run = mlflow.start_run(run_id=run_id)
                 log.info("continuing MLflow run %s", run_id)
                 self.run_id = run.info.run_id
+                self._tag_job()
                 return self.run_id
             except MlflowException as exc:
                 log.warning("cannot reopen MLflow run %s (%s): starting a new run", run_id, exc)
         run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
         self.run_id = run.info.run_id
+        self._tag_job()
         return self.run_id
+
+    def _tag_job(self) -> None:
+        """Slurm job id, array task, node list, world size, GPU model (a requeue re-tags the same run)."""
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+        mlflow.set_tags(job_tags(gpu_model=gpu))
 
     def log_setup(self, config: dict[str, Any], split: dict[str, Any], dataset: dict[str, Any]) -> None:
         mlflow.log_text(yaml.safe_dump(config, sort_keys=False), "config/train.yaml")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -97,12 +98,12 @@ def dataset(ingested_dataset: Any) -> Any:
 @pytest.fixture(scope="module")
 def ddp_job(slurm_cluster: SlurmCluster, mlflow_server: Any, dataset: Any,
             tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A 2-task (gloo DDP) training job that registers its model; shared by the inference tests."""
+    """A 2-node x 1-task (gloo DDP) training job that registers its model; shared by the inference tests."""
     root = tmp_path_factory.mktemp("slurm-ddp")
     record = submit(slurm_cluster, root, "train", [
         *train_overrides(dataset.dataset, root, "slurm_ddp", **{"trainer.max_epochs": 2, "trainer.val_every": 1,
                                                                  "tracking.register": "true"}),
-        *launcher_overrides(root, mlflow_server.uri, tasks_per_node=2),
+        *launcher_overrides(root, mlflow_server.uri, nodes=2, tasks_per_node=1),
     ])
     log = Path(record["log"].replace("%j", record["job_id"]))
     states = wait_finished(slurm_cluster, record["job_id"], log)
@@ -125,6 +126,8 @@ def test_ddp_training_job_logs_one_mlflow_run(ddp_job: dict[str, Any], mlflow_se
     text = log.read_text()
     assert state.state == "COMPLETED", text[-3000:]
     assert "rank 0/2 joined the gloo process group" in text and "rank 1/2 joined the gloo process group" in text
+    ran_on = re.search(r"attempt 1 on (\S+) at", text)
+    assert ran_on and sorted(parse_hostlist(ran_on.group(1))) == sorted(slurm_cluster.node_names)  # 2 nodes
     run_dir = Path(record["run_dir"])
     assert Path(record["script"]) == run_dir / "slurm" / "train.sbatch" and log.parent == run_dir / "slurm"
     run_id = (run_dir / "mlflow_run_id").read_text().strip()
@@ -134,6 +137,11 @@ def test_ddp_training_job_logs_one_mlflow_run(ddp_job: dict[str, Any], mlflow_se
     assert [r.info.run_id for r in runs] == [run_id]  # one run, not one per rank
     assert runs[0].info.status == "FINISHED"
     assert epochs_logged(client, run_id) == [1, 2]
+    # Where it ran, from Slurm's side (the submitter's record and sinfo), not from the job's own code.
+    tags, params = runs[0].data.tags, runs[0].data.params
+    assert tags["slurm.job_id"] == record["job_id"] and tags["dist.world_size"] == "2"
+    assert sorted(parse_hostlist(tags["slurm.nodelist"])) == sorted(slurm_cluster.node_names)
+    assert tags["gpu_model"] == "none" and params["launcher.name"] == "slurm"
     # `imaging status` joins the Slurm side and the MLflow side.
     proc = imaging(slurm_cluster, ddp_job["root"], "status", record["job_id"], "--json",
                    "--index", str(ddp_job["root"] / "index"))
@@ -167,6 +175,7 @@ def test_preemption_checkpoints_requeues_and_resumes_into_the_same_run(
     assert state.restarts == 1
     assert "received SIGUSR1" in text and "tasks finished with exit code 3" in text
     assert "requeueing (restart 1 of at most 2)" in text
+    assert (run_dir / "slurm" / f"requeues-{job_id}").read_text().strip() == "1"  # our own counter
     assert f"job {job_id} attempt 2" in text and "resuming from" in text
     client = MlflowClient(mlflow_server.uri)
     runs = client.search_runs([client.get_experiment_by_name("slurm_preempt").experiment_id])
@@ -197,11 +206,12 @@ def test_scancel_stops_for_good(slurm_cluster: SlurmCluster, mlflow_server: Any,
     assert "requeueing (restart" not in text and f"job {job_id} attempt 2" not in text
 
 
-def test_genuine_failure_is_not_requeued(slurm_cluster: SlurmCluster, mlflow_server: Any,
+def test_genuine_failure_is_not_requeued(slurm_cluster: SlurmCluster, mlflow_server: Any, dataset: Any,
                                          tmp_path: Path) -> None:
-    # A dataset dir that does not exist: the training fails (not exit 3) -> FAILED, no requeue.
+    # A config `imaging submit` accepts but the job cannot run (no GPU on the node): the training
+    # fails (not exit 3) -> FAILED, no requeue. (A missing dataset is refused before sbatch now.)
     record = submit(slurm_cluster, tmp_path, "train", [
-        *train_overrides(tmp_path / "missing", tmp_path, "slurm_fail"),
+        *train_overrides(dataset.dataset, tmp_path, "slurm_fail", **{"trainer.accelerator": "cuda"}),
         *launcher_overrides(tmp_path, mlflow_server.uri),
     ])
     log = Path(record["log"].replace("%j", record["job_id"]))
@@ -307,3 +317,124 @@ def test_cancelled_array_task_resubmitted_without_duplicates(slurm_cluster: Slur
     ])
     assert all(s.state == "COMPLETED" for s in wait_finished(slurm_cluster, full["job_id"]))
     assert {p: p.stat().st_mtime_ns for p in (out / "done").glob("*.json")} == mtimes
+
+
+# ------------------------------------------------ the rendered scripts with a probe as the task
+# `launcher.imaging_cmd` points at this probe instead of `imaging`: the real scripts run on the
+# real cluster in seconds, and what each task sees (CPUs, rank, port) is checked from outside.
+PROBE = '''\
+import json, os, signal, sys, time
+rank = int(os.environ["SLURM_PROCID"])
+mode = os.environ.get("PROBE_MODE", "")
+print("PROBE " + json.dumps({"kind": sys.argv[1], "rank": rank, "node": os.environ["SLURMD_NODENAME"],
+      "cpus": sorted(os.sched_getaffinity(0)), "port": os.environ.get("MASTER_PORT"), "t": time.time()}), flush=True)
+if mode == "kill-rank-1":
+    if rank == 1:
+        time.sleep(3)                          # (lets rank 0 print its line first)
+        os.kill(os.getpid(), signal.SIGKILL)   # a rank dies (OOM killer, segfault)
+    time.sleep(600)                            # the others would block in a collective
+if mode == "fail-" + sys.argv[1]:
+    sys.exit(1)
+'''
+
+
+def probe_overrides(root: Path, uri: str, **extra: Any) -> list[str]:
+    probe = root / "probe.py"
+    probe.write_text(PROBE)
+    return [*launcher_overrides(root, uri, **extra), f"launcher.imaging_cmd={sys.executable} {probe}"]
+
+
+def submit_here(cluster: SlurmCluster, cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                *args: str) -> list[dict[str, Any]]:
+    """`imaging submit ...` in this process (no interpreter start per job); returns the job records."""
+    from imaging.apps.submit import main as submit_main
+
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+    monkeypatch.chdir(cwd)
+    rc = submit_main(list(args))
+    out = capsys.readouterr()
+    assert rc == 0, out.out + out.err
+    index = next(Path(a.split("=", 1)[1]) for a in args if a.startswith("launcher.jobs_index_dir="))
+    return [json.loads((index / f"{job_id}.json").read_text())
+            for _, job_id in re.findall(r"submitted (\w+) job (\d+)", out.out)]
+
+
+def probe_lines(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line.split("PROBE ", 1)[1]) for line in log.read_text().splitlines() if "PROBE " in line]
+
+
+def test_each_rank_gets_its_own_cores_and_a_task_all_of_its_cpus(
+        slurm_cluster: SlurmCluster, mlflow_server: Any, dataset: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """task/affinity binds each task to its CPUs: two 1-CPU ranks on one node get different cores,
+    and a 2-CPU ingest task gets both (srun --cpus-per-task; Slurm 22.05's srun would give it one)."""
+    (train,) = submit_here(slurm_cluster, tmp_path, monkeypatch, capsys, "train",
+                           *train_overrides(dataset.dataset, tmp_path, "slurm_probe"),
+                           *probe_overrides(tmp_path, mlflow_server.uri, tasks_per_node=2, cpus_per_task=1))
+    (ingest,) = submit_here(slurm_cluster, tmp_path, monkeypatch, capsys, "ingest",
+                            f"input_dir={dataset.export}", f"output_dir={tmp_path / 'ds'}", "demo_key=true",
+                            f"paths.root_dir={tmp_path}", *probe_overrides(tmp_path, mlflow_server.uri, cpus_per_task=2))
+    logs = {}
+    for rec in (train, ingest):
+        logs[rec["kind"]] = Path(rec["log"].replace("%j", rec["job_id"]))
+        (state,) = wait_finished(slurm_cluster, rec["job_id"], logs[rec["kind"]])
+        assert state.state == "COMPLETED", logs[rec["kind"]].read_text()[-2000:]
+    ranks = sorted(probe_lines(logs["train"]), key=lambda r: r["rank"])
+    assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["node"] == ranks[1]["node"]
+    assert all(len(r["cpus"]) == 1 for r in ranks) and ranks[0]["cpus"] != ranks[1]["cpus"], ranks
+    port = int(ranks[0]["port"])
+    assert port == 20000 + int(train["job_id"]) % 10000 and not 32768 <= port <= 60999
+    (task,) = probe_lines(logs["ingest"])
+    assert task["cpus"] == sorted(os.sched_getaffinity(0))[:2] and len(task["cpus"]) == 2, task
+
+
+def test_one_dead_rank_ends_the_job_promptly(slurm_cluster: SlurmCluster, mlflow_server: Any, dataset: Any,
+                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """srun --kill-on-bad-exit=1: rank 1 is SIGKILLed, rank 0 (asleep for 600 s, as if in a collective)
+    is killed by Slurm at once, and the batch script reports srun's failure."""
+    (rec,) = submit_here(slurm_cluster, tmp_path, monkeypatch, capsys, "train",
+                         *train_overrides(dataset.dataset, tmp_path, "slurm_kill"),
+                         *probe_overrides(tmp_path, mlflow_server.uri, tasks_per_node=2, cpus_per_task=1),
+                         "+launcher.env.PROBE_MODE=kill-rank-1")
+    log = Path(rec["log"].replace("%j", rec["job_id"]))
+    wait_until("both ranks to start", lambda: log.is_file() and len(probe_lines(log)) == 2, slurm_cluster, log=log,
+               timeout=300)
+    started = time.monotonic()
+    (state,) = wait_finished(slurm_cluster, rec["job_id"], log)
+    ended_after = time.monotonic() - started
+    text = log.read_text()
+    assert state.state == "FAILED" and ended_after < 60, (ended_after, text[-2000:])
+    code = re.search(r"tasks finished with exit code (\d+)", text)
+    assert code is not None and int(code.group(1)) not in (0, 3), text[-2000:]
+    assert "requeueing (restart" not in text
+
+
+def test_pipeline_runs_ingest_train_infer_in_order_and_cancels_after_a_failure(
+        slurm_cluster: SlurmCluster, mlflow_server: Any, dataset: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def pipeline(root: Path, *extra: str) -> list[dict[str, Any]]:
+        root.mkdir()
+        recs = submit_here(slurm_cluster, root, monkeypatch, capsys, "pipeline",
+                           *probe_overrides(root, mlflow_server.uri), f"paths.root_dir={root}", *extra,
+                           "ingest:", f"input_dir={dataset.export}", f"output_dir={root / 'ds'}", "demo_key=true",
+                           "train:", "experiment=demo_seg", "tracking.experiment_name=slurm_chain",
+                           "infer:", f"output_dir={root / 'pred'}", "demo_key=true", "launcher.array_tasks=1")
+        assert [r["kind"] for r in recs] == ["ingest", "train", "infer"]
+        return recs
+
+    ok = pipeline(tmp_path / "ok")
+    assert ok[1]["dependency"] == f"afterok:{ok[0]['job_id']}" and ok[2]["dependency"] == f"afterok:{ok[1]['job_id']}"
+    times = []
+    for rec in ok:
+        states = wait_finished(slurm_cluster, rec["job_id"])
+        assert all(s.state == "COMPLETED" for s in states), states
+        log = Path(rec["log"].replace("%j", rec["job_id"]).replace("%A", rec["job_id"]).replace("%a", "0"))
+        (first, *_) = probe_lines(log)
+        assert first["kind"] == rec["kind"]
+        times.append(first["t"])
+    assert times == sorted(times)  # each job started only after the one before it succeeded
+    failed = pipeline(tmp_path / "fail", "+launcher.env.PROBE_MODE=fail-ingest")
+    states = [wait_finished(slurm_cluster, rec["job_id"]) for rec in failed]
+    assert states[0][0].state == "FAILED"
+    assert all(s.state == "CANCELLED" for st in states[1:] for s in st), states  # never left pending

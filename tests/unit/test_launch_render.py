@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from imaging.launch.env import port_from_job_id
 from imaging.launch.render import JobSpec, LauncherConfigError, array_spec, render, tasks_per_node
 from imaging.launch.submit import prepare, split_overrides
 
@@ -62,29 +63,85 @@ def test_train_script_contents() -> None:
     assert "--signal=B:USR1@600" in directives and "--requeue" in directives and "--open-mode=append" in directives
     assert "--output=/project/runs/demo_seg/unet-fold0-seed0/slurm/slurm-%j.out" in directives
     assert 'MASTER_ADDR=$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n 1)' in text
+    assert "MASTER_PORT=$(( 20000 + SLURM_JOB_ID % 10000 ))" in text
+    assert "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1" in text and "export NCCL_ASYNC" not in text
     cmd = next(line for line in text.splitlines() if line.startswith("srun "))
-    assert cmd.startswith("srun apptainer exec --nv --bind /project/runs/demo_seg/unet-fold0-seed0,/project,/proj,/scratch "
+    assert cmd.startswith('srun --cpus-per-task="${SLURM_CPUS_PER_TASK}" --kill-on-bad-exit=1 apptainer exec --nv '
+                          "--bind /project/runs/demo_seg/unet-fold0-seed0,/project,/proj,/scratch "
                           "/proj/images/imaging.sif imaging train experiment=demo_seg")
     assert "trainer.resume=auto" in cmd and "tracking.uri=http://mlflow.example.internal:5000" in cmd
-    assert "launcher" not in cmd  # launcher overrides stay with the submitter
+    # Launcher values stay with the submitter; the job only learns which launcher it runs under.
+    assert [w for w in cmd.split() if "launcher" in w] == ["launcher=cluster_h100"]
 
 
-def _run_should_requeue(script: str, rc: int, restarts: int | None, warned: int) -> bool:
-    """Run the script's own `should_requeue` bash function (the requeue bound) for real."""
-    func = re.search(r"^should_requeue\(\) \{.*?^\}$", script, re.M | re.S)
-    assert func is not None
+def test_rendezvous_port_is_below_the_ephemeral_range() -> None:
+    text = prepare("train", CASES["train_cpu.sbatch"][1], cwd=PROJECT).script
+    line = next(ln for ln in text.splitlines() if ln.startswith("MASTER_PORT="))
+    for job_id in (1, 9999, 10000, 32767, 123456789, 4294967295):
+        out = subprocess.run(["bash", "-c", f"SLURM_JOB_ID={job_id}; {line}; echo $MASTER_PORT"],
+                             capture_output=True, text=True, check=True).stdout
+        port = int(out)
+        assert 1024 < port < 32768 and port == port_from_job_id(job_id), (job_id, port)
+
+
+def _section(script: str, start: str, end: str) -> str:
+    return script[script.index(start):script.index(end)]
+
+
+@pytest.mark.parametrize("signals", [0, 1, 3])
+def test_wait_loop_records_sruns_exit_code_not_the_traps(signals: int, tmp_path: Path) -> None:
+    """The script's own wait loop, with a stand-in for srun that exits 7 while USR1s arrive."""
+    script = prepare("train", CASES["train_cpu.sbatch"][1], cwd=PROJECT).script
+    loop = _section(script, "srun_pid=$!", 'echo "[imaging] tasks finished')
+    kills = "kill -USR1 $$; sleep 0.2; " * signals
+    body = (f"set -u\nEXIT_PREEMPTED=3\nIMAGING_PREEMPT_MARKER={tmp_path / 'none'}\n"
+            f"trap 'echo trapped' USR1\n( sleep 0.3; {kills}) &\n"
+            f"bash -c 'sleep {0.5 + 0.2 * signals}; exit 7' &\n{loop}echo rc=$rc\n")
+    proc = subprocess.run(["bash", "-c", body], capture_output=True, text=True, timeout=30)
+    assert proc.stdout.count("trapped") == signals and proc.stdout.strip().endswith("rc=7"), proc.stdout
+    assert proc.stderr == ""
+
+
+@pytest.mark.parametrize(("srun_rc", "marker", "expected"), [
+    (143, True, 3),    # rank 1 exited 3 first, --kill-on-bad-exit killed rank 0 after it left the marker
+    (3, True, 3),
+    (143, False, 143),  # killed without a clean stop: stays a failure
+    (0, True, 0),
+])
+def test_preempt_marker_turns_a_killed_clean_stop_into_exit_3(srun_rc: int, marker: bool, expected: int,
+                                                              tmp_path: Path) -> None:
+    script = prepare("train", CASES["train_cpu.sbatch"][1], cwd=PROJECT).script
+    loop = _section(script, "srun_pid=$!", 'echo "[imaging] tasks finished')
+    mark = tmp_path / "preempted-42"
+    if marker:
+        mark.write_text("3\n")
+    body = (f"set -u\nEXIT_PREEMPTED=3\nIMAGING_PREEMPT_MARKER={mark}\n"
+            f"bash -c 'exit {srun_rc}' &\n{loop}echo rc=$rc\n")
+    proc = subprocess.run(["bash", "-c", body], capture_output=True, text=True, timeout=30)
+    assert proc.stdout.strip().endswith(f"rc={expected}") and proc.stderr == "", proc.stdout + proc.stderr
+
+
+def _run_should_requeue(script: str, rc: int, requeued: int | None, warned: int, tmp: Path,
+                        slurm_restarts: int = 0) -> bool:
+    """Run the script's own `requeues_done` + `should_requeue` bash functions (the requeue bound) for real.
+
+    ``requeued``: what our counter file says (None: no file yet). ``SLURM_RESTART_COUNT``
+    is set too, to show it is not what counts.
+    """
+    funcs = _section(script, "requeues_done() {", "# --signal=B")
     consts = "\n".join(re.findall(r"^(?:MAX_REQUEUES|EXIT_PREEMPTED)=\d+$", script, re.M))
-    env = {"PATH": os.environ["PATH"]}
-    if restarts is not None:
-        env["SLURM_RESTART_COUNT"] = str(restarts)
-    proc = subprocess.run(["bash", "-c", f"set -u\n{consts}\n{func.group(0)}\nshould_requeue {rc} {warned}"], env=env,
-                          capture_output=True, text=True)
+    counter = tmp / "requeues-42"
+    if requeued is not None:
+        counter.write_text(f"{requeued}\n")
+    env = {"PATH": os.environ["PATH"], "SLURM_RESTART_COUNT": str(slurm_restarts)}
+    proc = subprocess.run(["bash", "-c", f"set -u\n{consts}\nREQUEUE_FILE={counter}\n{funcs}\n"
+                                         f"should_requeue {rc} {warned}"], env=env, capture_output=True, text=True)
     assert proc.stderr == ""
     return proc.returncode == 0
 
 
 @pytest.mark.parametrize(("rc", "restarts", "warned", "expected"), [
-    (3, None, 1, True),    # first time-limit warning of a fresh job (no SLURM_RESTART_COUNT yet)
+    (3, None, 1, True),    # first time-limit warning of a fresh job (no counter file yet)
     (3, 0, 1, True),
     (3, 1, 1, True),
     (3, 2, 1, False),      # max_requeues=2 used up: stop, do not loop forever
@@ -95,10 +152,18 @@ def _run_should_requeue(script: str, rc: int, restarts: int | None, warned: int)
     (2, 0, 0, False),      # config error
     (137, 0, 0, False),    # killed (OOM, scancel)
 ])
-def test_requeue_bound(rc: int, restarts: int | None, warned: int, expected: bool) -> None:
+def test_requeue_bound(rc: int, restarts: int | None, warned: int, expected: bool, tmp_path: Path) -> None:
     _, overrides = CASES["train_cpu.sbatch"]
     script = prepare("train", [*overrides, "launcher.max_requeues=2"], cwd=PROJECT).script
-    assert _run_should_requeue(script, rc, restarts, warned) is expected
+    assert _run_should_requeue(script, rc, restarts, warned, tmp_path) is expected
+
+
+def test_slurms_own_requeues_do_not_use_up_ours(tmp_path: Path) -> None:
+    """Preempted 5 times by Slurm (SLURM_RESTART_COUNT=5), never requeued by us: still requeues."""
+    _, overrides = CASES["train_cpu.sbatch"]
+    script = prepare("train", [*overrides, "launcher.max_requeues=2"], cwd=PROJECT).script
+    assert _run_should_requeue(script, 3, None, 1, tmp_path, slurm_restarts=5) is True
+    assert _run_should_requeue(script, 3, 2, 1, tmp_path, slurm_restarts=0) is False
 
 
 def test_infer_array_shards_are_explicit() -> None:
