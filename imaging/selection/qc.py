@@ -145,8 +145,8 @@ def output_flags(labels: np.ndarray, affine: np.ndarray, names: Mapping[int, str
         else:
             out += [f"empty: {n}" for v, n in sorted(names.items()) if v != 0 and v not in present]
     for name, (lo, hi) in sorted((flags.get("volume_ml") or {}).items()):
-        value = next((float(counts[v]) * voxel_ml for v, n in present.items() if n == name), 0.0)
-        if not lo <= value <= hi:
+        value = next((float(counts[v]) * voxel_ml for v, n in present.items() if n == name), None)
+        if value is not None and not lo <= value <= hi:  # absent labels: flagged as empty above
             out.append(f"volume {name} {value:.1f} mL outside [{lo:g}, {hi:g}]")
     if flags.get("border", True) and present:
         edge = np.zeros(labels.shape[:3], dtype=bool)

@@ -16,7 +16,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from imaging.dicom.rtstruct import RT_STRUCTURE_SET, read_rtstruct, rasterise_contours, write_rtstruct
+from imaging.dicom.rtstruct import (
+    RT_STRUCTURE_SET,
+    rasterise_contours,
+    read_rtstruct,
+    write_rtstruct,
+)
 from imaging.dicom.seg import load_source, read_seg_frames, write_seg
 from imaging.keys import Pseudonymizer
 from tests.unit.test_seg_writer import CANARY, _expected, nifti_mask, write_source
