@@ -109,7 +109,7 @@ def _plane_from_volume(dataset: Path, row: CatalogRow) -> tuple[str | None, floa
     try:
         import nibabel as nib
 
-        affine = nib.load(str(dataset / row.volume_path)).affine
+        affine = nib.load(str(dataset / row.volume_path)).affine  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - unknown orientation: conditions on it fail
         return None, None
     return plane_of(np.asarray(affine)[:3, 2])

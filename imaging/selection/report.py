@@ -38,7 +38,7 @@ RTSTRUCT_NAME = "rtstruct.dcm"
 def _load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
-    img = nib.load(str(path))
+    img: Any = nib.load(str(path))
     return np.asarray(img.dataobj).astype(np.uint8), np.asarray(img.affine)
 
 
@@ -101,7 +101,7 @@ def preview(out: Path, study_key: str, series_key: str, dataset: Path, volume_pa
     import nibabel as nib
 
     labels, affine = _load_mask(mask_path)
-    image = np.asarray(nib.load(str(dataset / volume_path)).dataobj)
+    image = np.asarray(nib.load(str(dataset / volume_path)).dataobj)  # type: ignore[attr-defined]
     image = image[..., 0] if image.ndim == 4 else image
     target.parent.mkdir(parents=True, exist_ok=True)
     overlay_montage(target, image, labels, affine, names, window, title=f"study {study_key}: {series_key}")

@@ -136,7 +136,7 @@ class Group:
 
 
 def _name(item: Leaf | Group) -> str:
-    return item.name or item.op
+    return item.name or (item.op if isinstance(item, Group) else "")
 
 
 def _failures(item: Leaf | Group, f: SeriesFeatures) -> list[tuple[str, str]]:
