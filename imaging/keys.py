@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imaging.errors import UsageError
@@ -101,6 +103,24 @@ class Pseudonymizer:
         return -(1 + n % max_days)
 
 
+def subject_identity(patient_id: str, issuer: str = "", study_uid: str = "") -> tuple[str, bool]:
+    """The value a subject key is derived from, and whether it is a per-study stand-in.
+
+    A subject is (IssuerOfPatientID, PatientID): two hospitals may give the same
+    number to different people. Without an issuer the PatientID alone is used (the
+    keys of earlier releases stay valid). An empty PatientID cannot tell patients
+    apart; pooling all of them into one subject would share one date shift and mix
+    patients across train/validation splits, so each *study* becomes its own
+    subject instead (the second value is True; callers log a warning). One patient's
+    studies then count as several subjects: safe for privacy and for splits, at the
+    cost of longitudinal linkage.
+    """
+    patient_id, issuer = str(patient_id or "").strip(), str(issuer or "").strip()
+    if not patient_id:
+        return f"\x1estudy\x1e{str(study_uid or '').strip()}", True
+    return (f"{issuer}\x1e{patient_id}" if issuer else patient_id), False
+
+
 def new_secret_file(path: str | os.PathLike[str]) -> Path:
     """Write a fresh 32-byte random secret (hex) with owner-only permissions."""
     out = Path(path)
@@ -108,4 +128,99 @@ def new_secret_file(path: str | os.PathLike[str]) -> Path:
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(os.urandom(32).hex() + "\n")
+    return out
+
+
+# What names a file or a series in a message: a quoted relative path after "file",
+# any quoted or bare absolute path, and UIDs (4+ numeric components).
+_FILE_REF = re.compile(r"(?P<what>(?:label |source )?file) '(?P<path>[^']*)'")
+# A quoted path: has a '/', or is a Windows path; multi-valued DICOM values ('A\\B') are not.
+_QUOTED_PATH = re.compile(r"""(?P<q>['"])(?P<path>[^'"\n]*/[^'"\n]*|[A-Za-z]:\\[^'"\n]*|\\\\[^'"\n]*)(?P=q)""")
+_UID = re.compile(r"(?<![\w.])(?:\d+\.){3,}\d+(?![\w.])")
+# Class and syntax UIDs name no one: an unknown one stays readable in an error.
+_CLASS_TAGS = re.compile(r"\((0002,0002|0002,0010|0008,0016|0008,1150)\)[^(]*$")
+
+
+@dataclass
+class Redactor:
+    """Replace file paths and raw UIDs in messages by keyed names, remembering the originals.
+
+    Catalog reasons, logs and reports on the dataset side must name a file or a
+    series by keyed hash only (folder names of real exports often carry the
+    patient's name); :attr:`found` maps each key to the relative path or UID so the
+    owner-only ``<dataset>.private/names.jsonl`` lets an engineer find the file.
+
+    Attributes:
+        pseudo: the keys' secret.
+        root: the input root: absolute paths under it are named relative to it.
+        found: key -> ``{"path": ...}`` or ``{"uid": ...}``.
+    """
+
+    pseudo: Pseudonymizer
+    root: Path | None = None
+    found: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def file_key(self, rel: str) -> str:
+        """``file-<key>`` of a path relative to the input root (the key ingest's file rows use)."""
+        rel = self._relative(rel)
+        key = "file-" + self.pseudo.key(rel, "file")
+        self.found.setdefault(key, {"path": rel})
+        return key
+
+    def uid_key(self, uid: str) -> str:
+        key = "uid-" + self.pseudo.key(uid, "uid")
+        self.found.setdefault(key, {"uid": uid})
+        return key
+
+    def _relative(self, path: str) -> str:
+        if self.root is not None:
+            root = str(self.root)
+            if path == root:
+                return "."
+            if path.startswith(root + os.sep):
+                return path[len(root) + 1 :]
+        return path
+
+    def __call__(self, text: str) -> str:
+        """``text`` with every file path and non-standard UID replaced by its key."""
+        if not text:
+            return text
+        text = _FILE_REF.sub(lambda m: f"{m['what']} {self.file_key(m['path'])}", text)
+        text = _QUOTED_PATH.sub(lambda m: self.file_key(m["path"]), text)
+        if self.root is not None:
+            root = re.escape(str(self.root))
+            text = re.sub(root + r"(?:[/\\][^\s'\":,;]*)?", lambda m: self.file_key(m.group()), text)
+        def uid(m: re.Match[str]) -> str:
+            value = m.group()
+            if _is_standard_uid(value) or _CLASS_TAGS.search(text[max(0, m.start() - 80) : m.start()]):
+                return value
+            return self.uid_key(value)
+
+        return _UID.sub(uid, text)
+
+
+def _is_standard_uid(value: str) -> bool:
+    from pydicom.uid import UID_dictionary
+
+    return value in UID_dictionary
+
+
+def write_private_names(path: str | os.PathLike[str], found: dict[str, dict[str, str]]) -> Path:
+    """Merge ``found`` into the owner-only JSONL ``path`` (one ``{"key":..., "path"|"uid":...}`` a line)."""
+    out = Path(path)
+    known: dict[str, dict[str, str]] = {}
+    if out.is_file():
+        for line in out.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                known[rec.pop("key")] = rec
+    known.update(found)
+    out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = out.with_name(f".{out.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        for key in sorted(known):
+            fh.write(json.dumps({"key": key, **known[key]}, sort_keys=True) + "\n")
+    os.replace(tmp, out)
+    os.chmod(out, 0o600)
     return out

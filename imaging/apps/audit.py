@@ -1,4 +1,9 @@
-"""`imaging audit PATH... [--mlflow URI] [--link-table CSV] [--manifest JSON] [--canary TOKEN]`.
+"""`imaging audit PATH... [--export DIR] [--mlflow URI] [--link-table CSV] [--manifest JSON] [--canary TOKEN]`.
+
+``--export DIR`` takes the source export's own folder names as needles (real
+exports name folders after patients); DICOM preambles, file names and folders of
+the scanned paths are scanned too. Hits say where (file and field or offset), and
+the value only masked.
 
 Exit 0 when nothing was found, 1 on any hit (a table of where, which field, which
 rule, the value masked), 2 on a usage error.
@@ -43,6 +48,13 @@ def parser() -> argparse.ArgumentParser:
         help="synthetic export manifest.json",
     )
     p.add_argument(
+        "--export",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="the source PACS export: its folder names are looked for",
+    )
+    p.add_argument(
         "--canary",
         action="append",
         default=None,
@@ -75,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print("[red]imaging audit: give at least one PATH or --mlflow URI[/red]")
         return EXIT_USAGE
     try:
-        needles = build_needles(args.canary or [default_canary()], args.link_table, args.manifest)
+        needles = build_needles(
+            args.canary or [default_canary()], args.link_table, args.manifest, args.export
+        )
         hits = scan_paths(
             args.paths, needles, patterns=not args.no_patterns, progress=sys.stderr.isatty()
         )

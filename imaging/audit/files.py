@@ -83,23 +83,27 @@ def scan_paths(
     """
     needles = as_needles(needles)
     hits: list[Hit] = []
-    for path in tqdm(_iter_files(paths), unit="file", desc="audit", disable=not progress):
+    for path, rel in tqdm(_iter_files(paths), unit="file", desc="audit", disable=not progress):
+        # The file's own name and folders (below the scanned root) are output too.
+        hits.extend(Hit(str(path), "file path", rule, mask(found)) for rule, found in needles.find(rel))
         hits.extend(scan_file(path, needles, patterns=patterns))
     return hits
 
 
-def _iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+def _iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path, str]]:
+    """(file, its path relative to the scanned root) for files and folders, in a stable order."""
     for p in paths:
         path = Path(p)
         if not path.exists():
             raise FileNotFoundError(f"audit: path '{path}' does not exist")
         if path.is_file():
-            yield path
+            yield path, path.name
             continue
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames.sort()
             for name in sorted(filenames):
-                yield Path(dirpath) / name
+                full = Path(dirpath) / name
+                yield full, full.relative_to(path).as_posix()
 
 
 def scan_file(
@@ -117,6 +121,7 @@ def scan_file(
             or name == "dicomdir"
             or head[:2] in (b"\x08\x00", b"\x02\x00")
         ):
+            yield from _preamble(head, needles, where)
             yield from _relabel(scan_dicom(path, needles, patterns), where)
         elif name.endswith((".nii", ".nii.gz", ".hdr")):
             yield from _nifti(path, needles, where)
@@ -144,6 +149,19 @@ def scan_file(
         )
         with open(path, "rb") as fh:
             yield from _raw(fh, needles, where, "bytes")
+
+
+def _preamble(head: bytes, needles: Needles, where: str) -> Iterator[Hit]:
+    """Hits in the 128-byte file preamble (free for applications: exporters put names there)."""
+    if len(head) < 132 or head[128:132] != b"DICM":
+        return
+    text = head[:128].decode("latin-1")
+    for view in (text, text.replace("\x00", "")):
+        for rule, found in needles.find(view):
+            offset = text.lower().find(found.lower())
+            yield Hit(where, f"preamble @{offset if offset >= 0 else 0}", rule, mask(found))
+        if "\x00" not in text:
+            break
 
 
 def _relabel(hits: Iterator[Hit], where: str) -> Iterator[Hit]:

@@ -19,6 +19,15 @@ from pathlib import Path
 
 DEFAULT_CANARY = "ZZPHI"
 MIN_TOKEN_LEN = 4  # shorter values (sex 'F', age digits) would hit everywhere
+# Folder names that are numbers, UIDs or generic export names (DICOM, S0000001,
+# SE000001, IMG001, series_3) name nobody and would hit everywhere.
+_NOT_A_NAME = re.compile(
+    r"^(\d+|\d+(\.\d+)+|[A-Za-z]{0,4}[_-]?\d+|[0-9a-f]{8,}|[0-9a-f-]{36})$", re.IGNORECASE
+)
+GENERIC_FOLDERS = frozenset({
+    "dicom", "dicomdir", "images", "image", "export", "exports", "data", "labels", "studies",
+    "study", "series", "files", "patients", "patient", "export_dir", "pacs", "cdrom", "dvd",
+})
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,32 @@ def load_manifest(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     return values, [str(u) for u in data.get("uids", [])]
 
 
+def folder_names(root: str | os.PathLike[str]) -> list[str]:
+    """Every folder name under ``root`` that could name someone (the export's own folders).
+
+    Real PACS exports often name folders after the patient (``DOE^JOHN_12345678``), so
+    each folder component that is not a pure number, a UID, a hex key or a generic
+    export name (``DICOM``, ``S0000001``) is a needle; a name with separators is also
+    split into its parts (``DOE``, ``JOHN``) of four or more characters.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"audit: export '{base}' is not a folder")
+    out: set[str] = set()
+    for _dirpath, dirnames, _files in os.walk(base):
+        for name in dirnames:
+            if _NOT_A_NAME.match(name) or name.lower() in GENERIC_FOLDERS:
+                continue
+            out.add(name)
+            for part in re.split(r"[\s^_.,;+-]+", name):
+                if not _NOT_A_NAME.match(part) and part.lower() not in GENERIC_FOLDERS:
+                    out.add(part)
+    return sorted(v for v in out if len(v) >= MIN_TOKEN_LEN)
+
+
 def as_needles(tokens: Needles | Iterable[str]) -> Needles:
     """``tokens`` as a :class:`Needles` (plain strings are reported under the ``canary`` rule)."""
     return tokens if isinstance(tokens, Needles) else Needles().add(tokens, "canary")
@@ -165,9 +200,12 @@ def build_needles(
     canaries: Iterable[str] = (),
     link_tables: Iterable[str | os.PathLike[str]] = (),
     manifests: Iterable[str | os.PathLike[str]] = (),
+    exports: Iterable[str | os.PathLike[str]] = (),
 ) -> Needles:
-    """One matcher for canary tokens, link-table originals and manifest values."""
+    """One matcher for canary tokens, link-table originals, manifest values and export folder names."""
     needles = Needles().add(canaries, "canary")
+    for export in exports:
+        needles.add(folder_names(export), "folder-name")
     for table in link_tables:
         needles.add(load_link_table(table), "link-table")
     for manifest in manifests:

@@ -25,7 +25,16 @@ this module applies it, at every nesting level, with the keyed pseudonyms of
 - Beyond Table E.1-1: code items from private coding schemes (designator ``99...``,
   ``L``, ``LOCAL``) are institution-defined free text and are removed.
 
-Series that may carry burned-in text are withheld (:func:`withhold_reason`).
+- PatientAge of 90 years and over becomes ``090Y`` unless ``keep_age_90_plus``.
+- The subject (pseudo ID, date shift) is (IssuerOfPatientID, PatientID); an empty
+  PatientID makes each study its own subject, with a warning
+  (:func:`imaging.keys.subject_identity`).
+- A kept safe-private sequence is walked like any other: the table applies inside.
+- Embedded overlay planes and unused high bits are cleared from native pixel data
+  (:mod:`imaging.deid.pixels`).
+
+Instances that may carry burned-in text are withheld by the one policy of
+:mod:`imaging.deid.withhold` (:func:`withhold_reason` gives the rule).
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, UID_dictionary
 
 from imaging.deid.options import DeidOptions, DeidStats, SafePrivate
+from imaging.deid.pixels import clean_pixel_data
 from imaging.deid.profile import (
     BASIC_PROFILE_CODE,
     MASKED_ROWS,
@@ -54,17 +64,21 @@ from imaging.deid.profile import (
 )
 from imaging.deid.values import (
     DEFAULT_SAFE_WORDS,
+    cap_age,
     clean_text,
     shift_da,
     shift_dt,
     truncate_tm,
 )
-from imaging.keys import Pseudonymizer
+from imaging.deid.withhold import SECONDARY_CAPTURE_CLASSES, ULTRASOUND_CLASSES, check
+from imaging.keys import Pseudonymizer, subject_identity
 
 __all__ = [
     "DEFAULT_SAFE_WORDS",
     "DeidOptions",
     "DeidStats",
+    "SECONDARY_CAPTURE_CLASSES",
+    "ULTRASOUND_CLASSES",
     "SafePrivate",
     "clean_text",
     "deidentify_dataset",
@@ -79,20 +93,6 @@ log = logging.getLogger(__name__)
 # Options we implement; Clean Structured Content / Clean Graphics would need SR and
 # graphic-annotation rewriting, so those rows fall back to their basic action.
 SUPPORTED_OPTIONS = frozenset(Option) - {Option.CLEAN_STRUCTURED_CONTENT, Option.CLEAN_GRAPHICS}
-SECONDARY_CAPTURE_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.7",
-    "1.2.840.10008.5.1.4.1.1.7.1",
-    "1.2.840.10008.5.1.4.1.1.7.2",
-    "1.2.840.10008.5.1.4.1.1.7.3",
-    "1.2.840.10008.5.1.4.1.1.7.4",
-}
-ULTRASOUND_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.6.1",
-    "1.2.840.10008.5.1.4.1.1.6.2",
-    "1.2.840.10008.5.1.4.1.1.3.1",
-    "1.2.840.10008.5.1.4.1.1.6",
-    "1.2.840.10008.5.1.4.1.1.3",
-}
 _TEXT_VRS = {"LO", "SH", "LT", "ST", "UT", "UC", "PN", "CS", "AE"}
 _FREE_TEXT_VRS = {"LT", "ST", "UT", "UC"}
 _NEEDS_VALUE = _FREE_TEXT_VRS | {"DA", "DT"}  # unlisted VRs that dates shifts / dummy text touch
@@ -138,23 +138,14 @@ def _masked_action(tag: int, options: DeidOptions) -> tuple[str, str] | None:
 
 
 def withhold_reason(ds: Dataset, options: DeidOptions | None = None) -> str | None:
-    """Why ``ds`` must not be released (burned-in text risk), or None.
+    """Why ``ds`` must not be released (``withheld by rule <name>: ...``), or None.
 
-    Pixel data is never cleaned here (no Clean Pixel Data option), so instances
-    that may show text in their pixels are withheld instead.
+    Pixel data is never OCR-cleaned (no Clean Pixel Data option), so instances that
+    may show text in their pixels are withheld instead (:func:`imaging.deid.withhold.check`).
     """
     options = options or DeidOptions()
-    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
-        return "BurnedInAnnotation is YES (text in the pixels)"
-    if str(ds.get("RecognizableVisualFeatures", "")).upper() == "YES":
-        return "RecognizableVisualFeatures is YES"
-    sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class in SECONDARY_CAPTURE_CLASSES:
-        return "Secondary Capture SOP class (screenshots may carry burned-in text)"
-    modality = str(ds.get("Modality", "")).upper()
-    if not options.allow_ultrasound and (modality == "US" or sop_class in ULTRASOUND_CLASSES):
-        return "ultrasound (burned-in text is common); set deid.allow_ultrasound=true to release"
-    return None
+    found = check(ds, options.policy())
+    return str(found) if found else None
 
 
 class _Context:
@@ -163,10 +154,17 @@ class _Context:
     def __init__(self, ds: Dataset, pseudo: Pseudonymizer, options: DeidOptions, stats: DeidStats):
         self.pseudo, self.options, self.stats = pseudo, options, stats
         self.plan = action_plan(options)
-        patient_id = str(ds.get("PatientID", "") or "")
-        self.subject = pseudo.pseudo_id(patient_id, "subject", options.subject_prefix)
+        identity, per_study = subject_identity(
+            str(ds.get("PatientID", "") or ""),
+            str(ds.get("IssuerOfPatientID", "") or ""),
+            str(ds.get("StudyInstanceUID", "") or ""),
+        )
+        if per_study:
+            stats.count("PatientID", "empty: subject per study")
+            log.warning("empty PatientID: this study becomes its own subject")
+        self.subject = pseudo.pseudo_id(identity, "subject", options.subject_prefix)
         self.shift = (
-            pseudo.date_shift_days(patient_id)
+            pseudo.date_shift_days(identity)
             if options.retain_longitudinal_modified_dates
             else None
         )
@@ -203,8 +201,17 @@ def deidentify_dataset(
     if stats.last_reason:
         stats.withheld[stats.last_reason] += 1
         return None
+    if (why := clean_pixel_data(ds)) is not None:
+        stats.last_reason = f"withheld by rule embedded-overlay: {why}"
+        stats.withheld[stats.last_reason] += 1
+        return None
     ctx = _Context(ds, pseudonymizer, options, stats)
     _walk(ds, ctx)
+    if not options.keep_age_90_plus and ds.get("PatientAge"):
+        capped = cap_age(str(ds.PatientAge))
+        if capped != str(ds.PatientAge):
+            ds.PatientAge = capped
+            stats.count("PatientAge", "capped at 90")
     _mark(ds, options)
     if getattr(ds, "file_meta", None) is not None:
         ds.file_meta = _file_meta(ds)
@@ -340,6 +347,10 @@ def _private(ds: Dataset, tag: BaseTag, ctx: _Context) -> None:
             creator is not None
             and (group, str(creator.value).strip(), low & 0xFF) in ctx.safe_private
         ):
+            elem = ds[tag]
+            if elem.VR == "SQ":  # a kept sequence is cleaned inside like any other
+                for item in elem.value or []:
+                    _walk(item, ctx)
             ctx.stats.count("PrivateAttributes", "kept")
             return
     del ds[tag]
@@ -362,7 +373,10 @@ def _drop_private_codes(ds: Dataset, ctx: _Context) -> None:
         ]
         if len(kept) != len(elem.value):
             ctx.stats.count("PrivateSchemeCodeItem", "removed")
-            elem.value = Sequence(kept)
+            if kept:
+                elem.value = Sequence(kept)
+            else:  # a present code sequence needs 1-n items (dciodvfy): it goes
+                del ds[tag]
 
 
 def _map_values(elem: DataElement, fn: Any) -> None:

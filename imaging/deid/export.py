@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from tqdm import tqdm
 
 from imaging.deid.apply import DeidOptions, DeidStats, action_plan, deidentify_dataset
+from imaging.dicom.header import bare_transfer_syntax
 from imaging.errors import UsageError
 from imaging.fsutil import atomic_path, atomic_write_json
 from imaging.keys import Pseudonymizer
@@ -166,12 +167,7 @@ def _read(path: Path) -> tuple[Dataset | None, str]:
     if not str(ds.get("SOPInstanceUID", "")).strip():
         return None, "unparseable: no SOPInstanceUID"
     if not meta.get("TransferSyntaxUID"):
-        implicit, little = getattr(ds, "original_encoding", (True, True))
-        meta.TransferSyntaxUID = (
-            "1.2.840.10008.1.2"
-            if implicit
-            else ("1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
-        )
+        meta.TransferSyntaxUID = bare_transfer_syntax(ds)  # the same inference as ingest's scan
         ds.file_meta = meta
     return ds, ""
 
@@ -293,6 +289,9 @@ def _one(
         / pseudo.key(str(original.get("SeriesInstanceUID", "")), "series")
         / f"{pseudo.key(str(result.SOPInstanceUID), 'sop')}.dcm"
     )
+    # The 128-byte preamble is free for applications and exports put text there
+    # (even patient names): it is never copied from the source.
+    result.preamble = bytes(128)
     try:
         with atomic_path(target) as tmp:
             result.save_as(tmp, enforce_file_format=True)
@@ -314,6 +313,11 @@ def _audit(
         "profile": "DICOM PS3.15 Annex E basic application level confidentiality profile",
         "options": sorted(o.value for o in options.enabled()),
         "allow_ultrasound": options.allow_ultrasound,
+        "withhold": {
+            "allow_rules": sorted(options.policy().allow_rules),
+            "allow_modalities": sorted(options.policy().allow_modalities),
+        },
+        "keep_age_90_plus": options.keep_age_90_plus,
         "demo_key": pseudo.is_demo,
         "secret_fingerprint": _fingerprint(pseudo),
         "files": {

@@ -12,6 +12,7 @@ from typing import Any
 
 from imaging.deid.profile import Option
 from imaging.deid.values import DEFAULT_SAFE_WORDS
+from imaging.deid.withhold import WithholdPolicy
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,11 @@ class DeidOptions:
     """Which PS3.15 options are in force (defaults: what research exports need).
 
     ``overrides`` maps a keyword to an action (``X Z D K C U``) that replaces the
-    table's for hospitals that must be stricter than the profile.
+    table's for hospitals that must be stricter than the profile. ``withhold`` is
+    the burned-in text policy (:mod:`imaging.deid.withhold`; ``allow_ultrasound``
+    releases US too). Ages of 90 and over become ``090Y`` (HIPAA safe harbour; the
+    count of people that old makes the exact age identifying) unless
+    ``keep_age_90_plus``.
     """
 
     retain_longitudinal_modified_dates: bool = True
@@ -72,6 +77,8 @@ class DeidOptions:
     safe_words: frozenset[str] = DEFAULT_SAFE_WORDS
     subject_prefix: str = "SUBJ"
     overrides: tuple[tuple[str, str], ...] = ()
+    withhold: WithholdPolicy = WithholdPolicy()
+    keep_age_90_plus: bool = False
 
     def __post_init__(self) -> None:
         if self.retain_longitudinal_full_dates and self.retain_longitudinal_modified_dates:
@@ -107,7 +114,16 @@ class DeidOptions:
         kwargs["overrides"] = tuple(
             (str(k), str(v)) for k, v in dict(cfg.get("overrides") or {}).items()
         )
+        kwargs["withhold"] = WithholdPolicy.from_mapping(
+            cfg.get("withhold"), allow_ultrasound=bool(cfg.get("allow_ultrasound"))
+        )
         return cls(**kwargs)
+
+    def policy(self) -> WithholdPolicy:
+        """The withholding policy with ``allow_ultrasound`` folded in."""
+        if self.allow_ultrasound and "US" not in self.withhold.allow_modalities:
+            return WithholdPolicy(self.withhold.allow_rules, self.withhold.allow_modalities | {"US"})
+        return self.withhold
 
     def enabled(self) -> frozenset[Option]:
         """The table options this configuration turns on."""

@@ -32,13 +32,16 @@ _SAFE_WORDS_TEXT = """
     average avg
 """
 DEFAULT_SAFE_WORDS = frozenset(_SAFE_WORDS_TEXT.split())
-# Tokens kept by Clean Descriptors without being words: small numbers with units,
-# sequence parameters, b-values, matrix sizes. No run of 5+ digits (IDs) gets through.
+# Tokens kept by Clean Descriptors without being words: small numbers WITH units,
+# sequence parameters, b-values, matrix sizes. A bare number is dropped: "12 05 23"
+# is a date, "4711" a room or an ID, and no run of 5+ digits gets through.
 _TECHNICAL = re.compile(
-    r"\d{1,3}([.,]\d{1,3})?(mm|cm|ml|s|ms|kv|kvp|mas|t|deg|%|x)?|b\d{1,4}|\d{1,4}x\d{1,4}|"
-    r"[tT][12][wW]?|\d{1,2}d",
+    r"\d{1,3}([.,]\d{1,3})?(mm|cm|ml|s|ms|kv|kvp|mas|t|deg|%|x)|b\d{1,4}|\d{1,4}x\d{1,4}|"
+    r"[tT][12][wW]?|\d{1,2}d|\d\.\d",  # last: a field strength / thickness such as 1.5 or 3.0
     re.IGNORECASE,
 )
+_AGE = re.compile(r"^(\d{3})Y$")
+AGE_CAP_YEARS = 90
 _TOKEN_SPLIT = re.compile(r"[\s^_/\\,;:|()\[\]{}\"'=<>@#*]+")
 
 
@@ -74,6 +77,14 @@ def truncate_tm(value: str) -> str:
     """Keep hours and minutes of a TM (``HHMM``); legacy ``HH:MM`` is accepted."""
     digits = value.strip().replace(":", "")
     return digits[:4] if digits[:2].isdigit() else ""
+
+
+def cap_age(value: str) -> str:
+    """An AS age of 90 years or more becomes ``090Y`` (others are returned unchanged)."""
+    match = _AGE.match(value.strip())
+    if match and int(match.group(1)) >= AGE_CAP_YEARS:
+        return f"{AGE_CAP_YEARS:03d}Y"
+    return value
 
 
 def clean_text(

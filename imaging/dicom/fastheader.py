@@ -14,6 +14,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from imaging.dicom.dims import EXTRA_WANTED
+
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _LONG_VRS = {b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"OD", b"OL", b"OV", b"SV", b"UV", b"UC", b"UR"}
@@ -22,13 +24,15 @@ _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _TAG = struct.Struct("<HH")
 _F64 = struct.Struct("<d")
+_F32 = struct.Struct("<f")
 _EXPLICIT_HEAD = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
 _IMPLICIT_HEAD = struct.Struct("<HHI")  # group, element, 32-bit length
 PIXEL_DATA = 0x7FE00010
-# Top-level attributes that need pydicom (nested sequences we read, or encodings we do not handle).
-_BAIL = {0x52009229, 0x52009230, 0x00620002, 0x00081115}
+# Top-level attributes that need pydicom (nested sequences we read, or encodings we do not handle):
+# functional groups, SEG segments, referenced series, Real World Value Mapping.
+_BAIL = {0x52009229, 0x52009230, 0x00620002, 0x00081115, 0x00409096}
 
-# tag -> (keyword, kind): s = string(s), ds = decimal string(s), is = integer string(s), us, fd
+# tag -> (keyword, kind): s = string(s), ds = decimal string(s), is = integer string(s), us, fd, fl
 WANTED: dict[int, tuple[str, str]] = {
     0x00080005: ("SpecificCharacterSet", "s"), 0x00080008: ("ImageType", "s"),
     0x00080016: ("SOPClassUID", "s"), 0x00080018: ("SOPInstanceUID", "s"), 0x00080060: ("Modality", "s"),
@@ -51,10 +55,15 @@ WANTED: dict[int, tuple[str, str]] = {
     0x00280002: ("SamplesPerPixel", "us"), 0x00280004: ("PhotometricInterpretation", "s"),
     0x00280006: ("PlanarConfiguration", "us"), 0x00280008: ("NumberOfFrames", "is"),
     0x00280010: ("Rows", "us"), 0x00280011: ("Columns", "us"), 0x00280030: ("PixelSpacing", "ds"),
-    0x00280100: ("BitsAllocated", "us"), 0x00280101: ("BitsStored", "us"),
+    0x00280100: ("BitsAllocated", "us"), 0x00280101: ("BitsStored", "us"), 0x00280102: ("HighBit", "us"),
     0x00280103: ("PixelRepresentation", "us"), 0x00281052: ("RescaleIntercept", "ds"),
-    0x00281053: ("RescaleSlope", "ds"),
+    0x00281053: ("RescaleSlope", "ds"), 0x00200052: ("FrameOfReferenceUID", "s"),
+    # US or SS by PixelRepresentation: read as unsigned here, made signed in header._fill (both paths).
+    0x00280120: ("PixelPaddingValue", "us"), 0x00280121: ("PixelPaddingRangeLimit", "us"),
+    # Philips private scale slope (2005,100E) FL, valid only under creator (2005,0010).
+    0x20050010: ("PhilipsCreator", "s"), 0x2005100E: ("PhilipsScaleSlope", "fl"),
 }
+WANTED.update(EXTRA_WANTED)  # dimension tags: diffusion, vendor private, CSA (fd n-values, fl, raw kinds)
 
 
 class _Bail(Exception):
@@ -70,6 +79,12 @@ def _decode(raw: bytes, kind: str, encoding: str) -> Any:
         return _U16.unpack_from(raw)[0] if len(raw) >= 2 else None
     if kind == "fd":
         return _F64.unpack_from(raw)[0] if len(raw) >= 8 else None
+    if kind == "fl":
+        return _F32.unpack_from(raw)[0] if len(raw) >= 4 else None
+    if kind in ("fdn", "raw"):
+        from imaging.dicom.dims import decode_value
+
+        return decode_value(raw, kind)
     text = raw.decode(encoding).rstrip(" \x00")
     if not text:
         return None
@@ -143,7 +158,9 @@ def _walk(buf: bytes, pos: int, explicit: bool, *, nested: bool, out: dict[str, 
         elif tag == 0xFFFEE00D:
             return pos + 8, None
         if length == 0xFFFFFFFF:
-            pos = _skip_undefined(buf, pos + hdr, explicit)
+            # An undefined-length UN element holds a sequence encoded in implicit VR (PS3.5 6.2.2).
+            nested_explicit = explicit and not (hdr == 12 and buf[pos + 4:pos + 6] == b"UN")
+            pos = _skip_undefined(buf, pos + hdr, nested_explicit)
             continue
         end = pos + hdr + length
         if end > n:

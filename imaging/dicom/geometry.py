@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from imaging.dicom.series import Slice
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Positions in exports are written with a few decimals: differences below these are noise.
@@ -26,8 +23,28 @@ OFFSET_TOL_MM = 0.02
 SPACING_REL_TOL = 0.01
 
 
+# Cumulative check: no slice may sit further than this fraction of the spacing off a regular grid.
+CUMULATIVE_REL_TOL = 0.1
+
+
 class PlanError(ValueError):
     """A stack that cannot be written correctly under the configured policy."""
+
+
+@dataclass
+class Slice:
+    """One 2D image: a single-frame file or one frame of a multi-frame file."""
+
+    path: str
+    frame: int  # 0-based frame index in the file
+    ipp: tuple[float, float, float]
+    iop: tuple[float, ...]
+    spacing: tuple[float, float]  # (row spacing, column spacing) as in PixelSpacing
+    t: dict[str, Any]
+    slope: float
+    intercept: float
+    sop_uid: str
+    row: dict[str, Any]  # the file's index row (pixel location, bits, transfer syntax)
 
 
 @dataclass
@@ -39,8 +56,8 @@ class Grid:
     normal: np.ndarray
     dx: float  # mm between columns (PixelSpacing[1])
     dy: float  # mm between rows (PixelSpacing[0])
-    nx: int  # columns
-    ny: int  # rows
+    nx: int  # output columns (more than the source's when a tilted field of view is covered)
+    ny: int  # output rows
     origin: np.ndarray  # LPS position of voxel (0, 0, 0)
     src_d: np.ndarray  # normal coordinate of each source slice (sorted)
     offsets: np.ndarray  # (n, 2) in-plane offset (mm along row_dir, col_dir) of each source slice
@@ -49,6 +66,8 @@ class Grid:
     tilt_deg: float = 0.0
     uneven: bool = False
     duplicates: list[tuple[Any, Any]] = field(default_factory=list)  # (kept, dropped) slices
+    # Output voxel (i, j) of a slice is pixel (j + lattice[1], i + lattice[0]) of the first slice's plane.
+    lattice: tuple[int, int] = (0, 0)
 
     @property
     def shifted(self) -> bool:
@@ -87,14 +106,14 @@ def slice_normal(iop: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def plan_grid(
-    stacks: list[list[Slice]], *, tilt: str = "resample", uneven: str = "resample"
+    stacks: list[list[Slice]], *, tilt: str = "resample", uneven: str = "refuse"
 ) -> tuple[Grid, list[str], list[list[Slice]]]:
     """Order the slices of each timepoint along the normal and plan the output grid.
 
     Args:
         stacks: ``stacks[t]`` are the slices of timepoint t (same positions in every t).
         tilt: ``resample`` or ``refuse`` slices whose positions drift in-plane (gantry tilt).
-        uneven: ``resample`` or ``refuse`` uneven or missing slices.
+        uneven: ``refuse`` (default) or ``resample`` (interpolate) uneven or missing slices.
 
     Returns:
         The grid, remarks for the catalog, and the slices ordered as ``[t][k]``.
@@ -128,25 +147,42 @@ def plan_grid(
     if duplicates:
         remarks.append(f"{len(duplicates)} duplicate slice position(s) dropped")
     tilt_deg = 0.0
+    dx, dy = float(first.spacing[1]), float(first.spacing[0])
+    nx, ny = int(first.row["cols"]), int(first.row["rows"])
+    lattice = (0, 0)
     if np.abs(offsets).max() > OFFSET_TOL_MM:
-        drift = float(np.linalg.norm(offsets[-1]))
+        drift = float(np.linalg.norm(offsets[-1] - offsets[0]))
         tilt_deg = round(math.degrees(math.atan2(drift, float(d[-1] - d[0]))), 2)
         if tilt == "refuse":
             raise PlanError(f"gantry tilt {tilt_deg} deg: slice positions (0020,0032) drift "
                             "off the normal of (0020,0037); refused (config tilt=refuse)")
-        remarks.append(f"gantry tilt {tilt_deg} deg resampled to an orthogonal grid")
+        # Cover every slice's field of view: the output in-plane lattice is the first slice's,
+        # extended by whole voxels to the union of all (shifted) slices (dcm2niix pads likewise).
+        i_lo, j_lo, i_hi, j_hi = _cover(offsets[:, 0] / dx, offsets[:, 1] / dy)
+        lattice = (i_lo, j_lo)
+        nx, ny = nx + i_hi - i_lo, ny + j_hi - j_lo
+        remarks.append(f"gantry tilt {tilt_deg} deg resampled to an orthogonal grid covering the whole "
+                       f"tilted field of view ({nx}x{ny} voxels in-plane)")
     gaps = np.diff(d)
     dz, out_d, is_uneven, remark = _spacing(d, gaps)
     if is_uneven:
         if uneven == "refuse":
-            raise PlanError(f"{remark} (0020,0032); refused (config uneven=refuse)")
-        remarks.append(f"{remark}: resampled to {dz:.4g} mm")
+            raise PlanError(f"{remark} (0020,0032); refused (config uneven=refuse; "
+                            "uneven=resample interpolates)")
+        remarks.append(f"{remark}: interpolated to {dz:.4g} mm (config uneven=resample)")
     grid = Grid(
-        row_dir=r, col_dir=c, normal=n, dx=float(first.spacing[1]), dy=float(first.spacing[0]),
-        nx=int(first.row["cols"]), ny=int(first.row["rows"]), origin=ipp[0], src_d=d, offsets=offsets,
-        dz=dz, out_d=out_d, tilt_deg=tilt_deg, uneven=is_uneven, duplicates=duplicates,
+        row_dir=r, col_dir=c, normal=n, dx=dx, dy=dy, nx=nx, ny=ny,
+        origin=ipp[0] + lattice[0] * dx * r + lattice[1] * dy * c, src_d=d, offsets=offsets,
+        dz=dz, out_d=out_d, tilt_deg=tilt_deg, uneven=is_uneven, duplicates=duplicates, lattice=lattice,
     )
     return grid, remarks, ordered
+
+
+def _cover(di: np.ndarray, dj: np.ndarray) -> tuple[int, int, int, int]:
+    """Whole-voxel (i_lo, j_lo, i_hi, j_hi) extension that holds pixels shifted by (di, dj) voxels."""
+    eps = 1e-3  # a shift a rounding error past a whole voxel does not add a column
+    return (min(0, math.floor(float(di.min()) + eps)), min(0, math.floor(float(dj.min()) + eps)),
+            max(0, math.ceil(float(di.max()) - eps)), max(0, math.ceil(float(dj.max()) - eps)))
 
 
 def _spacing(d: np.ndarray, gaps: np.ndarray) -> tuple[float, np.ndarray, bool, str]:
@@ -154,7 +190,14 @@ def _spacing(d: np.ndarray, gaps: np.ndarray) -> tuple[float, np.ndarray, bool, 
     median = float(np.median(gaps))
     tol = max(POSITION_TOL_MM, SPACING_REL_TOL * median)
     if float(np.abs(gaps - median).max()) <= tol:
-        return float((d[-1] - d[0]) / (len(d) - 1)), d.copy(), False, ""
+        # Each gap is regular; the positions must also stay on a regular grid: small per-gap
+        # differences that add up (a 3 mm drift over 150 slices) are not a regular stack.
+        dz = float((d[-1] - d[0]) / (len(d) - 1))
+        off = float(np.abs(d - (d[0] + dz * np.arange(len(d)))).max())
+        if off <= max(POSITION_TOL_MM, CUMULATIVE_REL_TOL * dz):
+            return dz, d.copy(), False, ""
+        remark = f"uneven slice spacing (positions up to {off:.3g} mm off a regular {dz:.4g} mm grid)"
+        return dz, d[0] + dz * np.arange(len(d)), True, remark
     g_min = float(gaps.min())
     # The smallest gap keeps every acquired slice; a tiny one is position noise, not a spacing.
     base = g_min if g_min >= 0.25 * median else median
@@ -173,6 +216,29 @@ def _spacing(d: np.ndarray, gaps: np.ndarray) -> tuple[float, np.ndarray, bool, 
         remark = f"uneven slice spacing (gaps {g_min:.4g} to {float(gaps.max()):.4g} mm)"
     n_out = int(math.floor((d[-1] - d[0]) / dz + 1e-3)) + 1
     return dz, d[0] + dz * np.arange(n_out), True, remark
+
+
+def sparse_grid(grid: Grid, max_divisor: int = 16) -> Grid:
+    """A sparse stack's grid on the largest spacing that puts every position on a slice.
+
+    For objects that carry frames only where there is something (a SEG omits empty
+    frames), missing positions are empty slices, not interpolated data: the gaps
+    between frames must be whole multiples of one spacing, the largest that fits.
+
+    Raises:
+        PlanError: no spacing down to the smallest gap / ``max_divisor`` fits every gap.
+    """
+    d = grid.src_d
+    gaps = np.diff(d)
+    for n in range(1, max_divisor + 1):
+        unit = float(gaps.min()) / n
+        tol = max(POSITION_TOL_MM, SPACING_REL_TOL * unit)
+        if unit > 0 and np.all(np.abs(gaps - np.round(gaps / unit) * unit) <= tol):
+            count = int(round((d[-1] - d[0]) / unit)) + 1
+            grid.dz, grid.out_d, grid.uneven = unit, d[0] + unit * np.arange(count), False
+            return grid
+    raise PlanError(f"frame positions (0020,0032) with gaps {float(gaps.min()):.4g} to "
+                    f"{float(gaps.max()):.4g} mm fit no common slice spacing")
 
 
 def world_lps(s: Slice, r: float, c: float) -> np.ndarray:

@@ -9,20 +9,24 @@ offset without parsing the file again, and a truncated file is caught here.
 from __future__ import annotations
 
 import os
+import struct
 import warnings
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from imaging.dicom.dims import EXTRA_WANTED, PRIVATE_KEYWORDS, header_dims, private_getter
 from imaging.dicom.fastheader import EXPLICIT_LE, IMPLICIT_LE, NeedMore, read_fast
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
+    from pydicom.tag import BaseTag
 
 DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 # Only these attributes are parsed (pydicom seeks over everything else).
-HEADER_TAGS = [
+HEADER_TAGS: list[str | int] = [
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID",
     "Modality", "ImageType", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
     "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "PhotometricInterpretation",
@@ -36,8 +40,14 @@ HEADER_TAGS = [
     "MRAcquisitionType", "ImagingFrequency", "EchoTrainLength", "PixelBandwidth",
     "PatientAge", "PatientSex", "PerFrameFunctionalGroupsSequence",
     "SharedFunctionalGroupsSequence", "ReferencedSeriesSequence", "SegmentSequence",
-    "SegmentationType", "PixelData",
+    "SegmentationType", "DimensionIndexSequence", "HighBit", "PixelPaddingValue", "PixelPaddingRangeLimit",
+    "FrameOfReferenceUID", "RealWorldValueMappingSequence", 0x20050010, 0x2005100E, "PixelData",
 ]
+# Dimension attributes (diffusion, vendor private tags, CSA), by tag: see imaging.dicom.dims.
+HEADER_TAG_NUMBERS: list[int | str] = [*HEADER_TAGS, *EXTRA_WANTED]
+# Private attributes read by tag (the fast reader's pseudo-keywords).
+PRIVATE_TAGS = {"PhilipsCreator": 0x20050010, "PhilipsScaleSlope": 0x2005100E}
+PHILIPS_CREATOR = "Philips MR Imaging DD 001"
 # Acquisition parameters for the JSON sidecar (no identifiers, dates or free text).
 PARAM_KEYWORDS = [
     "Modality", "Manufacturer", "ManufacturerModelName", "MagneticFieldStrength",
@@ -69,10 +79,42 @@ def _plain(value: Any) -> Any:
 
 
 def _get(ds: Dataset, keyword: str) -> Any:
-    value = ds.get(keyword)
+    if keyword in PRIVATE_TAGS:
+        elem = ds.get(PRIVATE_TAGS[keyword])
+        value = None if elem is None else elem.value
+        if isinstance(value, bytes):  # implicit VR: pydicom may leave a private value undecoded
+            value = struct.unpack("<f", value)[0] if len(value) == 4 else value.decode("latin-1").rstrip(" \x00")
+    else:
+        value = ds.get(keyword)
     if value is None or value == "":
         return None
     return _plain(value)
+
+
+def bare_transfer_syntax(ds: Dataset) -> str:
+    """The transfer syntax of a file without File Meta, from the encoding pydicom detected.
+
+    A "bare" dataset (no preamble, no group 0002) carries no TransferSyntaxUID;
+    pydicom guesses implicit/explicit VR and endianness from the first elements.
+    """
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if implicit:
+        return IMPLICIT_LE
+    return EXPLICIT_LE if little else EXPLICIT_BE
+
+
+def read_dataset(path: str, **kwargs: Any) -> Dataset:
+    """``pydicom.dcmread`` that also reads bare files and sets their (inferred) transfer syntax."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+
+    ds = pydicom.dcmread(path, force=True, **kwargs)
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or not meta.get("TransferSyntaxUID"):
+        meta = meta if meta is not None else FileMetaDataset()
+        meta.TransferSyntaxUID = bare_transfer_syntax(ds)
+        ds.file_meta = meta
+    return ds
 
 
 def _first(ds: Dataset | None, seq: str) -> Dataset | None:
@@ -108,6 +150,13 @@ def _frame_info(frame: Dataset | None, shared: Dataset | None) -> dict[str, Any]
         "b": pick("MRDiffusionSequence", "DiffusionBValue"),
         "trig": pick("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"),
     }
+    diffusion = _first(frame, "MRDiffusionSequence") or _first(shared, "MRDiffusionSequence")
+    direction = _first(diffusion, "DiffusionGradientDirectionSequence")
+    if direction is not None and "DiffusionGradientOrientation" in direction:
+        t["bvec"] = _get(direction, "DiffusionGradientOrientation")
+    component = pick("MRImageFrameTypeSequence", "ComplexImageComponent")
+    if component:
+        t["comp"] = {"MAGNITUDE": "M", "PHASE": "P", "REAL": "R", "IMAGINARY": "I"}.get(str(component).upper())
     info["t"] = {k: v for k, v in t.items() if v is not None}
     return info
 
@@ -152,7 +201,7 @@ def header_row(path: str) -> dict[str, Any]:
         size = os.path.getsize(path)
         with open(path, "rb") as fp:
             buf = fp.read(min(size, FIRST_READ_BYTES))
-            if buf[128:132] != b"DICM" and buf[:2] not in (b"\x08\x00", b"\x02\x00"):
+            if buf[128:132] != b"DICM" and buf[:2] not in (b"\x08\x00", b"\x02\x00", b"\x00\x08"):
                 row["error"] = "no DICM preamble"
                 return row
             fast = _read_fast_growing(fp, buf, size)
@@ -168,10 +217,11 @@ def header_row(path: str) -> dict[str, Any]:
             with warnings.catch_warnings():
                 # pydicom warns with absolute paths; problems surface as this row's error instead.
                 warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=HEADER_TAGS, force=True)
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_specific_tags(), force=True)
             meta = getattr(ds, "file_meta", None)
             ts_value = meta.get("TransferSyntaxUID") if meta is not None else None
-            ts_str = str(ts_value) if ts_value else None
+            # A bare file (no File Meta): the syntax pydicom detected, as deid does.
+            ts_str = str(ts_value) if ts_value else bare_transfer_syntax(ds)
             location = _pixel_location(fp, ds.get("Rows"), ts_str, size)
     except Exception as exc:  # noqa: BLE001 - any parse failure makes the file unreadable, never fatal
         row["kind"] = "unreadable"
@@ -188,6 +238,13 @@ def header_row(path: str) -> dict[str, Any]:
             row["error"] = f"DICM preamble but {row['error']} (damaged file?)"
         return row
     return _fill(row, lambda kw: _get(ds, kw), ts_str, location, ds)
+
+
+@lru_cache(maxsize=1)
+def _specific_tags() -> list[BaseTag]:
+    from pydicom.tag import Tag
+
+    return [Tag(t) for t in HEADER_TAG_NUMBERS]
 
 
 def _read_fast_growing(fp: Any, buf: bytes, size: int) -> Any:
@@ -219,11 +276,16 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
         ("intercept", "RescaleIntercept"), ("bits_alloc", "BitsAllocated"),
         ("bits_stored", "BitsStored"), ("pixel_rep", "PixelRepresentation"),
         ("samples", "SamplesPerPixel"), ("photometric", "PhotometricInterpretation"),
+        ("high_bit", "HighBit"), ("for_uid", "FrameOfReferenceUID"),
     ):
         row[col] = get(kw)
+    for col, kw in (("padding", "PixelPaddingValue"), ("padding_limit", "PixelPaddingRangeLimit")):
+        row[col] = _as_stored(get(kw), row["bits_alloc"], row["pixel_rep"])
+    scale = get("PhilipsScaleSlope") if get("PhilipsCreator") == PHILIPS_CREATOR else None
+    row["philips_ss"] = float(scale) if isinstance(scale, (int, float)) and scale else None
     if isinstance(row["image_type"], str):
         row["image_type"] = [row["image_type"]]
-    for col in ("sop_class", "sop_uid", "study_uid", "series_uid", "patient_id"):
+    for col in ("sop_class", "sop_uid", "study_uid", "series_uid", "patient_id", "for_uid"):
         if row[col] is not None:
             row[col] = str(row[col])
     row["n_frames"] = int(get("NumberOfFrames") or 1)
@@ -234,6 +296,11 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
         "acq": get("AcquisitionNumber"), "b": get("DiffusionBValue"),
     }
     row["tkey"] = {k: v for k, v in tkey.items() if v is not None}
+    if ds is not None:
+        extra = private_getter(ds)
+        row["tkey"].update(header_dims(lambda kw: extra(kw) if kw in PRIVATE_KEYWORDS else get(kw)))
+    else:
+        row["tkey"].update(header_dims(get))
     params = {kw: get(kw) for kw in PARAM_KEYWORDS}
     row["params"] = {k: v for k, v in params.items() if v is not None}
     if row["ts"]:
@@ -245,7 +312,12 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
     if per_frame is not None or shared is not None:
         frames = per_frame if per_frame is not None else [None] * row["n_frames"]
         row["frames"] = [_frame_info(f, shared) for f in frames]
+        _dimension_indices(row["frames"], frames, ds.get("DimensionIndexSequence"))
         _enhanced_params(row["params"], shared)
+    rwvm = ds.get("RealWorldValueMappingSequence")
+    if rwvm and "RealWorldValueSlope" in rwvm[0]:
+        item = rwvm[0]
+        row["rwvm"] = [float(item.RealWorldValueSlope), float(item.get("RealWorldValueIntercept", 0.0) or 0.0)]
     refs = ds.get("ReferencedSeriesSequence")
     if refs:
         row["ref_series_uid"] = str(refs[0].get("SeriesInstanceUID", "")) or None
@@ -253,6 +325,39 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
     if segs:
         row["segments"] = [[int(s.SegmentNumber), str(s.get("SegmentLabel", ""))] for s in segs]
     return row
+
+
+def _dimension_indices(infos: list[dict[str, Any]], frames: Any, index_seq: Any) -> None:
+    """Each frame's DimensionIndexValues without the in-stack position (``t['dimidx']``)."""
+    pointers = [int(item.get("DimensionIndexPointer", 0)) for item in index_seq or []]
+    drop = {i for i, p in enumerate(pointers) if p in (0x00209057, 0x00200032)}  # InStackPosition, IPP
+    for info, frame in zip(infos, frames, strict=True):
+        content = _first(frame, "FrameContentSequence") if frame else None
+        values = _get(content, "DimensionIndexValues") if content is not None else None
+        if isinstance(values, int):
+            values = [values]
+        if isinstance(values, list):
+            kept = [v for i, v in enumerate(values) if i not in drop]
+            if kept:
+                info["t"]["dimidx"] = kept
+
+
+def _as_stored(value: Any, bits_alloc: Any, pixel_rep: Any) -> int | None:
+    """A US-or-SS pixel value (PixelPaddingValue...) as the integer the stored pixels hold.
+
+    Its VR follows PixelRepresentation, but implicit-VR files and the fast reader
+    give the unsigned bit pattern; this gives the same number on both paths.
+    """
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if not isinstance(value, (int, float)) or not isinstance(bits_alloc, int) or bits_alloc not in (8, 16, 32):
+        return None
+    v, span = int(value), 1 << bits_alloc
+    if pixel_rep == 1 and v >= span // 2:
+        v -= span
+    elif pixel_rep != 1 and v < 0:
+        v += span
+    return v
 
 
 def _enhanced_params(params: dict[str, Any], shared: Dataset | None) -> None:

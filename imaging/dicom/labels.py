@@ -143,10 +143,12 @@ def seg_to_labels(seg_path: str, grid: Grid, table: LabelTable, rel: str) -> np.
         else:
             number = int(_pick(item, shared, "SegmentIdentificationSequence", "ReferencedSegmentNumber") or 1)
             plane = (np.asarray(frames[i]) > threshold).T * table.ids[names.get(number, f"segment {number}")]
-        if abs(ci) > 1e-3 or abs(cj) > 1e-3:
-            plane = ndimage.shift(plane, (ci, cj), order=0, mode="constant", cval=0)
-        if plane.shape != grid.shape[:2]:
+        if plane.shape[0] > grid.shape[0] or plane.shape[1] > grid.shape[1]:
             raise LabelError(f"{where}: (0028,0010)/(0028,0011) frame size {plane.shape[::-1]} differs from the volume's")
+        if abs(ci) > 1e-3 or abs(cj) > 1e-3 or plane.shape != grid.shape[:2]:
+            # Placed by position (nearest): a tilted volume's grid is wider than one frame.
+            plane = ndimage.affine_transform(plane, np.ones(2), offset=(-ci, -cj), output_shape=grid.shape[:2],
+                                             order=0, mode="grid-constant", cval=0)
         np.copyto(out[:, :, k], plane.astype(out.dtype), where=plane > 0)
     return out
 

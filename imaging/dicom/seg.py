@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
 import numpy as np
@@ -36,6 +36,9 @@ from pydicom.sr.codedict import codes
 
 from imaging.fsutil import atomic_path
 from imaging.keys import Pseudonymizer
+
+if TYPE_CHECKING:
+    from imaging.deid.options import DeidOptions
 
 log = logging.getLogger(__name__)
 
@@ -218,28 +221,31 @@ _TYPE2 = ("PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "S
           "StudyTime", "ReferringPhysicianName")
 
 
-def deidentified_header(ds: Dataset, pseudo: Pseudonymizer) -> Dataset:
+def deidentified_header(ds: Dataset, pseudo: Pseudonymizer, options: DeidOptions | None = None) -> Dataset:
     """A metadata copy of ``ds`` de-identified exactly as ``imaging deid`` does it.
 
     Running the de-identification itself (not a re-implementation) keeps the SEG's
     patient ID, dates and every UID identical to the de-identified copy of the study.
     A series ``imaging deid`` withholds (burned-in annotation) still gets the same
     keyed IDs and UIDs here, with every other patient/study attribute dropped.
+    ``options`` are the configured ``deid.options`` (the same as ``imaging deid``'s).
     """
     from imaging.deid.apply import deidentify_dataset, shift_da, truncate_tm
+    from imaging.keys import subject_identity
 
     header = copy.deepcopy(ds)  # deid works in place; the source header stays as read
     header.pop("PixelData", None)
-    out = deidentify_dataset(header, pseudo)
+    out = deidentify_dataset(header, pseudo, options)
     if out is None:
         out = Dataset()
         for elem in ds:
             if elem.keyword not in _PATIENT_STUDY and elem.tag.group != 0x0010 and elem.keyword != "PixelData":
                 out.add(copy.deepcopy(elem))
-        patient_id = str(ds.get("PatientID", ""))
-        out.PatientID = pseudo.pseudo_id(patient_id, "subject", "SUBJ")
+        identity, _ = subject_identity(str(ds.get("PatientID", "")), str(ds.get("IssuerOfPatientID", "")),
+                                       str(ds.get("StudyInstanceUID", "")))
+        out.PatientID = pseudo.pseudo_id(identity, "subject", options.subject_prefix if options else "SUBJ")
         out.PatientName = out.PatientID
-        out.StudyDate = shift_da(str(ds.get("StudyDate", "")), pseudo.date_shift_days(patient_id))
+        out.StudyDate = shift_da(str(ds.get("StudyDate", "")), pseudo.date_shift_days(identity))
         out.StudyTime = truncate_tm(str(ds.get("StudyTime", "")))
         for kw in _UID_KEYWORDS:
             if kw in ds:
@@ -277,6 +283,7 @@ def write_seg(
     segmentation_type: str = "BINARY",
     series_number: int = 9001,
     software_version: str = "imaging",
+    deid_options: DeidOptions | None = None,
 ) -> SegResult | None:
     """Write a DICOM SEG of ``labels`` (an (i, j, k) integer volume) over the source frames.
 
@@ -304,7 +311,7 @@ def write_seg(
     headers = source.headers
     if identity == "deidentified":
         assert pseudonymizer is not None
-        headers = [deidentified_header(h, pseudonymizer) for h in headers]
+        headers = [deidentified_header(h, pseudonymizer, deid_options) for h in headers]
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=str(algorithm_version)
     )
@@ -335,10 +342,12 @@ def write_seg(
     if identity == "deidentified":
         # SOP Common, so highdicom does not copy it: declares the study dates shifted
         # (as `imaging deid` does); `imaging audit` flags undeclared dates.
-        seg.LongitudinalTemporalInformationModified = "MODIFIED"
+        seg.LongitudinalTemporalInformationModified = headers[0].get(
+            "LongitudinalTemporalInformationModified", "MODIFIED")
     out = Path(out_path)
+    seg.preamble = bytes(128)  # never inherit or invent preamble content
     with atomic_path(out, suffix=".dcm") as tmp:
-        seg.save_as(tmp)
+        seg.save_as(tmp, enforce_file_format=True)
     return SegResult(out, dict(names), int(seg.NumberOfFrames), series_uid, sop_uid)
 
 

@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from imaging.dicom.geometry import Grid, PlanError, plan_grid
+from imaging.dicom.dims import AXIS_NAMES, DimensionError, split_dimensions
+from imaging.dicom.geometry import Grid, PlanError, Slice, plan_grid
 from imaging.dicom.header import is_native, ts_name
+from imaging.dicom.mosaic import MosaicError, mosaic_items
+from imaging.dicom.pixels import problem as pixel_problem
 
 SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
 SC_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
@@ -27,32 +30,9 @@ NON_IMAGE_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.66", "1.2.840.10008.5.1.4.1.1.104.", "1.2.840.10008.5.1.4.1.1.9.",
     "1.2.840.10008.5.1.4.1.1.67", "1.2.840.10008.5.1.4.1.1.68",
 )
-# Keys that can separate slices sharing a position, most specific first. Echoes
-# give separate volumes (different contrast); the others a time/b-value axis.
-SPLIT_KEYS = ("tpi", "trig", "b", "echo", "te", "acq", "stack")
-SEPARATE_KEYS = {"echo", "te", "stack"}
-KEY_TAGS = {
-    "tpi": "(0020,0100) TemporalPositionIdentifier", "trig": "(0018,1060) TriggerTime",
-    "b": "(0018,9087) DiffusionBValue", "echo": "(0018,0086) EchoNumbers",
-    "te": "(0018,0081) EchoTime", "acq": "(0020,0012) AcquisitionNumber", "stack": "(0020,9056) StackID",
-}
+# The tag (or rule) that orders a volume's 4th axis, for sidecars and remarks.
+KEY_TAGS = dict(AXIS_NAMES)
 MIN_SLICES = 3
-
-
-@dataclass
-class Slice:
-    """One 2D image: a single-frame file or one frame of a multi-frame file."""
-
-    path: str
-    frame: int  # 0-based frame index in the file
-    ipp: tuple[float, float, float]
-    iop: tuple[float, ...]
-    spacing: tuple[float, float]  # (row spacing, column spacing) as in PixelSpacing
-    t: dict[str, Any]
-    slope: float
-    intercept: float
-    sop_uid: str
-    row: dict[str, Any]  # the file's index row (pixel location, bits, transfer syntax)
 
 
 @dataclass
@@ -114,8 +94,9 @@ def plan_series(
     input_dir: str,
     *,
     tilt: str = "resample",
-    uneven: str = "resample",
+    uneven: str = "refuse",
     split_4d: bool = False,
+    philips_precise: bool = False,
 ) -> SeriesPlan:
     """Classify a series (all index rows sharing a SeriesInstanceUID) and plan its volumes.
 
@@ -123,8 +104,10 @@ def plan_series(
         rows: decoded index rows (see :func:`imaging.dicom.scan.decode_row`) of kind ``dicom``.
         input_dir: the export root, to name files relative to it in reasons.
         tilt: ``resample`` (onto an orthogonal grid) or ``refuse`` a gantry-tilted stack.
-        uneven: ``resample`` (onto a regular grid) or ``refuse`` uneven or missing slices.
+        uneven: ``refuse`` (default: an error row) or ``resample`` (interpolate) uneven or missing slices.
         split_4d: write each timepoint as its own 3D volume instead of one 4D volume.
+        philips_precise: Philips "precise" floating-point values (private scale slope (2005,100E),
+            as dcm2niix ``-p y``) instead of the displayed RescaleSlope/Intercept values.
 
     Returns:
         A :class:`SeriesPlan`; problems are reported in ``kind``/``reason``, never raised.
@@ -151,15 +134,14 @@ def plan_series(
         if "LOCALIZER" in itype:
             value = "\\".join(r["image_type"])
             return _done(plan, "skipped", f"localizer: file '{_rel(r['path'], input_dir)}' (0008,0008) ImageType = '{value}'")
-        if "MOSAIC" in itype:  # Siemens tiles many slices into one image: unpacking is not implemented
-            value = "\\".join(r["image_type"])
-            return _done(plan, "skipped", f"mosaic not supported: file '{_rel(r['path'], input_dir)}' "
-                                          f"(0008,0008) ImageType = '{value}'")
     for r in rows:
         problem = _file_problem(r)
         if problem:
             return _done(plan, "error", f"file '{_rel(r['path'], input_dir)}': {problem}")
-    slices, problem = _expand(rows, input_dir)
+    problem = _mixed_identity(rows, input_dir)
+    if problem:
+        return _done(plan, "error", problem)
+    slices, problem = _expand(rows, input_dir, philips_precise=philips_precise)
     if problem:
         return _done(plan, "error", problem)
     _plan_volumes(plan, slices, tilt=tilt, uneven=uneven, split_4d=split_4d)
@@ -178,12 +160,25 @@ def _file_problem(r: dict[str, Any]) -> str | None:
     samples = r.get("samples") or 1
     if samples != 1:
         return f"colour image not a volume: (0028,0002) SamplesPerPixel = {samples}"
-    if r.get("bits_alloc") not in (8, 16, 32):
-        return f"unsupported (0028,0100) BitsAllocated = {r.get('bits_alloc')}"
+    return pixel_problem(r)
+
+
+def _mixed_identity(rows: list[dict[str, Any]], input_dir: str) -> str | None:
+    """One series must belong to one patient and one study: anything else is a broken export."""
+    for col, tag in (("patient_id", "(0010,0020) PatientID"), ("study_uid", "(0020,000D) StudyInstanceUID")):
+        first: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            first.setdefault(str(r.get(col) or ""), r)
+        if len(first) > 1:
+            a, b = list(first.values())[:2]
+            # Values are identifiers (PHI): name the files, never the values.
+            return (f"{len(first)} different {tag} values in one series (e.g. files "
+                    f"'{_rel(a['path'], input_dir)}' and '{_rel(b['path'], input_dir)}')")
     return None
 
 
-def _expand(rows: list[dict[str, Any]], input_dir: str) -> tuple[list[Slice], str | None]:
+def _expand(rows: list[dict[str, Any]], input_dir: str, *,
+            philips_precise: bool = False) -> tuple[list[Slice], str | None]:
     """All frames of all files as :class:`Slice` records, or the first geometry problem."""
     out: list[Slice] = []
     for r in rows:
@@ -193,6 +188,11 @@ def _expand(rows: list[dict[str, Any]], input_dir: str) -> tuple[list[Slice], st
                         "without (5200,9230) PerFrameFunctionalGroupsSequence geometry")
         items = frames or [{"ipp": r.get("ipp"), "iop": r.get("iop"), "sp": r.get("spacing"),
                             "slope": r.get("slope"), "intercept": r.get("intercept"), "t": r.get("tkey") or {}}]
+        if frames is None and "MOSAIC" in [str(v).upper() for v in r.get("image_type") or []]:
+            try:  # Siemens mosaic: one slice per tile, positions corrected from the mosaic to the tile
+                items = mosaic_items(r, items[0])
+            except MosaicError as exc:
+                return [], f"{_where(r, 0, None, input_dir)}: {exc}"
         for i, f in enumerate(items):
             for key, tag, n in (("iop", "(0020,0037) ImageOrientationPatient", 6),
                                 ("ipp", "(0020,0032) ImagePositionPatient", 3),
@@ -208,14 +208,35 @@ def _expand(rows: list[dict[str, Any]], input_dir: str) -> tuple[list[Slice], st
                             f"{f['iop']!r} (not orthonormal)")
             if min(f["sp"]) <= 0:
                 return [], f"{_where(r, i, frames, input_dir)}: invalid (0028,0030) PixelSpacing = {f['sp']!r}"
-            slope = f.get("slope")
-            intercept = f.get("intercept")
+            slope, intercept = _rescale_of(r, f, philips_precise)
             out.append(Slice(
                 path=r["path"], frame=i, ipp=tuple(f["ipp"]), iop=tuple(f["iop"]), spacing=tuple(f["sp"]),
-                t=dict(f.get("t") or {}), slope=1.0 if slope is None else float(slope),
-                intercept=0.0 if intercept is None else float(intercept), sop_uid=r.get("sop_uid") or "", row=r,
+                t=dict(f.get("t") or {}), slope=slope, intercept=intercept, sop_uid=r.get("sop_uid") or "",
+                row=f.get("row", r),
             ))
     return out, None
+
+
+def _rescale_of(r: dict[str, Any], f: dict[str, Any], philips_precise: bool) -> tuple[float, float]:
+    """(slope, intercept) from stored to output values.
+
+    Standard RescaleSlope/Intercept give displayed values. Philips MR without them
+    may carry a Real World Value Mapping instead (used then, as dcm2niix does).
+    With ``philips_precise`` the private scale slope SS (2005,100E) gives the
+    floating-point values P = (stored * RS + RI) / (RS * SS) (Chenevert et al.,
+    PMC3998685; dcm2niix ``-p y``).
+    """
+    slope, intercept = f.get("slope"), f.get("intercept")
+    rwvm = r.get("rwvm")
+    if slope is None and intercept is None and rwvm and "PHILIPS" in str(
+            (r.get("params") or {}).get("Manufacturer", "")).upper():
+        slope, intercept = rwvm
+    rs = 1.0 if slope is None else float(slope)
+    ri = 0.0 if intercept is None else float(intercept)
+    ss = r.get("philips_ss")
+    if philips_precise and ss:
+        return 1.0 / float(ss), ri / (rs * float(ss))
+    return rs, ri
 
 
 @lru_cache(maxsize=256)
@@ -231,7 +252,9 @@ def _where(r: dict[str, Any], i: int, frames: Any, input_dir: str) -> str:
 
 
 def _geometry_key(s: Slice) -> tuple[Any, ...]:
-    return (tuple(round(v, 3) for v in s.iop), s.row.get("rows"), s.row.get("cols"))
+    """Slices that can share one volume: orientation, image size, PixelSpacing, frame of reference."""
+    return (tuple(round(v, 3) for v in s.iop), s.row.get("rows"), s.row.get("cols"),
+            tuple(round(v, 4) for v in s.spacing), s.row.get("for_uid") or "")
 
 
 def _pos_key(s: Slice) -> tuple[float, ...]:
@@ -247,26 +270,30 @@ def _plan_volumes(plan: SeriesPlan, slices: list[Slice], *, tilt: str, uneven: s
         return
     remarks: list[str] = []
     if len(groups) > 1:
-        remarks.append(f"series holds {len(groups)} orientations/image sizes")
-    stacks: list[tuple[list[list[Slice]], str | None]] = []
+        remarks.append(f"series holds {len(groups)} orientations/image sizes/pixel spacings/frames of reference")
+    stacks: list[tuple[list[list[Slice]], str | None, str]] = []
     for key in sorted(groups, key=lambda k: (-len(groups[k]), str(k))):
         group = groups[key]
         if len(group) < MIN_SLICES:
             remarks.append(f"{len(group)} slice(s) with another orientation dropped")
             continue
-        stacks.extend(_split_dimension(group, split_4d, remarks))
+        try:
+            stacks.extend(_split_dimension(group, split_4d, remarks))
+        except DimensionError as exc:
+            _done(plan, "error", str(exc))
+            return
     if not stacks:
         counts = ", ".join(str(len(g)) for g in groups.values())
         _done(plan, "skipped", f"fewer than {MIN_SLICES} slices per stack ({counts})")
         return
     problems = []
-    for vol_slices, t_key in stacks:
+    for vol_slices, t_key, label in stacks:
         try:
             grid, vol_remarks, ordered = plan_grid(vol_slices, tilt=tilt, uneven=uneven)
         except PlanError as exc:
-            problems.append(str(exc))
+            problems.append(f"{label}: {exc}" if label else str(exc))
             continue
-        plan.volumes.append(VolumePlan(ordered, grid, remarks + vol_remarks, t_key))
+        plan.volumes.append(VolumePlan(ordered, grid, [*remarks, *filter(None, [label]), *vol_remarks], t_key))
     if problems and not plan.volumes:
         _done(plan, "error", "; ".join(problems))
     elif problems:
@@ -275,34 +302,19 @@ def _plan_volumes(plan: SeriesPlan, slices: list[Slice], *, tilt: str, uneven: s
 
 def _split_dimension(
     group: list[Slice], split_4d: bool, remarks: list[str]
-) -> list[tuple[list[list[Slice]], str | None]]:
-    """Split slices sharing positions by temporal/echo/stack tags into timepoints or volumes."""
+) -> list[tuple[list[list[Slice]], str | None, str]]:
+    """Split slices sharing positions by their real dimensions (see :mod:`imaging.dicom.dims`)."""
     positions = {_pos_key(s) for s in group}
     if len(positions) == len(group):
-        return [([group], None)]
-    for key in SPLIT_KEYS:
-        values = {_norm(s.t.get(key)) for s in group}
-        if len(values) < 2:
-            continue
-        parts: dict[Any, list[Slice]] = defaultdict(list)
-        for s in group:
-            parts[_norm(s.t.get(key))].append(s)
-        if any(len({_pos_key(s) for s in p}) != len(p) for p in parts.values()):
-            continue
-        order = sorted(parts, key=lambda v: (v is None, v if isinstance(v, (int, float)) else str(v)))
-        same_positions = all({_pos_key(s) for s in parts[v]} == positions for v in order)
-        if key in SEPARATE_KEYS or not same_positions or split_4d:
-            if key not in SEPARATE_KEYS and same_positions:
-                remarks.append(f"4D split by {KEY_TAGS[key]} into {len(order)} volumes")
-            return [([parts[v]], None) for v in order]
-        return [([parts[v] for v in order], key)]
-    # Positions repeat and no tag tells the copies apart: volume.py compares pixels.
-    return [([group], None)]
-
-
-def _norm(v: Any) -> Any:
-    if isinstance(v, float):
-        return round(v, 3)
-    if isinstance(v, list):
-        return tuple(v)
-    return v
+        return [([group], None, "")]
+    parts = split_dimensions(group, _pos_key)
+    if parts is None:  # positions repeat and nothing tells the copies apart: volume.py compares pixels
+        return [([group], None, "")]
+    out: list[tuple[list[list[Slice]], str | None, str]] = []
+    for stacks, axis, label in parts:
+        if axis and len(stacks) > 1 and split_4d:
+            remarks.append(f"4D split by {KEY_TAGS[axis]} into {len(stacks)} volumes")
+            out.extend(([st], None, label) for st in stacks)
+        else:
+            out.append((stacks, axis if len(stacks) > 1 else None, label))
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from imaging.dicom.diffusion import per_volume
 from imaging.dicom.geometry import Grid
 from imaging.dicom.header import ts_name
 from imaging.dicom.series import KEY_TAGS, SeriesPlan, VolumePlan
@@ -42,7 +43,9 @@ def build_sidecar(
     plan: SeriesPlan, vol: VolumePlan, data_shape: tuple[int, ...], *, keep_patient_characteristics: bool = False
 ) -> dict[str, Any]:
     """Sidecar dict for one written volume (JSON-able)."""
-    params = {k: v for k, v in plan.params.items()
+    # This volume's own parameters (its first slice), not the series' first file: echoes differ.
+    own = vol.slices[0][0].row.get("params") or plan.params
+    params = {k: v for k, v in own.items()
               if keep_patient_characteristics or k not in PATIENT_CHARACTERISTICS}
     grid: Grid = vol.grid
     ts = params.pop("TransferSyntaxUID", None)
@@ -58,6 +61,7 @@ def build_sidecar(
         "Resampled": grid.resampled,
         "Remarks": vol.remarks,
         "FourthAxis": KEY_TAGS[vol.t_key] if vol.t_key else None,
+        **per_volume(vol),
         "Coordinates": "NIfTI RAS+ (sform/qform code 1 = scanner), converted from DICOM LPS",
     })
     return out

@@ -3,8 +3,9 @@
 Uncompressed little-endian pixels are read straight from the offset recorded by
 the scan (no second header parse); everything else is decoded by pydicom with
 its pylibjpeg / pyjpegls / gdcm plugins. RescaleSlope/Intercept are applied per
-slice: int16 when every slope and intercept is integral and the values fit,
-float32 otherwise. Tilted, uneven or gappy stacks are resampled in world
+slice: an integer type when every slope and intercept is integral (int16 when
+the values fit), float32 otherwise. PixelPaddingValue pixels take the lowest
+real value of the volume (see :func:`_fill_padding`). Tilted, uneven or gappy stacks are resampled in world
 coordinates onto the grid planned by :mod:`imaging.dicom.geometry`.
 """
 
@@ -18,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from imaging.deid.pixels import clear_unused_bits
 from imaging.dicom.geometry import Grid
-from imaging.dicom.header import is_native, ts_name
 from imaging.dicom.nifti import nifti1_header
+from imaging.dicom.pixels import PixelFormat, VolumeError, read_file_frames, read_native_into
 from imaging.dicom.series import Slice, VolumePlan
 from imaging.fsutil import atomic_path
 
@@ -37,46 +39,6 @@ COMPRESSLEVEL = 1
 WRITE_CHUNK = 1 << 22
 
 
-class VolumeError(ValueError):
-    """Pixels that cannot be assembled into a correct volume (message names file and tag)."""
-
-
-def _dtype(row: dict[str, Any]) -> np.dtype[Any]:
-    kind = "i" if row.get("pixel_rep") == 1 else "u"
-    return np.dtype(f"<{kind}{int(row['bits_alloc']) // 8}")
-
-
-def read_file_frames(path: str, row: dict[str, Any], rel: str) -> np.ndarray:
-    """All stored frames of one file as ``(frames, rows, cols)`` (no rescale).
-
-    Raises:
-        VolumeError: truncated, undecodable or wrongly sized pixel data (names the file).
-    """
-    rows, cols, n = int(row["rows"]), int(row["cols"]), int(row.get("n_frames") or 1)
-    bits_ok = row.get("bits_stored") in (None, row.get("bits_alloc")) or row.get("pixel_rep") != 1
-    if is_native(row.get("ts")) and row.get("pixel_offset") and bits_ok and row["bits_alloc"] in (8, 16, 32):
-        dtype = _dtype(row)
-        count = rows * cols * n
-        if (row.get("pixel_length") or 0) < count * dtype.itemsize:
-            raise VolumeError(f"file '{rel}': (7FE0,0010) PixelData length {row.get('pixel_length')} "
-                              f"< {count * dtype.itemsize} for (0028,0010) Rows={rows} (0028,0011) Columns={cols}")
-        arr = np.fromfile(path, dtype=dtype, count=count, offset=int(row["pixel_offset"]))
-        if arr.size != count:
-            raise VolumeError(f"file '{rel}': truncated (7FE0,0010) PixelData")
-        return arr.reshape(n, rows, cols)
-    import pydicom  # compressed or unusual pixel data only
-
-    try:
-        ds = pydicom.dcmread(path)
-        arr = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's error row
-        raise VolumeError(
-            f"file '{rel}': cannot decode (7FE0,0010) PixelData with (0002,0010) TransferSyntaxUID = "
-            f"'{row.get('ts')}' ({ts_name(row.get('ts'))}): {type(exc).__name__}: {str(exc)[:120]}"
-        ) from exc
-    return arr.reshape(n, rows, cols)
-
-
 def assemble(plan: VolumePlan, input_dir: str) -> np.ndarray:
     """The volume in NIfTI order ``(x=column, y=row, z[, t])``, rescaled and resampled.
 
@@ -86,39 +48,40 @@ def assemble(plan: VolumePlan, input_dir: str) -> np.ndarray:
     grid = plan.grid
     nt, nk = len(plan.slices), len(plan.slices[0])
     first = plan.slices[0][0]
-    raw = np.empty((nt, nk, grid.ny, grid.nx), dtype=_dtype(first.row))
+    fmt0 = PixelFormat.of(first.row)
+    ny, nx = fmt0.rows, fmt0.cols
+    raw = np.empty((nt, nk, ny, nx), dtype=fmt0.dtype)
     slots: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+    fmts: dict[str, PixelFormat] = {}
     rows: dict[str, dict[str, Any]] = {}
     for t, stack in enumerate(plan.slices):
         for k, s in enumerate(stack):
             slots[s.path].append((s.frame, t, k))
             rows[s.path] = s.row
+            fmts[s.path] = PixelFormat.of(s.row)
     # Each file is read (decoded) once, whatever number of frames it holds.
     for path, where in slots.items():
-        if len(where) == 1 and _read_native_into(raw[where[0][1], where[0][2]], path, rows[path], where[0][0]):
+        if (len(where) == 1 and not rows[path].get("mosaic")
+                and read_native_into(raw[where[0][1], where[0][2]], path, fmts[path], where[0][0])):
             continue  # the common case: straight from the file into the volume, no temporary
         frames = read_file_frames(path, rows[path], _rel(path, input_dir))
         if frames.dtype != raw.dtype:
             raw = raw.astype(np.result_type(raw.dtype, frames.dtype))
         for frame, t, k in where:
             raw[t, k] = frames[frame]
+    # Bits above HighBit are not the pixel value: overlay planes (annotations, names) hide there.
+    raw = clear_unused_bits(raw, first.row.get("bits_stored"), signed=first.row.get("pixel_rep") == 1)
     _check_duplicates(grid, input_dir)
+    padding = _padding_mask(raw, plan.slices, fmts)
     data = _rescale(raw, plan.slices)
+    if padding is not None:
+        value = _fill_padding(data, padding)
+        plan.remarks.append(f"{int(padding.sum())} (0028,0120) PixelPaddingValue pixels set to the lowest "
+                            f"real value {value:g}")
     if grid.resampled:
         data = np.stack([resample_stack(data[t], grid) for t in range(nt)])
     out = data.transpose(3, 2, 1, 0)  # (t, k, row, col) -> (col, row, k, t): F-contiguous, no copy
     return out[..., 0] if nt == 1 else out
-
-
-def _read_native_into(dest: np.ndarray, path: str, row: dict[str, Any], frame: int) -> bool:
-    """Read one uncompressed frame straight into ``dest``; False when that is not possible."""
-    bits_ok = row.get("bits_stored") in (None, row.get("bits_alloc")) or row.get("pixel_rep") != 1
-    if not (is_native(row.get("ts")) and row.get("pixel_offset") and bits_ok and dest.dtype == _dtype(row)
-            and (row.get("pixel_length") or 0) >= dest.nbytes * int(row.get("n_frames") or 1)):
-        return False
-    with open(path, "rb") as fh:
-        fh.seek(int(row["pixel_offset"]) + frame * dest.nbytes)
-        return fh.readinto(dest.data.cast("B")) == dest.nbytes
 
 
 def _rel(path: str, root: str) -> str:
@@ -139,17 +102,51 @@ def _check_duplicates(grid: Grid, input_dir: str) -> None:
             )
 
 
+def _padding_mask(raw: np.ndarray, slices: list[list[Slice]], fmts: dict[str, PixelFormat]) -> np.ndarray | None:
+    """Where the stored values are PixelPaddingValue (per source file), or ``None`` when nowhere."""
+    mask: np.ndarray | None = None
+    for t, stack in enumerate(slices):
+        for k, s in enumerate(stack):
+            m = fmts[s.path].padding_mask(raw[t, k])
+            if m is not None and m.any():
+                if mask is None:
+                    mask = np.zeros(raw.shape, dtype=bool)
+                mask[t, k] = m
+    return mask
+
+
+def _fill_padding(data: np.ndarray, mask: np.ndarray) -> float:
+    """Padding policy: padded pixels take the lowest real (non-padding) value of the volume.
+
+    PixelPaddingValue marks pixels outside the reconstructed field of view (e.g.
+    -2000 or 63536 in CT); rescaled it would be a fake intensity (-3024 HU) and
+    the resampling fill. The lowest acquired value (air in CT, background in MR)
+    is a value the volume already holds, so intensity statistics and
+    interpolation at the field-of-view edge stay physical. All padding: 0.
+    """
+    real = data[~mask]
+    value = real.min() if real.size else 0
+    data[mask] = value
+    return float(value)
+
+
 def _rescale(raw: np.ndarray, slices: list[list[Slice]]) -> np.ndarray:
-    """Stored values -> modality values, int16 when exact and in range, else float32."""
+    """Stored values -> modality values, integer when the rescale is, else float32.
+
+    Integral slopes and intercepts keep an integer type: int16 when the values fit,
+    uint16 for non-negative values up to 65535, int32 beyond; float32 otherwise.
+    """
     slope = np.array([[s.slope for s in st] for st in slices], dtype=np.float64)
     icpt = np.array([[s.intercept for s in st] for st in slices], dtype=np.float64)
     integral = np.all(slope == np.round(slope)) and np.all(icpt == np.round(icpt))
-    if integral:
+    if integral and raw.dtype.kind in "iu":
         lo, hi = int(raw.min()), int(raw.max())
         ends = [lo * slope.min(), lo * slope.max(), hi * slope.min(), hi * slope.max()]
         lo_v, hi_v = min(ends) + icpt.min(), max(ends) + icpt.max()
-        if lo_v >= -32768 and hi_v <= 32767:
-            if np.all(slope == 1) and np.all(icpt == icpt.flat[0]):
+        target = next((np.dtype(d) for d, a, b in ((np.int16, -32768, 32767), (np.uint16, 0, 65535),
+                                                   (np.int32, -2**31, 2**31 - 1)) if lo_v >= a and hi_v <= b), None)
+        if target is not None:
+            if np.all(slope == 1) and np.all(icpt == icpt.flat[0]) and target == np.int16:
                 if raw.dtype == np.int16:
                     out = raw
                 elif raw.dtype == np.uint16 and hi <= 32767:
@@ -159,8 +156,12 @@ def _rescale(raw: np.ndarray, slices: list[list[Slice]]) -> np.ndarray:
                 if icpt.flat[0]:
                     out += np.int16(icpt.flat[0])
                 return out
-            out32 = raw.astype(np.int32) * slope.astype(np.int32)[..., None, None] + icpt.astype(np.int32)[..., None, None]
-            return out32.astype(np.int16)
+            if np.all(slope == 1) and np.all(icpt == 0) and raw.dtype == target:
+                return raw
+            work = np.dtype(np.int32 if target.itemsize <= 2 else np.int64)  # exact for the checked range
+            wide = np.add(np.multiply(raw.astype(work), slope.astype(work)[..., None, None]),
+                          icpt.astype(work)[..., None, None])
+            return wide.astype(target)
     return (raw.astype(np.float32) * slope.astype(np.float32)[..., None, None]
             + icpt.astype(np.float32)[..., None, None])
 
@@ -170,19 +171,33 @@ def resample_stack(stack: np.ndarray, grid: Grid) -> np.ndarray:
 
     Each source slice is a plane perpendicular to the normal; a tilted stack only
     shifts in-plane from slice to slice. Shifting every slice by its offset puts
-    it on the output's in-plane grid exactly; linear interpolation between the
-    two neighbouring slices along the normal then gives each output slice.
-    Voxels outside the acquired field of view get the stack's minimum.
+    it on the output's in-plane grid exactly (the grid is wide enough for every
+    slice's whole field of view, so nothing is cropped); linear interpolation
+    between the two neighbouring slices along the normal then gives each output
+    slice. Voxels outside the acquired field of view get the stack's minimum
+    (padding has already been replaced by the lowest real value).
     """
     from scipy import ndimage
 
     integer = np.issubdtype(stack.dtype, np.integer)
-    work = stack.astype(np.float32)
-    fill = float(work.min())
-    if grid.shifted:
+    n_src, src_ny, src_nx = stack.shape
+    fill = float(stack.min())
+    if grid.shifted or (grid.ny, grid.nx) != (src_ny, src_nx):
+        work = np.empty((n_src, grid.ny, grid.nx), dtype=np.float32)
+        i0, j0 = grid.lattice
         for k, (off_r, off_c) in enumerate(grid.offsets):
-            # Output pixel (j, i) of slice k is source pixel (j - off_c/dy, i - off_r/dx).
-            work[k] = ndimage.shift(work[k], (off_c / grid.dy, off_r / grid.dx), order=1, mode="constant", cval=fill)
+            # Output pixel (j, i) of slice k is source pixel (j + j0 - off_c/dy, i + i0 - off_r/dx).
+            # Within a source pixel's footprint (half a pixel past the edge centres) the edge value
+            # holds; beyond it, the fill: never a blend of the fill with real pixels.
+            src_pos = (j0 - off_c / grid.dy, i0 - off_r / grid.dx)
+            ndimage.affine_transform(stack[k].astype(np.float32), np.ones(2), offset=src_pos,
+                                     output_shape=(grid.ny, grid.nx), output=work[k], order=1, mode="nearest")
+            jj = np.arange(grid.ny) + src_pos[0]
+            ii = np.arange(grid.nx) + src_pos[1]
+            work[k][(jj < -0.5 - 1e-3) | (jj > src_ny - 0.5 + 1e-3), :] = fill
+            work[k][:, (ii < -0.5 - 1e-3) | (ii > src_nx - 0.5 + 1e-3)] = fill
+    else:
+        work = stack.astype(np.float32)
     out = np.empty((len(grid.out_d), grid.ny, grid.nx), dtype=np.float32)
     pos = np.interp(grid.out_d, grid.src_d, np.arange(len(grid.src_d), dtype=np.float64))
     for k, p in enumerate(pos):

@@ -71,6 +71,7 @@ class BatchSettings:
     prefetch: int = 2
     write_seg: bool = True
     seg_identity: str = "deidentified"
+    seg_deid_options: Any = None  # DeidOptions of the de-identified SEG header (None: defaults)
     seg_type: str = "BINARY"
     segments: Mapping[str, Any] = field(default_factory=dict)
     overlay: bool = True
@@ -281,7 +282,7 @@ class BatchRunner:
                               f"({type(exc).__name__}; details in the log)") from exc
         result = write_seg(folder / "seg.dcm", source, labels, affine, self.names, self.s.segments,
                            algorithm_name=self.model.name, algorithm_version=str(self.model.version),
-                           pseudonymizer=self.pseudo, identity=self.s.seg_identity,
+                           pseudonymizer=self.pseudo, identity=self.s.seg_identity, deid_options=self.s.seg_deid_options,
                            segmentation_type=self.s.seg_type)
         if result is None:
             (folder / "seg.dcm").unlink(missing_ok=True)  # a stale SEG from an earlier model must go

@@ -43,6 +43,14 @@ class InferenceOutcome:
     exit_code: int
 
 
+def _seg_deid_options(cfg: DictConfig) -> Any:
+    """The configured de-identification options for the SEG header (as `imaging deid` uses them)."""
+    from imaging.deid.options import DeidOptions
+
+    raw = cfg.seg.get("deid_options")
+    return DeidOptions.from_mapping(OmegaConf.to_container(raw, resolve=True)) if raw else None  # type: ignore[arg-type]
+
+
 def _pseudonymizer(cfg: DictConfig, needed: bool) -> Pseudonymizer | None:
     try:
         return Pseudonymizer.from_config(cfg.get("secret_file"), bool(cfg.get("demo_key", False)))
@@ -148,6 +156,7 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
         prefetch=int(cfg.prefetch), write_seg=bool(cfg.seg.enabled), seg_identity=str(cfg.seg.identity),
         seg_type=str(cfg.seg.type), segments=OmegaConf.to_container(cfg.segments, resolve=True),  # type: ignore[arg-type]
         overlay=bool(cfg.overlay), window=_window(bundle.preprocessing),
+        seg_deid_options=_seg_deid_options(cfg),
     )
     result = BatchRunner(predictor, model, settings, pseudo).run(catalog)
     _finish(cfg, out, chosen, catalog, dataset, private, model, pseudo, settings.window)

@@ -3,9 +3,12 @@
 Output (see docs/architecture.md): ``volumes/<series_key>.nii.gz`` + ``.json``,
 ``labels/<series_key>.nii.gz``, ``catalog.csv``, ``dataset.json``. Private side
 (never inside the dataset): ``index.sqlite``, ``links.csv`` (0600) and
-``sources/<series_key>.json``. Keys come only from the :class:`Pseudonymizer`.
-A series that fails becomes an ``error`` row naming file, tag and value; the
-rest of the export still ingests. Re-running skips volumes whose sources are
+``sources/<series_key>.json`` and ``names.jsonl`` (0600: key -> relative path or
+UID of every file and UID a reason names). Keys come only from the :class:`Pseudonymizer`.
+A series that fails becomes an ``error`` row naming file (by key), tag and value; the
+rest of the export still ingests. A series the withholding policy of
+:mod:`imaging.deid.withhold` refuses (burned-in text risk) is a ``skipped`` row whose
+reason names the rule. Re-running skips volumes whose sources are
 unchanged and rewrites the catalog.
 """
 
@@ -25,18 +28,20 @@ from typing import Any
 
 from tqdm import tqdm
 
+from imaging.deid.withhold import WithholdPolicy
 from imaging.dicom.catalog import CATALOG_NAME, CatalogRow, write_catalog
 from imaging.dicom.labels import LabelTable, read_nifti_label_names
 from imaging.dicom.scan import ScanStats, open_index, scan
 from imaging.dicom.series import SEG_CLASSES
 from imaging.fsutil import atomic_open, atomic_write_json
-from imaging.keys import Pseudonymizer
+from imaging.keys import Pseudonymizer, Redactor, write_private_names
 from imaging.pipelines.ingest_series import BatchResult, SeriesContext, process_batch
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3  # 2: 4D by real dimensions, bval/bvec, per-volume sidecars; 3: + exact stored values, padding policy
 POLICIES = ("resample", "refuse")
+NAMES_FILE = "names.jsonl"
 
 
 @dataclass
@@ -66,7 +71,8 @@ class IngestSummary:
         out: Counter[str] = Counter()
         for r in self.rows:
             if r.status != "ok":
-                text = re.sub(r"file '[^']*'( frame \d+)?:? ?", "", r.reason)
+                text = re.sub(r"(file '[^']*'|(label |source )?file file-[0-9a-f]+)( frame \d+)?:? ?", "",
+                              r.reason)
                 text = re.split(r" = | length | of series |: resampled", text)[0].strip(" :")
                 out[f"{r.status}: {text[:70]}"] += 1
         return out
@@ -89,10 +95,13 @@ def ingest(
     private_dir: str | os.PathLike[str] | None = None,
     workers: int = 2,
     tilt: str = "resample",
-    uneven: str = "resample",
+    uneven: str = "refuse",
     split_4d: bool = False,
+    philips_precise: bool = False,
     labels_dir: str | os.PathLike[str] | None = None,
     keep_patient_characteristics: bool = False,
+    withhold: WithholdPolicy | None = None,
+    keep_age_90_plus: bool = False,
     progress: bool = True,
 ) -> IngestSummary:
     """Ingest a DICOM export into a de-identified dataset folder.
@@ -104,10 +113,14 @@ def ingest(
         private_dir: index, links and sources (default ``<output_dir>.private``); never inside the dataset.
         workers: processes for the header scan and for assembling series.
         tilt: ``resample`` gantry-tilted stacks onto an orthogonal grid, or ``refuse`` them.
-        uneven: ``resample`` uneven/missing-slice stacks onto a regular grid, or ``refuse`` them.
+        uneven: ``refuse`` uneven/missing-slice stacks (default: error rows), or ``resample`` them
+            onto a regular grid (interpolated slices, flagged in the catalog).
         split_4d: write each timepoint of a 4D series as its own volume.
+        philips_precise: Philips precise floating-point values (private scale slope) instead of displayed ones.
         labels_dir: NIfTI ground truth named ``<SeriesInstanceUID>.nii.gz`` (default ``<input>/labels``).
         keep_patient_characteristics: copy PatientAge/PatientSex into sidecars.
+        withhold: the burned-in text policy (``deid_options.withhold``; default: every rule on).
+        keep_age_90_plus: keep sidecar ages of 90 and over (default: ``090Y``).
         progress: show progress bars.
 
     Returns:
@@ -130,36 +143,46 @@ def ingest(
     out.mkdir(parents=True, exist_ok=True)
     private.mkdir(parents=True, exist_ok=True, mode=0o700)
     lab_dir = Path(labels_dir).resolve() if labels_dir else src / "labels"
+    # pydicom logs warnings with absolute file paths (folders may carry names); problems reach
+    # the catalog as rows naming files by key instead. Workers fork with this level.
+    pydicom_log = logging.getLogger("pydicom")
+    old_level = pydicom_log.level
+    pydicom_log.setLevel(logging.ERROR)
+    try:
+        return _ingest(src, out, private, lab_dir, pseudonymizer, workers, tilt, uneven, split_4d, philips_precise,
+                       keep_patient_characteristics, withhold, keep_age_90_plus, progress)
+    finally:
+        pydicom_log.setLevel(old_level)
+
+
+def _ingest(src: Path, out: Path, private: Path, lab_dir: Path, pseudonymizer: Pseudonymizer, workers: int,
+            tilt: str, uneven: str, split_4d: bool, philips_precise: bool, keep_patient_characteristics: bool,
+            withhold: WithholdPolicy | None, keep_age_90_plus: bool, progress: bool) -> IngestSummary:
     stats = scan(src, private / "index.sqlite", workers=workers, progress=progress,
                  skip_dirs=(lab_dir, out, private))
     con = open_index(private / "index.sqlite")
     existing = _read_json(out / "dataset.json").get("labels")
     ctx = SeriesContext(
         input_dir=src, output_dir=out, private_dir=private, ps=pseudonymizer,
-        options={"tilt": tilt, "uneven": uneven, "split_4d": split_4d, "v": FORMAT_VERSION},
+        options={"tilt": tilt, "uneven": uneven, "split_4d": split_4d, "philips_precise": philips_precise,
+                 "v": FORMAT_VERSION},
         labels_dir=lab_dir if lab_dir.is_dir() else None,
         label_names=read_nifti_label_names(lab_dir) if lab_dir.is_dir() else {},
         table=LabelTable(existing), segs=_seg_index(con), keep_patient_characteristics=keep_patient_characteristics,
+        withhold=withhold or WithholdPolicy(), keep_age_90_plus=keep_age_90_plus,
     )
     # Every name known up front, so integers do not depend on the order series are met
     # (and worker processes, whose tables are frozen, rarely meet a new one).
     ctx.table.add_numbered([(int(n), name) for segs in ctx.segs.values() for seg in segs
                             for n, name in json.loads(seg["segments"] or "[]")]
-                           + list(ctx.label_names.items()) + _unnamed_label_values(ctx.labels_dir, ctx.label_names))
+                           + list(ctx.label_names.items()) + _unnamed_label_values(ctx.labels_dir, ctx.label_names, ctx.ps))
     summary = IngestSummary(out, private, out / CATALOG_NAME, [], stats)
-    summary.rows.extend(_unreadable_rows(con, ctx))
+    redact = Redactor(pseudonymizer, src)
+    summary.rows.extend(_unreadable_rows(con, ctx, redact))
     uids = [r[0] for r in con.execute(
         "SELECT DISTINCT series_uid FROM files WHERE kind='dicom' AND series_uid IS NOT NULL ORDER BY series_uid")]
     con.close()
-    # pydicom logs warnings with absolute file paths (folders may carry names); problems reach
-    # the catalog as rows with relative paths instead. Workers fork with this level.
-    pydicom_log = logging.getLogger("pydicom")
-    old_level = pydicom_log.level
-    pydicom_log.setLevel(logging.ERROR)
-    try:
-        result = _run_series(uids, ctx, workers, progress)
-    finally:
-        pydicom_log.setLevel(old_level)
+    result = _run_series(uids, ctx, workers, progress)
     # Volumes were written without a per-file fsync: one sync before the files that refer to them.
     os.sync()
     summary.rows.extend(result.rows)
@@ -171,6 +194,7 @@ def ingest(
         "format_version": FORMAT_VERSION, "demo_key": pseudonymizer.is_demo, "options": ctx.options,
     })
     _write_links(private / "links.csv", result.links)
+    write_private_names(private / NAMES_FILE, {**redact.found, **result.names})
     log.info("ingest: %s (%d written, %d unchanged)", summary.counts, summary.n_written, summary.n_reused)
     return summary
 
@@ -208,7 +232,8 @@ def _run_series(uids: list[str], ctx: SeriesContext, workers: int, progress: boo
     return total
 
 
-def _unnamed_label_values(labels_dir: Path | None, names: dict[int, str]) -> list[tuple[int, str]]:
+def _unnamed_label_values(labels_dir: Path | None, names: dict[int, str],
+                          ps: Pseudonymizer) -> list[tuple[int, str]]:
     """``(value, "label <value>")`` for NIfTI label values when no names file says what they are."""
     if labels_dir is None or names:
         return []
@@ -220,7 +245,9 @@ def _unnamed_label_values(labels_dir: Path | None, names: dict[int, str]) -> lis
         try:
             values.update(int(v) for v in np.unique(np.asarray(nib.load(path).dataobj)) if v > 0)  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - the series using it reports the error
-            log.warning("label file '%s' unreadable: %s", path.name, type(exc).__name__)
+            # The file is named after a SeriesInstanceUID: the log gets its series key only.
+            log.warning("label file of series %s unreadable: %s",
+                        ps.key(path.name.removesuffix(".nii.gz"), "series"), type(exc).__name__)
     return [(v, f"label {v}") for v in sorted(values)]
 
 
@@ -242,7 +269,7 @@ def _seg_index(con: Any) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _unreadable_rows(con: Any, ctx: SeriesContext) -> list[CatalogRow]:
+def _unreadable_rows(con: Any, ctx: SeriesContext, redact: Redactor) -> list[CatalogRow]:
     rows = []
     for r in con.execute("SELECT path, error, patient_id, study_uid, modality FROM files WHERE kind='unreadable'"):
         rel = os.path.relpath(r["path"], ctx.input_dir)
@@ -250,7 +277,8 @@ def _unreadable_rows(con: Any, ctx: SeriesContext) -> list[CatalogRow]:
             series_key="file-" + ctx.ps.key(rel, "file"),
             subject_key=ctx.ps.key(r["patient_id"], "subject") if r["patient_id"] else "",
             study_key=ctx.ps.key(r["study_uid"], "study") if r["study_uid"] else "",
-            modality=r["modality"] or "", status="error", reason=f"file '{rel}': {r['error']}", n_instances=1,
+            modality=r["modality"] or "", status="error", n_instances=1,
+            reason=redact(f"file '{rel}': {r['error']}"),
         ))
     for r in con.execute("SELECT path, patient_id, modality FROM files WHERE kind='dicom' AND series_uid IS NULL"):
         rel = os.path.relpath(r["path"], ctx.input_dir)
@@ -258,7 +286,7 @@ def _unreadable_rows(con: Any, ctx: SeriesContext) -> list[CatalogRow]:
             series_key="file-" + ctx.ps.key(rel, "file"),
             subject_key=ctx.ps.key(r["patient_id"], "subject") if r["patient_id"] else "", study_key="",
             modality=r["modality"] or "", status="error", n_instances=1,
-            reason=f"file '{rel}': missing (0020,000E) SeriesInstanceUID",
+            reason=redact(f"file '{rel}': missing (0020,000E) SeriesInstanceUID"),
         ))
     return rows
 

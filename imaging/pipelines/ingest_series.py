@@ -20,7 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from imaging.deid.values import cap_age
+from imaging.deid.withhold import Withheld, WithholdPolicy, check, read_policy_header
 from imaging.dicom.catalog import CatalogRow
+from imaging.dicom.diffusion import diffusion_table, write_fsl
+from imaging.dicom.dims import TIME_AXES
+from imaging.dicom.geometry import PlanError, Slice, plan_grid, sparse_grid
 from imaging.dicom.labels import (
     LabelError,
     LabelTable,
@@ -29,11 +34,11 @@ from imaging.dicom.labels import (
     seg_to_labels,
 )
 from imaging.dicom.scan import decode_row
-from imaging.dicom.series import SeriesPlan, VolumePlan, plan_series
+from imaging.dicom.series import SEG_CLASSES, SeriesPlan, VolumePlan, plan_series
 from imaging.dicom.sidecar import axis_codes, build_sidecar
 from imaging.dicom.volume import VolumeError, assemble, write_nifti
 from imaging.fsutil import atomic_write_json, atomic_write_text
-from imaging.keys import Pseudonymizer
+from imaging.keys import Pseudonymizer, Redactor, subject_identity
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,8 @@ class SeriesContext:
     table: LabelTable
     segs: dict[str, list[dict[str, Any]]]
     keep_patient_characteristics: bool
+    withhold: WithholdPolicy = field(default_factory=WithholdPolicy)
+    keep_age_90_plus: bool = False
 
 
 @dataclass
@@ -62,8 +69,10 @@ class BatchResult:
     n_reused: int = 0
     label_errors: int = 0
     deferred: list[str] = field(default_factory=list)
+    names: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> path/UID (private)
 
     def merge(self, other: BatchResult) -> None:
+        self.names.update(other.names)
         self.rows += other.rows
         self.links |= other.links
         self.n_written += other.n_written
@@ -72,14 +81,10 @@ class BatchResult:
         self.deferred += other.deferred
 
 
-def scrub(text: str, root: Path) -> str:
-    """Make absolute input paths in a message relative (they may name patients' folders)."""
-    return text.replace(f"{root}{os.sep}", "").replace(str(root), "<input>")
-
-
 def process_batch(uids: list[str], ctx: SeriesContext) -> BatchResult:
     """Ingest the series ``uids`` (index rows read one series at a time)."""
     result = BatchResult()
+    redact = Redactor(ctx.ps, ctx.input_dir)
     con = sqlite3.connect(f"file:{ctx.private_dir / 'index.sqlite'}?mode=ro", uri=True)
     con.row_factory = sqlite3.Row
     try:
@@ -88,26 +93,39 @@ def process_batch(uids: list[str], ctx: SeriesContext) -> BatchResult:
                     con.execute("SELECT * FROM files WHERE kind='dicom' AND series_uid=?", (uid,))]
             if not rows:
                 continue
+            ref = rows[0].get("ref_series_uid")
+            orphan = rows[0].get("sop_class") in SEG_CLASSES and not (ref and con.execute(
+                "SELECT 1 FROM files WHERE kind='dicom' AND series_uid=? LIMIT 1", (ref,)).fetchone())
             try:
-                result.rows.extend(_ingest_series(rows, ctx, result))
+                result.rows.extend(_ingest_series(rows, ctx, result, orphan_seg=orphan))
             except LabelTableFrozen:
                 result.deferred.append(uid)
             except Exception as exc:  # noqa: BLE001 - one series never stops the export
                 log.error("series %s failed unexpectedly: %s", ctx.ps.key(uid, "series"), type(exc).__name__)
                 first = rows[0]
                 result.rows.append(CatalogRow(
-                    ctx.ps.key(uid, "series"), ctx.ps.key(first.get("patient_id") or "", "subject"),
+                    ctx.ps.key(uid, "series"),
+                    ctx.ps.key(subject_identity(first.get("patient_id") or "", "", first.get("study_uid") or "")[0],
+                               "subject"),
                     ctx.ps.key(first.get("study_uid") or "", "study"), first.get("modality") or "", "error",
-                    scrub(f"internal error: {type(exc).__name__}: {exc}", ctx.input_dir)))
+                    f"internal error: {type(exc).__name__}: {exc}"))
     finally:
         con.close()
+    # Reasons name files and series by key only: folder names may be patient names.
+    for row in result.rows:
+        row.reason = redact(row.reason)
+    result.names.update(redact.found)
     return result
 
 
-def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: BatchResult) -> list[CatalogRow]:
+def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: BatchResult, *,
+                   orphan_seg: bool = False) -> list[CatalogRow]:
     o = ctx.options
-    plan = plan_series(rows, str(ctx.input_dir), tilt=o["tilt"], uneven=o["uneven"], split_4d=o["split_4d"])
-    subject = ctx.ps.key(plan.patient_id, "subject")
+    plan = plan_series(rows, str(ctx.input_dir), tilt=o["tilt"], uneven=o["uneven"], split_4d=o["split_4d"],
+                       philips_precise=o.get("philips_precise", False))
+    head = read_policy_header(rows[0]["path"])
+    identity, per_study = subject_identity(plan.patient_id, str(head.get("IssuerOfPatientID") or ""), plan.study_uid)
+    subject = ctx.ps.key(identity, "subject")
     study = ctx.ps.key(plan.study_uid, "study")
     base = ctx.ps.key(plan.series_uid, "series")
     result.links.update({("subject", plan.patient_id, subject), ("study", plan.study_uid, study),
@@ -115,10 +133,16 @@ def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: Batch
     common: dict[str, Any] = {"subject_key": subject, "study_key": study, "modality": plan.modality, "sop_class": plan.sop_class,
               "series_number": str(plan.params.get("SeriesNumber", "")),
               "body_part": str(plan.params.get("BodyPartExamined", ""))}
+    if plan.kind == "seg" and orphan_seg:
+        return [_write_orphan_seg(plan, base, ctx, result, common)]
     if plan.kind == "seg":
         ref = rows[0].get("ref_series_uid")
         target = f" of series {ctx.ps.key(ref, 'series')}" if ref else " (no (0008,1115) ReferencedSeriesSequence)"
         return [CatalogRow(base, status="skipped", reason=plan.reason + target, n_instances=plan.n_instances, **common)]
+    if per_study:
+        log.warning("series %s: empty (0010,0020) PatientID; its study becomes its own subject", base)
+    if plan.kind != "seg" and (withheld := _withheld(rows, head, ctx)) is not None:
+        return [CatalogRow(base, status="skipped", reason=str(withheld), n_instances=plan.n_instances, **common)]
     if plan.kind in ("skipped", "error"):
         log.debug("series %s: %s", base, plan.kind)
         return [CatalogRow(base, status=plan.kind, reason=plan.reason, n_instances=plan.n_instances, **common)]
@@ -132,6 +156,27 @@ def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: Batch
         out.append(CatalogRow(f"{base}_refused", status="error", reason=plan.reason,
                               n_instances=plan.n_instances, **common))
     return out
+
+
+def _withheld(rows: list[dict[str, Any]], head: dict[str, Any], ctx: SeriesContext) -> Withheld | None:
+    """The withholding rule (the one policy ``imaging deid`` applies) that refuses this series.
+
+    The index gives every file's SOP class, modality and ImageType; the flags the
+    index does not hold (BurnedInAnnotation, RecognizableVisualFeatures,
+    SeriesDescription) come from the first file's header.
+    """
+    seen: set[tuple[Any, ...]] = set()
+    for r in rows:
+        image_type = tuple(r.get("image_type") or ())
+        sig = (r.get("sop_class"), r.get("modality"), image_type)
+        if sig in seen:
+            continue
+        seen.add(sig)
+        attrs = {**head, "SOPClassUID": r.get("sop_class") or "", "Modality": r.get("modality") or "",
+                 "ImageType": list(image_type)}
+        if (found := check(attrs, ctx.withhold)) is not None:
+            return found
+    return None
 
 
 def _fingerprint(vol: VolumePlan, segs: list[dict[str, Any]], label_file: Path | None, options: dict[str, Any]) -> str:
@@ -178,9 +223,14 @@ def _write_volume(plan: SeriesPlan, vol: VolumePlan, key: str, ctx: SeriesContex
     except LabelError as exc:
         result.label_errors += 1
         reason = "; ".join(filter(None, [reason, f"labels not written: {exc}"]))
-    write_nifti(data, vol.grid, vol_path, tr_s=_tr_seconds(plan), fsync=False)
-    atomic_write_json(ctx.output_dir / f"volumes/{key}.json", build_sidecar(
-        plan, vol, data.shape, keep_patient_characteristics=ctx.keep_patient_characteristics), fsync=False)
+    write_nifti(data, vol.grid, vol_path, tr_s=_tr_seconds(vol), fsync=False)
+    table = diffusion_table(vol)
+    if table is not None:
+        write_fsl(vol_path, *table, vol.grid.affine_ras)
+    sidecar = build_sidecar(plan, vol, data.shape, keep_patient_characteristics=ctx.keep_patient_characteristics)
+    if sidecar.get("PatientAge") and not ctx.keep_age_90_plus:
+        sidecar["PatientAge"] = cap_age(str(sidecar["PatientAge"]))
+    atomic_write_json(ctx.output_dir / f"volumes/{key}.json", sidecar, fsync=False)
     if labels is not None:
         write_nifti(labels, vol.grid, ctx.output_dir / lab_rel, fsync=False)
     grid = vol.grid
@@ -211,6 +261,48 @@ def _write_volume(plan: SeriesPlan, vol: VolumePlan, key: str, ctx: SeriesContex
     return row
 
 
+def _write_orphan_seg(plan: SeriesPlan, key: str, ctx: SeriesContext, result: BatchResult,
+                      common: dict[str, Any]) -> CatalogRow:
+    """A DICOM SEG whose source series is not in the export: its labels on the SEG's own frame grid.
+
+    The grid comes from the SEG's frames (PlanePositionSequence, orientation, PixelSpacing,
+    Rows/Columns) like an image series' grid from its slices; frames at the same position
+    (one per segment) are one slice, and positions the SEG has no frame for are empty slices.
+    """
+    rows = sorted(plan.rows, key=lambda r: r["path"])
+    ref = rows[0].get("ref_series_uid")
+    what = (f"DICOM SEG whose source series {ctx.ps.key(ref, 'series')} is not in the export" if ref
+            else "DICOM SEG without (0008,1115) ReferencedSeriesSequence")
+    seg = rows[0]
+    rel = os.path.relpath(seg["path"], ctx.input_dir)
+    slices = []
+    for i, f in enumerate(seg.get("frames") or []):
+        if f.get("ipp") is None or f.get("iop") is None or f.get("sp") is None:
+            return CatalogRow(key, status="error", n_instances=plan.n_instances, **common, reason=(
+                f"{what}: file '{rel}' frame {i + 1}: missing (0020,0032)/(0020,0037)/(0028,0030) "
+                "in functional groups"))
+        slices.append(Slice(path=seg["path"], frame=i, ipp=tuple(f["ipp"]), iop=tuple(f["iop"]),
+                            spacing=tuple(f["sp"]), t={}, slope=1.0, intercept=0.0, sop_uid=f"{i}", row=seg))
+    try:
+        if not slices:
+            raise PlanError("no frames with (5200,9230) PerFrameFunctionalGroupsSequence geometry")
+        # Frames only where a segment is: the gaps are empty slices, never interpolated data.
+        grid = sparse_grid(plan_grid([slices], tilt=ctx.options["tilt"], uneven="resample")[0])
+        labels = seg_to_labels(seg["path"], grid, ctx.table, rel)
+    except (PlanError, LabelError) as exc:
+        return CatalogRow(key, status="error", reason=f"{what}: file '{rel}': {exc}",
+                          n_instances=plan.n_instances, **common)
+    lab_rel = f"labels/{key}.nii.gz"
+    write_nifti(labels, grid, ctx.output_dir / lab_rel, fsync=False)
+    result.n_written += 1
+    return CatalogRow(
+        key, status="ok", n_instances=plan.n_instances, shape="x".join(map(str, labels.shape)),
+        reason=f"{what}: label volume in the SEG's own frame geometry (no image volume)",
+        spacing="x".join(f"{v:.6g}" for v in (grid.dx, grid.dy, grid.dz)), orientation=axis_codes(grid.affine_ras),
+        label_path=lab_rel, tilt_deg=grid.tilt_deg, **common,
+    )
+
+
 def _labels(plan: SeriesPlan, vol: VolumePlan, segs: list[dict[str, Any]], label_file: Path | None,
             ctx: SeriesContext) -> np.ndarray | None:
     if segs:
@@ -224,6 +316,9 @@ def _labels(plan: SeriesPlan, vol: VolumePlan, segs: list[dict[str, Any]], label
     return None
 
 
-def _tr_seconds(plan: SeriesPlan) -> float | None:
-    tr = plan.params.get("RepetitionTime")
+def _tr_seconds(vol: VolumePlan) -> float | None:
+    """pixdim[4]: the volume's own TR when its 4th axis is time, 1 for other axes (b-value, phase...)."""
+    if vol.t_key is not None and vol.t_key not in TIME_AXES:
+        return 1.0
+    tr = (vol.slices[0][0].row.get("params") or {}).get("RepetitionTime")
     return float(tr) / 1000.0 if isinstance(tr, (int, float)) else None

@@ -21,7 +21,8 @@ import pandas as pd
 from imaging.dicom.catalog import COLUMNS, read_catalog
 
 # Reasons name the offending file and value; for a summary they are grouped without them.
-_FILE_PART = re.compile(r"file '[^']*'( frame \d+)?:? ?")
+# Today reasons name files by key (``file file-<hex>``); older catalogs by quoted path.
+_FILE_PART = re.compile(r"(file '[^']*'|(label |source )?file file-[0-9a-f]+)( frame \d+)?:? ?")
 _VALUE_PART = re.compile(r" = | length | of series |: resampled")
 
 

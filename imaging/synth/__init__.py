@@ -12,11 +12,11 @@ Benchmark helpers: :func:`write_ct_series` (one big CT series, e.g. 512x512x300)
 
 Export layout
 -------------
-``DICOM/P0000001/S0000001/SE000001/IM000001`` (nested: patient/study/series, opaque
+``DICOM/ZZDOE001/S0000001/SE000001/IM000001`` (nested: patient/study/series, opaque
 DICOM File-ID names) or ``DICOM/IM000001`` (flat); ``DICOMDIR`` (optional);
 ``labels/<SeriesInstanceUID>.nii.gz`` (ground-truth label maps); ``README.TXT`` and a
 ``Thumbs.db`` (non-DICOM files); ``manifest.json``. Normal subjects come first
-(``P0000001`` .. ``P000000N``); the tricky cases live on extra subjects after them.
+(``ZZDOE001`` .. ``ZZDOE00N``: named after the patient, a canary); the tricky cases live on extra subjects after them.
 
 Cases (``cases="all"`` or a list of these names, see ``imaging.synth.cases.CASES``):
 ``shuffled_instance_numbers, shuffled_file_names, oblique, gantry_tilt, uneven_spacing,

@@ -71,7 +71,8 @@ def _non_dicom(export: Export) -> list[str]:
     """A README at the root and a Thumbs.db deep in the tree, as real exports have."""
     readme = "README.TXT"
     atomic_write_text(export.root / readme, "Exported by a PACS viewer. Open DICOMDIR to browse.\n")
-    thumbs = "DICOM/Thumbs.db" if export.layout == "flat" else "DICOM/P0000001/Thumbs.db"
+    nested = export.layout != "flat" and export.subjects
+    thumbs = f"DICOM/{export.subjects[0].patient_dir}/Thumbs.db" if nested else "DICOM/Thumbs.db"
     (export.root / thumbs).parent.mkdir(parents=True, exist_ok=True)
     (export.root / thumbs).write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504))
     return [readme, thumbs]

@@ -58,7 +58,29 @@ NESTED_FIELDS = (
     "RequestAttributesSequence>ScheduledProcedureStepDescription",
     "ProcedureCodeSequence>CodeMeaning",
 )
-PRIVATE_FIELDS = (f"{PRIVATE_CREATOR}>01", f"{PRIVATE_CREATOR_2}>10")
+PRIVATE_FIELDS = (f"{PRIVATE_CREATOR}>01", f"{PRIVATE_CREATOR_2}>10", f"{PRIVATE_CREATOR}>03>{PRIVATE_CREATOR}>01")
+# (0009,xx03): a private sequence whose item holds a canary (public and private):
+# a safe-private list that keeps the sequence must still clean inside it.
+PRIVATE_SEQUENCE_ELEMENT = 0x03
+
+
+def patient_folder(phi: SubjectPhi) -> str:
+    """The export folder of a patient, named after the patient as many PACS exports do.
+
+    ``ZZDOE001``: a canary without the token (so only the audit's folder-name
+    needles, or the manifest, find it), still a valid DICOM File ID component
+    (8 characters, upper case) for the DICOMDIR.
+    """
+    return f"ZZDOE{phi.index % 1000:03d}"
+
+
+def preamble(patient_id: str) -> bytes:
+    """A 128-byte file preamble carrying a canary (some exporters write the patient there)."""
+    return preamble_text(patient_id).encode("ascii").ljust(128, b"\0")[:128]
+
+
+def preamble_text(patient_id: str) -> str:
+    return f"{CANARY_TOKEN} PREAMBLE {patient_id}"
 
 
 def _b36(n: int, width: int = 3) -> str:
@@ -166,6 +188,8 @@ def subject_phi(index: int, seed: int, rng_value: float) -> SubjectPhi:
         "ScheduledProcedureStepDescription": f"{CANARY_TOKEN}^SPSDESC^{mark}",
         "CodeMeaning": f"{CANARY_TOKEN}^PROCCODE^{mark}",
         "RequestedProcedureID": _short("RPID", index, seed),
+        "private_seq": f"{CANARY_TOKEN}^PRIVSEQ^{mark}",
+        "private_seq_public": f"{CANARY_TOKEN} PRIVSEQ COMMENT {mark}",
     }
     age_years = 30 + int(rng_value * 50)
     sex = "F" if index % 2 else "M"
@@ -218,6 +242,10 @@ def apply_phi(ds: Dataset, phi: SubjectPhi, series_what: str) -> None:
     block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     block.add_new(0x01, "LO", phi.extra["private1"])
     block.add_new(0x02, "DS", "1.5")  # a harmless private number next to the canary
+    item = Dataset()
+    item.ImageComments = phi.extra["private_seq_public"]  # public free text inside a private item
+    item.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True).add_new(0x01, "LO", phi.extra["private_seq"])
+    block.add_new(PRIVATE_SEQUENCE_ELEMENT, "SQ", Sequence([item]))
     block2 = ds.private_block(PRIVATE_GROUP_2, PRIVATE_CREATOR_2, create=True)
     block2.add_new(0x10, "LO", phi.extra["private2"])
 
@@ -225,4 +253,4 @@ def apply_phi(ds: Dataset, phi: SubjectPhi, series_what: str) -> None:
 def subject_canaries(phi: SubjectPhi) -> list[str]:
     """Values the manifest lists for this subject (series descriptions added by the caller)."""
     # The private creator itself carries the token: a kept private block must show up.
-    return phi.values() + [PRIVATE_CREATOR]
+    return phi.values() + [PRIVATE_CREATOR, patient_folder(phi), preamble_text(phi.patient_id)]

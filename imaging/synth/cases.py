@@ -126,7 +126,8 @@ def uneven_spacing(export: Export, subject: Subject) -> None:
     gaps[n // 3] = 1.5 * step  # not a multiple of the spacing: uneven, not a missing slice
     gaps[2 * n // 3] = 0.5 * step
     g = _grid(export, subject, gaps=gaps)
-    expected = {"status": "ok", "reason_contains": "uneven", "n_volumes": 1, "shape": None, "timepoints": 1}
+    # Refused by ingest's default (uneven=refuse); uneven=resample would interpolate it.
+    expected = {"status": "error", "reason_contains": "uneven", "n_volumes": 1, "shape": None, "timepoints": 1}
     _ct(export, subject, "CT UNEVEN SPACING", g, flags=["uneven_spacing"], expected=expected)
 
 
@@ -135,7 +136,8 @@ def missing_slice(export: Export, subject: Subject) -> None:
     g = _grid(export, subject)
     full = g.n_slices
     g.positions = np.delete(g.positions, full // 2, axis=0)
-    expected = {"status": "ok", "reason_contains": "missing slice", "n_volumes": 1,
+    # An error row under ingest's default (uneven=refuse); ``shape`` is the grid uneven=resample would give.
+    expected = {"status": "error", "reason_contains": "missing slice", "n_volumes": 1,
                 "shape": [g.cols, g.rows, full], "timepoints": 1}
     _ct(export, subject, "CT MISSING SLICE", g, flags=["missing_slice"], expected=expected)
 
@@ -198,11 +200,11 @@ def structured_report(export: Export, subject: Subject) -> None:
 def truncated(export: Export, subject: Subject) -> None:
     """A normal series with its middle slice cut in half (a copy interrupted mid-file).
 
-    The file gets its own error (naming it); the rest of the series is a volume with
-    one missing slice.
+    The file gets its own error (naming it); the rest of the series misses one slice:
+    an error row under ingest's default (uneven=refuse), a volume with uneven=resample.
     """
     g = _grid(export, subject)
-    expected = {"status": "ok", "reason_contains": "missing slice", "n_volumes": 1,
+    expected = {"status": "error", "reason_contains": "missing slice", "n_volumes": 1,
                 "shape": [g.cols, g.rows, g.n_slices], "timepoints": 1}
     entry = _ct(export, subject, "CT TRUNCATED", g, flags=["truncated"], expected=expected)
     bad = entry["files"][len(entry["files"]) // 2]

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID_dictionary
 
 from imaging.synth import phantom as ph
-from imaging.synth.canaries import SubjectPhi, subject_canaries, subject_phi
+from imaging.synth.canaries import SubjectPhi, patient_folder, subject_canaries, subject_phi
 from imaging.synth.geometry import Grid, axial_grid
 from imaging.synth.seg import write_label_nifti, write_seg
 from imaging.synth.writer import SeriesInfo, SliceOptions, make_uid, write_slices
@@ -89,7 +89,7 @@ class Export:
         """Build subject ``index`` (1-based); everything derives from (seed, index)."""
         rng = np.random.default_rng([self.seed, index])
         phi = subject_phi(index, self.seed, float(rng.uniform()))
-        subject = Subject(index, f"P{index:07d}", phi, ph.make_phantom(rng), (index - 1) % 3, rng)
+        subject = Subject(index, patient_folder(phi), phi, ph.make_phantom(rng), (index - 1) % 3, rng)
         self.subjects.append(subject)
         return subject
 

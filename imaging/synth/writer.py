@@ -25,7 +25,7 @@ from pydicom.uid import (
 )
 
 from imaging.synth import phantom as ph
-from imaging.synth.canaries import SubjectPhi, apply_phi
+from imaging.synth.canaries import SubjectPhi, apply_phi, preamble
 from imaging.synth.geometry import Grid
 
 # Per-vendor look of a scanner: CT pixel representation and kernels, MR field strength.
@@ -269,6 +269,8 @@ def write_slices(
         if opts.mutate:
             opts.mutate(ds, k)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Some exporters write the patient into the preamble: so does ours (a canary).
+        ds.preamble = preamble(str(ds.get("PatientID", "")))
         # Explicit VR little endian: what every syntax we write uses (a private one needs saying).
         ds.save_as(path, enforce_file_format=True, implicit_vr=False, little_endian=True)
     order = g.sorted_order()

@@ -67,7 +67,8 @@ def test_every_output_and_the_mlflow_store_audit_clean(pipeline: dict[str, Path]
     ]
     tables = [t for t in tables if t.is_file()]
     assert len(tables) >= 2
-    needles = build_needles([CANARY_TOKEN], tables, [manifest])
+    # The export's own folder names (patient-named folders) are needles too.
+    needles = build_needles([CANARY_TOKEN], tables, [manifest], [p["export"]])
     # Sanity: the needles do find the PHI where it is supposed to be (the export, the private side).
     assert scan_paths([p["export"] / "DICOMDIR"], needles)
     assert scan_paths([tables[0]], needles)
@@ -80,7 +81,7 @@ def test_every_output_and_the_mlflow_store_audit_clean(pipeline: dict[str, Path]
     uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
     mlflow_hits = scan_mlflow(uri, needles)
     assert mlflow_hits == [], mlflow_hits[:30]
-    args = [str(o) for o in outputs] + ["--mlflow", uri, "--manifest", str(manifest)]
+    args = [str(o) for o in outputs] + ["--mlflow", uri, "--manifest", str(manifest), "--export", str(p["export"])]
     for table in tables:
         args += ["--link-table", str(table)]
     assert audit_main(args) == 0

@@ -19,7 +19,12 @@ from tests.fixtures.datasets import (
     write_enhanced,
     write_slices,
 )
-from tests.unit.test_ingest_geometry import assert_matches_dicom, only_ok, run
+from tests.unit.test_ingest_geometry import PS, assert_matches_dicom, only_ok, run
+
+
+def keyed(rel: str) -> str:
+    """How a reason names the file ``rel`` (relative to the export): ``file-<keyed hash>``."""
+    return "file-" + PS.key(rel, "file")
 
 
 @pytest.mark.parametrize("ts", [RLELossless, JPEGLSLossless, JPEG2000Lossless])
@@ -92,9 +97,11 @@ def test_4d_series_split_by_config(tmp_path: Path) -> None:
 
 def test_multi_echo_gives_one_volume_per_echo(tmp_path: Path) -> None:
     pos = stack_positions(3)
-    uid = generate_uid()
-    write_slices(tmp_path / "in" / "s", pos, series_uid=uid, names=["e1a", "e1b", "e1c"], extra={"EchoNumbers": 1})
-    write_slices(tmp_path / "in" / "s", pos, series_uid=uid, names=["e2a", "e2b", "e2c"], extra={"EchoNumbers": 2})
+    uid, study = generate_uid(), generate_uid()
+    write_slices(tmp_path / "in" / "s", pos, series_uid=uid, study_uid=study, names=["e1a", "e1b", "e1c"],
+                 extra={"EchoNumbers": 1})
+    write_slices(tmp_path / "in" / "s", pos, series_uid=uid, study_uid=study, names=["e2a", "e2b", "e2c"],
+                 extra={"EchoNumbers": 2})
     rows = run(tmp_path / "in", tmp_path).rows
     assert sorted(r.status for r in rows) == ["ok", "ok"]
     assert {r.shape for r in rows} == {"7x6x3"}
@@ -119,16 +126,19 @@ def test_skipped_kinds_have_reasons(tmp_path: Path) -> None:
     write_slices(src / "sc", stack_positions(3), sop_class="1.2.840.10008.5.1.4.1.1.7")
     write_slices(src / "two", stack_positions(2))
     write_slices(src / "mosaic", stack_positions(3), extra={"ImageType": ["ORIGINAL", "PRIMARY", "M", "MOSAIC"]})
-    uid = generate_uid()  # a 3-plane scout without the LOCALIZER flag
+    uid, study = generate_uid(), generate_uid()  # a 3-plane scout without the LOCALIZER flag
     for k, iop in enumerate([(1.0, 0, 0, 0, 1.0, 0), CORONAL, (0, 1.0, 0, 0, 0, -1.0)]):
-        write_slices(src / "scout", [[0.0, 0.0, 0.0]], iop=iop, series_uid=uid, names=[f"S{k}"])
+        write_slices(src / "scout", [[0.0, 0.0, 0.0]], iop=iop, series_uid=uid, study_uid=study, names=[f"S{k}"])
     _sr(src / "sr" / "report.dcm")
     write_slices(src / "good", stack_positions(4))
     summary = run(src, tmp_path)
     reasons = sorted(r.reason.split(":")[0] for r in summary.rows if r.status == "skipped")
     assert reasons == ["fewer than 3 slices per stack (2)", "localizer", "localizer",
-                       "mosaic not supported", "non-image SOP class", "secondary capture"]
-    assert summary.counts == {"ok": 1, "skipped": 6} and not summary.failed
+                       "non-image SOP class", "withheld by rule secondary-capture"]
+    # A mosaic is unpacked now; one without its tile count is an error naming file and tag, not a skip.
+    (err,) = [r for r in summary.rows if r.status == "error"]
+    assert keyed("mosaic/IM0000") in err.reason and "NumberOfImagesInMosaic" in err.reason
+    assert summary.counts == {"ok": 1, "skipped": 5, "error": 1}
 
 
 def test_bad_files_name_file_tag_and_value_and_the_rest_ingests(tmp_path: Path) -> None:
@@ -148,13 +158,19 @@ def test_bad_files_name_file_tag_and_value_and_the_rest_ingests(tmp_path: Path) 
     (src / "garbage.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\xff" * 50)
     summary = run(src, tmp_path)
     errors = [r.reason for r in summary.rows if r.status == "error"]
-    assert any("trunc/IM0002" in e and "(7FE0,0010)" in e and "truncated" in e for e in errors)
-    assert any("noiop/IM0001" in e and "(0020,0037) ImageOrientationPatient" in e and "missing" in e for e in errors)
-    assert any("unk/IM000" in e and "(0002,0010)" in e and "'1.2.3.4.5.6.7.8.9.10'" in e for e in errors)
-    assert any("garbage.dcm" in e for e in errors)
+    # Files are named by keyed hash only (folder names may be patient names).
+    assert any(keyed("trunc/IM0002") in e and "(7FE0,0010)" in e and "truncated" in e for e in errors)
+    assert any(keyed("noiop/IM0001") in e and "(0020,0037) ImageOrientationPatient" in e and "missing" in e
+               for e in errors)
+    assert any(any(keyed(f"unk/IM000{i}") in e for i in range(5)) and "(0002,0010)" in e
+               and "'1.2.3.4.5.6.7.8.9.10'" in e for e in errors)
+    assert any(keyed("garbage.dcm") in e for e in errors)
+    assert not any("trunc/" in e or "noiop" in e or "garbage" in e or str(src) in e for e in errors)
     ok = [r for r in summary.rows if r.status == "ok"]
-    assert len(ok) == 2  # good, and the truncated series without its broken file
-    assert any("missing slice" in r.reason for r in ok)
-    good_row = next(r for r in ok if not r.reason)
+    # Without its broken file the truncated series misses a slice: an error row by default
+    # (it used to be interpolated into an "ok" volume), not fabricated data.
+    assert len(ok) == 1
+    assert any("1 missing slice" in e and "uneven=refuse" in e for e in errors)
+    good_row = ok[0]
     assert_matches_dicom(tmp_path / "ds" / good_row.volume_path, good)
     assert summary.scan.n_non_dicom == 1 and summary.failed

@@ -97,3 +97,27 @@ def test_person_names_and_ids_fit_their_vr(export: tuple[Path, dict]) -> None:
     assert str(ds.PatientName).startswith(f"{CANARY_TOKEN}^NAME^")
     other = pydicom.dcmread(root / manifest["series"][-1]["files"][0], stop_before_pixels=True)
     assert other.PatientID != ds.PatientID and other.PatientName != ds.PatientName
+
+
+def test_canaries_in_folders_preamble_and_private_sequence(export: tuple[Path, dict]) -> None:
+    """Where real exports leak beyond the attributes: folder names, the preamble, private items."""
+    from imaging.synth.canaries import PRIVATE_SEQUENCE_ELEMENT
+
+    root, manifest = export
+    canaries = set(manifest["canaries"])
+    images = [(s, f) for s, f in _all_files(manifest) if s["modality"] in ("CT", "MR")]
+    folders = {Path(rel).parts[1] for _s, rel in images}
+    assert folders and all(f in canaries for f in folders)  # every patient folder is a canary
+    truncated = [s for s in manifest["series"] if "truncated" in s["flags"]]
+    assert truncated and all(Path(b).parts[1] in canaries for s in truncated for b in s["bad_files"])
+    for _series, rel in images[:20]:
+        with open(root / rel, "rb") as fh:
+            raw = fh.read(132)  # the raw bytes, not pydicom's view of them
+        assert raw[128:] == b"DICM"
+        text = raw[:128].rstrip(b"\0").decode("ascii")
+        assert CANARY_TOKEN in text and text in canaries
+        ds = pydicom.dcmread(root / rel, stop_before_pixels=True)
+        item = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)[PRIVATE_SEQUENCE_ELEMENT].value[0]
+        assert CANARY_TOKEN in item.ImageComments and item.ImageComments in canaries
+        inner = item.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)[0x01].value
+        assert CANARY_TOKEN in inner and inner in canaries

@@ -44,7 +44,7 @@ def test_deterministic(export: tuple[Path, dict], tmp_path: Path) -> None:
 
 def test_subjects_depend_on_seed_and_index_only(export: tuple[Path, dict], tmp_path: Path) -> None:
     root, _ = export
-    first_ct = "DICOM/P0000001/S0000001/SE000001/IM000001"
+    first_ct = "DICOM/ZZDOE001/S0000001/SE000001/IM000001"
     generate(tmp_path / "one", subjects=1, seed=0, cases="none", dicomdir=False)
     assert (tmp_path / "one" / first_ct).read_bytes() == (root / first_ct).read_bytes()
     generate(tmp_path / "other", subjects=1, seed=1, cases="none", dicomdir=False)

@@ -1,0 +1,375 @@
+"""The real dimensions of an MR series: what tells repeated slice positions apart.
+
+A classic (one file per slice) series whose positions repeat holds several
+volumes. Each slice gets a dimension record at scan time (:func:`header_dims`):
+b-value and gradient direction (standard tags, else Siemens CSA read with
+nibabel, GE, Philips private tags), echo, image component (magnitude, phase,
+real, imaginary), temporal position, acquisition number and time.
+:func:`split_dimensions` then
+
+1. separates image components, echoes and ASL label/control into separate volumes;
+2. finds the keys that are constant over a whole volume (each value covers every
+   slice position): diffusion (b, direction), temporal position, trigger time,
+   acquisition number;
+3. as a last resort numbers the repeats of each position in acquisition order
+   (AcquisitionNumber, AcquisitionTime, InstanceNumber), e.g. GE fMRI without
+   TemporalPositionIdentifier, when every position repeats the same number of times.
+
+Private tags are read at their usual element numbers, gated by Manufacturer as
+dcm2niix does (``nii_dicom.cpp``); Siemens CSA headers are parsed by
+``nibabel.nicom.csareader`` (no hand-written parser).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imaging.dicom.series import Slice
+
+log = logging.getLogger(__name__)
+
+# Extra attributes the header readers decode (tag -> (keyword, kind), kinds as in fastheader).
+EXTRA_WANTED: dict[int, tuple[str, str]] = {
+    0x00080032: ("AcquisitionTime", "s"), 0x00089208: ("ComplexImageComponent", "s"),
+    0x00181312: ("InPlanePhaseEncodingDirection", "s"), 0x00189089: ("DiffusionGradientOrientation", "fdn"),
+    0x0019100A: ("SiemensNumberOfImagesInMosaic", "us"), 0x0019100C: ("SiemensBValue", "is"),
+    0x0019100E: ("SiemensDiffusionGradientDirection", "fdn"), 0x00291010: ("SiemensCSAImageHeader", "raw"),
+    0x00431039: ("GESlopInt6to9", "is"), 0x0043102F: ("GEImageType", "us"),
+    0x001910BB: ("GEDiffusionX", "ds"), 0x001910BC: ("GEDiffusionY", "ds"), 0x001910BD: ("GEDiffusionZ", "ds"),
+    0x20011003: ("PhilipsBValue", "fl"), 0x20011004: ("PhilipsDiffusionDirection", "s"),
+    0x200510B0: ("PhilipsDiffusionRL", "fl"), 0x200510B1: ("PhilipsDiffusionAP", "fl"),
+    0x200510B2: ("PhilipsDiffusionFH", "fl"), 0x20051429: ("PhilipsMRImageLabelType", "s"),
+}
+PRIVATE_KEYWORDS = {kw: (tag, kind) for tag, (kw, kind) in EXTRA_WANTED.items()}
+COMPONENTS = {"M": "M", "MAGNITUDE": "M", "P": "P", "PHASE": "P", "R": "R", "REAL": "R",
+              "I": "I", "IMAGINARY": "I"}
+GE_COMPONENTS = {0: "M", 1: "P", 2: "R", 3: "I"}
+# Keys constant over a whole volume, tried in this order; the first that splits names the 4th axis.
+VOLUME_KEYS = ("diff", "tpi", "trig", "acq", "stack", "dimidx")
+AXIS_NAMES = {
+    "diff": "diffusion (b-value, gradient direction)",
+    "tpi": "(0020,0100) TemporalPositionIdentifier", "trig": "(0018,1060) TriggerTime",
+    "acq": "(0020,0012) AcquisitionNumber", "stack": "(0020,9056) StackID",
+    "dimidx": "(0020,9157) DimensionIndexValues",
+    "order": "acquisition order of repeated positions (AcquisitionNumber, AcquisitionTime, InstanceNumber)",
+}
+TIME_AXES = {"tpi", "acq", "order"}
+
+
+class DimensionError(ValueError):
+    """Repeated positions that look like a 4D series but do not form complete volumes."""
+
+
+def decode_value(raw: Any, kind: str) -> Any:
+    """A private attribute's value from raw bytes (implicit VR / UN) or as pydicom typed it."""
+    if raw is None:
+        return None
+    if not isinstance(raw, (bytes, bytearray)):
+        if kind == "raw":
+            return None
+        if isinstance(raw, (list, tuple)) or type(raw).__name__ == "MultiValue":
+            return [_number(v) for v in raw]
+        return _number(raw) if kind != "s" else str(raw).strip()
+    data = bytes(raw)
+    if kind == "raw":
+        return data
+    if kind == "us":
+        return struct.unpack_from("<H", data)[0] if len(data) >= 2 else None
+    if kind == "fl":
+        return struct.unpack_from("<f", data)[0] if len(data) >= 4 else None
+    if kind == "fdn":
+        n = len(data) // 8
+        return list(struct.unpack_from(f"<{n}d", data)) if n else None
+    text = data.decode("latin-1").strip(" \x00")
+    if not text:
+        return None
+    parts = [p.strip() for p in text.split("\\")]
+    if kind == "s":
+        return parts[0] if len(parts) == 1 else parts
+    values = [float(p) if kind == "ds" else int(float(p)) for p in parts if p]
+    return values[0] if len(values) == 1 else values
+
+
+def _number(v: Any) -> Any:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return int(f) if f.is_integer() and "." not in str(v) else f
+
+
+def private_getter(ds: Any) -> Callable[[str], Any]:
+    """``get(keyword)`` for :data:`EXTRA_WANTED` attributes of a pydicom dataset (None when absent/bad)."""
+
+    def get(keyword: str) -> Any:
+        tag, kind = PRIVATE_KEYWORDS[keyword]
+        elem = ds.get(tag)
+        if elem is None:
+            return None
+        try:
+            return decode_value(elem.value, kind)
+        except (ValueError, struct.error, UnicodeDecodeError):
+            return None
+
+    return get
+
+
+def _seconds(value: Any) -> float | None:
+    """DICOM TM ``HHMMSS.frac`` as seconds of the day."""
+    if value is None:
+        return None
+    text = str(value).strip().replace(":", "")
+    try:
+        hh, mm, ss = int(text[:2]), int(text[2:4] or 0), float(text[4:] or 0)
+    except ValueError:
+        return None
+    return hh * 3600 + mm * 60 + ss
+
+
+def _vector(v: Any) -> list[float] | None:
+    if isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v):
+        return [float(x) for x in v]
+    return None
+
+
+def _csa(raw: Any) -> dict[str, Any]:
+    """B_value, DiffusionGradientDirection, NumberOfImagesInMosaic, SliceNormalVector from a CSA header."""
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) < 16:
+        return {}
+    with warnings.catch_warnings():  # nibabel.nicom warns that its DICOM *wrappers* are experimental
+        warnings.simplefilter("ignore")
+        from nibabel.nicom import csareader  # only for Siemens diffusion/mosaic files
+
+    try:
+        csa = csareader.read(bytes(raw))
+    except Exception as exc:  # noqa: BLE001 - a damaged CSA header means "no CSA", as in dcm2niix
+        log.debug("CSA header unreadable: %s", exc)
+        return {}
+    out: dict[str, Any] = {}
+    for key, name in (("b", "B_value"), ("mosaic", "NumberOfImagesInMosaic")):
+        try:
+            value = csareader.get_scalar(csa, name)
+        except (KeyError, IndexError, csareader.CSAReadError):
+            value = None
+        if value is not None:
+            out[key] = float(value) if key == "b" else int(value)
+    for key, name in (("bvec", "DiffusionGradientDirection"), ("normal", "SliceNormalVector")):
+        try:
+            vec = csareader.get_vector(csa, name, 3)
+        except (KeyError, IndexError, ValueError, csareader.CSAReadError):
+            vec = None
+        if vec is not None:
+            out[key] = [float(x) for x in vec]
+    return out
+
+
+def header_dims(get: Callable[[str], Any]) -> dict[str, Any]:
+    """Dimension entries for an index row's ``tkey`` (JSON-able, only those present).
+
+    ``bvec`` is a gradient direction in patient (LPS) coordinates; GE's private
+    direction is relative to the image axes and kept as ``bvec_ge`` with the
+    phase-encoding direction ``pe`` (converted per volume in :mod:`imaging.dicom.diffusion`).
+    """
+    out: dict[str, Any] = {}
+    man = str(get("Manufacturer") or "").upper()
+    itype = get("ImageType")
+    itype = [str(v).upper() for v in ([itype] if isinstance(itype, str) else itype or [])]
+    comp = _component(itype, get("ComplexImageComponent"), get("GEImageType") if "GE" in man else None)
+    if comp:
+        out["comp"] = comp
+    t = _seconds(get("AcquisitionTime"))
+    if t is not None:
+        out["atime"] = t
+    inst = get("InstanceNumber")
+    if isinstance(inst, int):
+        out["inst"] = inst
+    b, vec = get("DiffusionBValue"), _vector(get("DiffusionGradientOrientation"))
+    if "SIEMENS" in man:
+        mosaic = "MOSAIC" in itype
+        if b is None:
+            b = get("SiemensBValue")
+        if vec is None:
+            vec = _vector(get("SiemensDiffusionGradientDirection"))
+        # The CSA header (a few ms to parse) only where the (0019,10xx) copies do not answer.
+        need = mosaic or ("DIFFUSION" in itype and (b is None or (b and vec is None)))
+        csa = _csa(get("SiemensCSAImageHeader")) if need else {}
+        if mosaic and (csa.get("mosaic") or get("SiemensNumberOfImagesInMosaic")):
+            out["mosaic"] = csa.get("mosaic") or int(get("SiemensNumberOfImagesInMosaic"))
+            if csa.get("normal"):
+                out["csa_normal"] = csa["normal"]
+        if b is None:
+            b = csa.get("b")
+        if vec is None:
+            vec = _vector(csa.get("bvec"))
+    elif man.startswith("GE"):
+        # slop_int_6 holds other things outside diffusion: trusted only beside the gradient tags
+        ge = _vector([get("GEDiffusionX"), get("GEDiffusionY"), get("GEDiffusionZ")])
+        slop = get("GESlopInt6to9")
+        first = slop[0] if isinstance(slop, list) and slop else slop
+        if b is None and ge is not None and isinstance(first, (int, float)):
+            b = float(int(first) % 1000000000)  # GE adds 1e9 (or 1e9 multiples) to the b-value
+        if ge is not None and vec is None:
+            out["bvec_ge"] = ge
+            out["pe"] = str(get("InPlanePhaseEncodingDirection") or "COL").upper()[:3]
+    elif "PHILIPS" in man:
+        if b is None:
+            b = get("PhilipsBValue")
+        if vec is None:
+            vec = _vector([get("PhilipsDiffusionRL"), get("PhilipsDiffusionAP"), get("PhilipsDiffusionFH")])
+        label = str(get("PhilipsMRImageLabelType") or "").upper()
+        if label in ("LABEL", "CONTROL"):  # ASL: label and control images are separate volumes
+            out["asl"] = label
+        if str(get("PhilipsDiffusionDirection") or "").upper() == "I" and b:
+            vec = [0.0, 0.0, 0.0]  # isotropic (trace) image: derived, a volume of its own (dcm2niix drops it)
+            out["comp"] = "TRACE"
+    if isinstance(b, (int, float)):
+        out["b"] = float(b)
+        if vec is not None:
+            out["bvec"] = vec
+    return out
+
+
+def _component(itype: list[str], complex_component: Any, ge_type: Any) -> str | None:
+    if isinstance(ge_type, int) and ge_type in GE_COMPONENTS:
+        return GE_COMPONENTS[ge_type]
+    if complex_component:
+        return COMPONENTS.get(str(complex_component).upper())
+    for value in itype[2:]:
+        head = value.split("_")[0]  # Philips: M_FFE, P_SE, R_IR...
+        if head in COMPONENTS:
+            return COMPONENTS[head]
+    return None
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, float):
+        return round(v, 3)
+    if isinstance(v, list):
+        return tuple(round(x, 4) if isinstance(x, float) else x for x in v)
+    return v
+
+
+def _value(s: Slice, key: str) -> Any:
+    t = s.t
+    if key == "diff":
+        if "b" not in t and "bvec" not in t and "bvec_ge" not in t:
+            return None
+        return (_norm(t.get("b")), _norm(t.get("bvec") or t.get("bvec_ge")))
+    return _norm(t.get(key))
+
+
+def _separate_key(s: Slice) -> tuple[Any, ...]:
+    """(image component, echo, ASL label/control): each value its own volume.
+
+    Without a known component, the ImageType values after ORIGINAL/PRIMARY stand in for it
+    (e.g. a Philips B0 map beside its magnitude images).
+    """
+    t = s.t
+    echo = t.get("echo") if t.get("echo") is not None else t.get("te")
+    comp = t.get("comp") or "\\".join(str(v).upper() for v in (s.row.get("image_type") or [])[2:])
+    return (comp, _norm(echo), t.get("asl") or "")
+
+
+def _order(s: Slice) -> tuple[Any, ...]:
+    t = s.t
+    return (t.get("acq") if isinstance(t.get("acq"), (int, float)) else 0,
+            t.get("atime") if t.get("atime") is not None else 0.0,
+            t.get("inst") if t.get("inst") is not None else (s.row.get("instance_number") or 0), s.path, s.frame)
+
+
+def split_dimensions(
+    group: list[Slice], pos_key: Callable[[Slice], Any]
+) -> list[tuple[list[list[Slice]], str | None, str]] | None:
+    """Volumes of a same-geometry group whose positions repeat, or ``None`` when nothing separates them.
+
+    Returns:
+        ``[(stacks, axis key or None, label)]``: one entry per output volume, ``stacks[t]``
+        the slices of timepoint t; ``label`` names the component/echo for the catalog.
+
+    Raises:
+        DimensionError: every position repeats, but not equally often (an incomplete 4D series).
+    """
+    separate: dict[tuple[Any, ...], list[Slice]] = defaultdict(list)
+    for s in group:
+        separate[_separate_key(s)].append(s)
+    varying = [i for i in range(3) if len({k[i] for k in separate}) > 1]
+    out: list[tuple[list[list[Slice]], str | None, str]] = []
+    for key in sorted(separate, key=lambda k: (str(k[0]), k[1] if isinstance(k[1], (int, float)) else 0, k[2])):
+        part = separate[key]
+        label = ", ".join(filter(None, [
+            f"component {key[0] or 'none'}" if 0 in varying else "", f"echo {key[1]}" if 1 in varying else "",
+            f"ASL {key[2].lower()}" if 2 in varying else ""]))
+        positions = {pos_key(s) for s in part}
+        if len(positions) == len({(s.sop_uid or id(s), s.frame) for s in part}):
+            out.append(([part], None, label))
+            continue
+        volumes = _volumes(part, pos_key, positions)
+        if volumes is None:
+            if len(separate) == 1:
+                return None
+            out.append(([part], None, label))  # volume.py reports the duplicate positions
+            continue
+        stacks, axis = volumes
+        out.append((stacks, axis, label))
+    return out
+
+
+def _volumes(part: list[Slice], pos_key: Callable[[Slice], Any],
+             positions: set[Any]) -> tuple[list[list[Slice]], str] | None:
+    """Split one component/echo into volumes covering every position, in acquisition order."""
+    originals: dict[tuple[Any, int], Slice] = {}
+    copies: list[Slice] = []
+    for s in part:  # the same SOP instance twice: a copy, kept beside its original (geometry drops it)
+        k = (s.sop_uid, s.frame)
+        if s.sop_uid and k in originals:
+            copies.append(s)
+        else:
+            originals[k] = s
+    uniq = list(originals.values())
+    identity: list[str] = []
+    for key in VOLUME_KEYS:
+        values: dict[Any, set[Any]] = defaultdict(set)
+        for s in uniq:
+            values[_value(s, key)].add(pos_key(s))
+        if len(values) > 1 and all(p == positions for p in values.values()):
+            identity.append(key)
+    groups: dict[tuple[Any, ...], list[Slice]] = defaultdict(list)
+    for s in uniq:
+        groups[tuple(_value(s, k) for k in identity)].append(s)
+    axis = identity[0] if identity else "order"
+    if any(len({pos_key(s) for s in g}) != len(g) for g in groups.values()):
+        # Repeats left: number them in acquisition order, if every position repeats equally.
+        ordered: dict[tuple[Any, ...], list[Slice]] = defaultdict(list)
+        for ident, g in groups.items():
+            by_pos: dict[Any, list[Slice]] = defaultdict(list)
+            for s in g:
+                by_pos[pos_key(s)].append(s)
+            counts = Counter(len(v) for v in by_pos.values())
+            if len(counts) != 1 or set(by_pos) != positions:
+                if set(by_pos) == positions and min(counts) >= 2:
+                    raise DimensionError(
+                        f"incomplete 4D series: each of {len(positions)} slice positions (0020,0032) should repeat "
+                        f"equally, but they repeat {min(counts)} to {max(counts)} times and no temporal, diffusion "
+                        "or acquisition tag completes the volumes")
+                return None
+            for items in by_pos.values():
+                for n, s in enumerate(sorted(items, key=_order)):
+                    ordered[(*ident, n)].append(s)
+        groups = ordered
+        if not identity:
+            axis = "order"
+    if any({pos_key(s) for s in g} != positions for g in groups.values()):
+        return None
+    numeric = axis in ("tpi", "trig", "acq", "stack")
+    vols = [groups[k] for k in sorted(groups, key=lambda k: (
+        tuple(v if isinstance(v, (int, float)) else 0 for v in k) if numeric else (), min(_order(s) for s in groups[k])))]
+    index = {(s.sop_uid, s.frame): i for i, g in enumerate(vols) for s in g}
+    for s in copies:
+        vols[index[(s.sop_uid, s.frame)]].append(s)
+    return vols, axis

@@ -1,0 +1,144 @@
+"""Stored pixel values of one file, the same whichever reader path runs.
+
+Uncompressed little-endian pixels are read straight from the offset the scan
+recorded; everything else is decoded by pydicom (with its pylibjpeg / pyjpegls
+/ gdcm plugins). Both paths give the *stored values* of PS3.5 8.1.1: bits above
+BitsStored are not part of the value (scanners leave overlay or junk bits
+there), so the fast path masks them off (unsigned) or sign-extends bit
+``HighBit`` (signed), which is what pydicom's decoders do; a test compares the
+two on the same files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from imaging.dicom.header import is_native, read_dataset, ts_name
+from imaging.dicom.mosaic import unmosaic
+
+
+class VolumeError(ValueError):
+    """Pixels that cannot be assembled into a correct volume (message names file and tag)."""
+
+
+@dataclass(frozen=True)
+class PixelFormat:
+    """How one file stores its pixels (from its index row)."""
+
+    rows: int
+    cols: int
+    n_frames: int
+    bits_alloc: int
+    bits_stored: int
+    signed: bool
+    ts: str | None
+    offset: int | None
+    length: int | None
+    padding: int | None = None  # PixelPaddingValue (stored value)
+    padding_limit: int | None = None  # PixelPaddingRangeLimit (stored value)
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> PixelFormat:
+        alloc = int(row["bits_alloc"])
+        stored = row.get("bits_stored")
+        return cls(
+            rows=int(row["rows"]), cols=int(row["cols"]), n_frames=int(row.get("n_frames") or 1),
+            bits_alloc=alloc, bits_stored=int(stored) if stored else alloc, signed=row.get("pixel_rep") == 1,
+            ts=row.get("ts"), offset=row.get("pixel_offset"), length=row.get("pixel_length"),
+            padding=row.get("padding"), padding_limit=row.get("padding_limit"),
+        )
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(f"<{'i' if self.signed else 'u'}{self.bits_alloc // 8}")
+
+    @property
+    def native(self) -> bool:
+        """Readable straight from the file at the recorded offset."""
+        return is_native(self.ts) and bool(self.offset) and self.bits_alloc in (8, 16, 32)
+
+    def padding_mask(self, stored: np.ndarray) -> np.ndarray | None:
+        """Where ``stored`` holds padding (PixelPaddingValue, or the range up to PixelPaddingRangeLimit)."""
+        if self.padding is None:
+            return None
+        if self.padding_limit is None:
+            return stored == self.padding
+        lo, hi = sorted((self.padding, self.padding_limit))
+        return (stored >= lo) & (stored <= hi)
+
+
+def problem(row: dict[str, Any]) -> str | None:
+    """Why this file's pixels cannot be read as stored values, or ``None``."""
+    alloc, stored, high = row.get("bits_alloc"), row.get("bits_stored"), row.get("high_bit")
+    if alloc not in (8, 16, 32):
+        return f"unsupported (0028,0100) BitsAllocated = {alloc}"
+    if stored is not None and not 1 <= int(stored) <= int(alloc):
+        return f"invalid (0028,0101) BitsStored = {stored} with (0028,0100) BitsAllocated = {alloc}"
+    if high is not None and stored is not None and int(high) != int(stored) - 1:
+        # CT and MR IODs require HighBit = BitsStored - 1; pydicom's decoders assume it too.
+        return f"unsupported (0028,0102) HighBit = {high} with (0028,0101) BitsStored = {stored}"
+    return None
+
+
+def to_stored(arr: np.ndarray, fmt: PixelFormat) -> np.ndarray:
+    """Mask (unsigned) or sign-extend (signed) ``arr`` in place to BitsStored; returns it."""
+    bits = fmt.bits_stored
+    if bits >= fmt.bits_alloc:
+        return arr
+    u = arr.view(np.dtype(f"<u{fmt.bits_alloc // 8}"))
+    u &= u.dtype.type((1 << bits) - 1)
+    if fmt.signed:
+        # Two's complement of a `bits`-wide value in the full width: (v ^ s) - s, s = sign bit
+        # (unsigned arithmetic wraps exactly as needed).
+        sign = u.dtype.type(1 << (bits - 1))
+        u ^= sign
+        u -= sign
+    return arr
+
+
+def read_native_into(dest: np.ndarray, path: str, fmt: PixelFormat, frame: int) -> bool:
+    """Read one uncompressed frame straight into ``dest`` as stored values; False when not possible."""
+    if not (fmt.native and dest.dtype == fmt.dtype and dest.shape == (fmt.rows, fmt.cols)
+            and (fmt.length or 0) >= dest.nbytes * fmt.n_frames):
+        return False
+    with open(path, "rb") as fh:
+        fh.seek(int(fmt.offset or 0) + frame * dest.nbytes)
+        if fh.readinto(dest.data.cast("B")) != dest.nbytes:
+            return False
+    to_stored(dest, fmt)
+    return True
+
+
+def read_file_frames(path: str, row: dict[str, Any], rel: str) -> np.ndarray:
+    """All stored frames of one file as ``(frames, rows, cols)`` stored values (no rescale).
+
+    Raises:
+        VolumeError: truncated, undecodable or wrongly sized pixel data (names the file).
+    """
+    if row.get("mosaic"):  # Siemens mosaic: read the whole image, return its tiles as frames
+        m = row["mosaic"]
+        whole = read_file_frames(path, {**row, "rows": m["rows"], "cols": m["cols"], "n_frames": 1, "mosaic": None},
+                                 rel)
+        return unmosaic(whole[0], m)
+    fmt = PixelFormat.of(row)
+    if fmt.native:
+        count = fmt.rows * fmt.cols * fmt.n_frames
+        if (fmt.length or 0) < count * fmt.dtype.itemsize:
+            raise VolumeError(f"file '{rel}': (7FE0,0010) PixelData length {fmt.length} < "
+                              f"{count * fmt.dtype.itemsize} for (0028,0010) Rows={fmt.rows} "
+                              f"(0028,0011) Columns={fmt.cols}")
+        arr = np.fromfile(path, dtype=fmt.dtype, count=count, offset=int(fmt.offset or 0))
+        if arr.size != count:
+            raise VolumeError(f"file '{rel}': truncated (7FE0,0010) PixelData")
+        return to_stored(arr, fmt).reshape(fmt.n_frames, fmt.rows, fmt.cols)
+    try:  # compressed, big endian, deflated or bare: pydicom decodes (and masks to BitsStored)
+        arr = read_dataset(path).pixel_array
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's error row
+        raise VolumeError(
+            f"file '{rel}': cannot decode (7FE0,0010) PixelData with (0002,0010) TransferSyntaxUID = "
+            f"'{fmt.ts}' ({ts_name(fmt.ts)}): {type(exc).__name__}: {str(exc)[:120]}"
+        ) from exc
+    return arr.reshape(fmt.n_frames, fmt.rows, fmt.cols)
