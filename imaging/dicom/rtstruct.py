@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -135,12 +136,15 @@ def write_rtstruct(
     algorithm_version: str,
     pseudonymizer: Pseudonymizer | None = None,
     identity: str = "deidentified",
+    deid_options: Any = None,
 ) -> RtstructResult | None:
     """Write an RT Structure Set of ``labels`` (an (i, j, k) integer volume, RAS affine) over the source slices.
 
     One ROI per label value present (named as ``label_names``), one CLOSED_PLANAR
     contour per outline per source frame, each referencing its source instance (and
     frame, for a multi-frame source). Returns None (writes nothing) when the mask is empty.
+
+    ``deid_options``: the ``DeidOptions`` the SEG header used (None: defaults).
 
     Raises:
         ValueError: ``identity`` unknown, or deidentified without a pseudonymizer.
@@ -156,7 +160,8 @@ def write_rtstruct(
     headers = source.headers
     if identity == "deidentified":
         assert pseudonymizer is not None
-        headers = [deidentified_header(h, pseudonymizer) for h in headers]
+        # The same de-identified header as the SEG's (same options): same pseudonyms in both.
+        headers = [deidentified_header(h, pseudonymizer, deid_options) for h in headers]
     first = headers[0]
     multi = source.is_multiframe
     seed = f"rtstruct:{first.SeriesInstanceUID}:{algorithm_name}:{algorithm_version}"

@@ -106,7 +106,8 @@ def _finish(cfg: DictConfig, out: Path, chosen: selection_hook.Selection | None,
     output = cfg.get("output") or {}
     settings = selection_hook.OutputSettings(rtstruct=bool(output.get("rtstruct", False)),
                                              preview=bool(output.get("preview", False)),
-                                             identity=str(cfg.seg.identity), window=window)
+                                             identity=str(cfg.seg.identity), window=window,
+                                             deid_options=_seg_deid_options(cfg))
     keys = shard_keys([r.series_key for r in catalog if r.status != "skipped"], index, count)
     return selection_hook.finish(out, chosen, keys, dataset=dataset, private=private, names=model.labels,
                                  model_name=model.name, model_version=model.version, settings=settings,

@@ -117,6 +117,7 @@ class OutputSettings:
     preview: bool = False
     identity: str = "deidentified"
     window: tuple[float, float] | None = None
+    deid_options: Any = None  # the SEG's DeidOptions: the RTSTRUCT header gets the same pseudonyms
 
 
 def plan_selection(rule: Rule | None, catalog: list[CatalogRow], dataset: Path,
@@ -140,7 +141,7 @@ def finish(out: Path, selection: Selection | None, keys: Sequence[str], *, datas
         if (out / "done" / f"{key}.json").is_file():
             series_outputs(out, key, names=names, flags_cfg=flags_cfg, private=private, rtstruct=settings.rtstruct,
                            identity=settings.identity, pseudonymizer=pseudonymizer, model_name=model_name,
-                           model_version=model_version)
+                           model_version=model_version, deid_options=settings.deid_options)
     if selection is None:
         return None
     if settings.preview:

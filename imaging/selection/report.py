@@ -48,7 +48,7 @@ def _fresh(target: Path, source: Path) -> bool:
 
 def series_outputs(out: Path, key: str, *, names: Mapping[int, str], flags_cfg: Mapping[str, Any],
                    private: Path | None, rtstruct: bool, identity: str, pseudonymizer: Pseudonymizer | None,
-                   model_name: str, model_version: str) -> None:
+                   model_name: str, model_version: str, deid_options: Any = None) -> None:
     """For one done series: ``flags.json`` and (``rtstruct``) ``rtstruct.dcm`` from ``seg.nii.gz``.
 
     The RTSTRUCT is built from the same NIfTI mask and the same private source headers
@@ -78,7 +78,7 @@ def series_outputs(out: Path, key: str, *, names: Mapping[int, str], flags_cfg: 
     try:
         result = write_rtstruct(folder / RTSTRUCT_NAME, load_source(src_json), labels, affine, names,
                                 algorithm_name=model_name, algorithm_version=model_version,
-                                pseudonymizer=pseudonymizer, identity=identity)
+                                pseudonymizer=pseudonymizer, identity=identity, deid_options=deid_options)
     except (OSError, ValueError, KeyError) as exc:  # the log (hospital side) may name paths; the report not
         log.warning("%s: RTSTRUCT not written: %s", key, exc)
         atomic_write_json(folder / "rtstruct.json", {"written": False, "reason": type(exc).__name__})
