@@ -50,9 +50,9 @@ def demo_steps(cfg: DictConfig) -> list[Step]:
         Step("Synthesise a held-out export the model never saw",
              ["synth", f"output_dir={d / 'heldout'}", f"subjects={cfg.heldout_subjects}",
               f"seed={cfg.seed + 1000}", "cases=none"]),
-        Step(f"Batch inference with {model_uri} -> NIfTI, DICOM SEG, report",
+        Step(f"Batch inference with {model_uri} (its own series rule) -> NIfTI, SEG, RTSTRUCT, reports",
              ["infer", f"model={model_uri}", f"input={d / 'heldout'}",
-              f"output_dir={d / 'predictions'}", "demo_key=true"]),
+              f"output_dir={d / 'predictions'}", "demo_key=true", "output.rtstruct=true", "output.preview=true"]),
     ]
 
 

@@ -7,6 +7,7 @@ print a summary table. Exit 1 when ``fail_on_error=true`` and a series failed.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -71,6 +72,14 @@ def _main(cfg: DictConfig) -> None:
         )
     console.print(f"report: {report} ({'complete' if res.merged_complete else 'other shards pending'}); "
                   f"SEG/NIfTI per series under {cfg.output_dir}/<series_key>/")
+    studies = Path(str(cfg.output_dir)) / "studies.csv"  # with a selection rule (imaging.selection)
+    if studies.is_file():
+        import csv
+
+        with studies.open(newline="", encoding="utf-8") as fh:
+            status = [r["status"] for r in csv.DictReader(fh)]
+        console.print(f"studies: {studies} ({status.count('selected')} with a selected series, "
+                      f"{status.count('no_match')} without a match)")
     if outcome.run_id:
         console.print(f"MLflow run {outcome.run_id} (experiment '{cfg.tracking.experiment_name}')")
     raise SystemExit(outcome.exit_code)

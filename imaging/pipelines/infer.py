@@ -24,9 +24,11 @@ from imaging.engine.batch import (
     ModelInfo,
     merge_reports,
     resolve_input,
+    shard_keys,
 )
 from imaging.engine.predict import InferenceOptions, SeriesPredictor
 from imaging.keys import Pseudonymizer, SecretError
+from imaging.selection import apply as selection_hook
 from imaging.tracking.registry import ModelBundle, load_bundle, parse_model_uri
 from imaging.tracking.runs import MlflowTracker, tracking_uri_from_config
 
@@ -84,6 +86,35 @@ def _select(rows: list[CatalogRow], preprocessing: dict[str, Any], match_modalit
     return keep
 
 
+# --- selection rules, QC, RTSTRUCT, study report (issue 19: imaging.selection) -------------
+def _catalog(cfg: DictConfig, dataset: Path, private: Path | None, bundle: ModelBundle,
+             rule: selection_hook.Rule | None) -> tuple[list[CatalogRow], selection_hook.Selection | None]:
+    """The series to run on: the rule's choice per study, or (no rule) every series of the model's modality."""
+    rows = read_catalog(dataset)
+    if rule is None:
+        return _select(rows, bundle.preprocessing, bool(cfg.get("match_modality", True))), None
+    chosen = selection_hook.plan_selection(rule, rows, dataset, private)
+    assert chosen is not None
+    return chosen.rows, chosen
+
+
+def _finish(cfg: DictConfig, out: Path, chosen: selection_hook.Selection | None, catalog: list[CatalogRow],
+            dataset: Path, private: Path | None, model: ModelInfo, pseudo: Pseudonymizer | None,
+            window: tuple[float, float] | None) -> Path | None:
+    """After the batch: RTSTRUCT and flags per series of this shard, previews, the study report."""
+    index, count = _shard(cfg)
+    output = cfg.get("output") or {}
+    settings = selection_hook.OutputSettings(rtstruct=bool(output.get("rtstruct", False)),
+                                             preview=bool(output.get("preview", False)),
+                                             identity=str(cfg.seg.identity), window=window,
+                                             deid_options=_seg_deid_options(cfg))
+    keys = shard_keys([r.series_key for r in catalog if r.status != "skipped"], index, count)
+    return selection_hook.finish(out, chosen, keys, dataset=dataset, private=private, names=model.labels,
+                                 model_name=model.name, model_version=model.version, settings=settings,
+                                 pseudonymizer=pseudo)
+# ------------------------------------------------------------------------------------------
+
+
 def run_inference(cfg: DictConfig) -> InferenceOutcome:
     """Run (or, with ``merge_only``, only merge) this shard of ``imaging infer``.
 
@@ -97,21 +128,30 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
     uri, location = tracking_uri_from_config(cfg)
     name, alias, _ = parse_model_uri(str(cfg.model_uri))
     bundle: ModelBundle = load_bundle(str(cfg.model_uri), tracking_uri=uri)
-    model = ModelInfo(bundle.name, str(bundle.version), alias or "", dict(bundle.labels))
+    # issue 19: the rule (the model's own, or the config's) and the label subset, validated before any work.
+    rule = selection_hook.resolve_rule(cfg.get("select"), getattr(bundle, "selection", None))
+    labels = selection_hook.label_subset(bundle.labels, cfg.inference.get("labels"))
+    model = ModelInfo(bundle.name, str(bundle.version), alias or "", labels)
     index, count = _shard(cfg)
     is_pacs = not (Path(str(cfg.input)).is_file() or (Path(str(cfg.input)) / "catalog.csv").is_file())
     pseudo = _pseudonymizer(cfg, needed=is_pacs or (cfg.seg.enabled and cfg.seg.identity == "deidentified"))
     if cfg.merge_only:
         dataset = out / "work" / "dataset" if is_pacs else Path(str(cfg.input))
-        catalog = _select(read_catalog(dataset), bundle.preprocessing, bool(cfg.get("match_modality", True)))
+        private_m = Path(str(cfg.private_dir)) if cfg.get("private_dir") else (
+            out.with_name(out.name + ".private") if is_pacs else dataset.with_name(dataset.name + ".private"))
+        catalog, chosen = _catalog(cfg, dataset, private_m, bundle, rule)
         keys = sorted(r.series_key for r in catalog)
         path, complete = merge_reports(out, keys, model)
+        if chosen is not None:
+            selection_hook.write_study_report(out, chosen)
         log.info("merged report %s (%s)", path, "complete" if complete else "incomplete")
         return InferenceOutcome(BatchResult(merged_report=path, merged_complete=complete), model, None, 0)
     dataset, private = resolve_input(str(cfg.input), out, pseudo, cfg.get("private_dir"))
-    catalog = _select(read_catalog(dataset), bundle.preprocessing, bool(cfg.get("match_modality", True)))
+    catalog, chosen = _catalog(cfg, dataset, private, bundle, rule)
     options = InferenceOptions.from_config(OmegaConf.to_container(cfg.inference, resolve=True))  # type: ignore[arg-type]
-    predictor = SeriesPredictor(bundle.network, bundle.preprocessing, options)
+    predictor: Any = SeriesPredictor(bundle.network, bundle.preprocessing, options)
+    if len(labels) < len(bundle.labels):  # inference.labels: only these labels are written
+        predictor = selection_hook.LabelSubsetPredictor(predictor, list(labels))
     settings = BatchSettings(
         dataset_dir=dataset, output_dir=out, private_dir=private, shard_index=index, shard_count=count,
         prefetch=int(cfg.prefetch), write_seg=bool(cfg.seg.enabled), seg_identity=str(cfg.seg.identity),
@@ -120,6 +160,7 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
         seg_deid_options=_seg_deid_options(cfg),
     )
     result = BatchRunner(predictor, model, settings, pseudo).run(catalog)
+    _finish(cfg, out, chosen, catalog, dataset, private, model, pseudo, settings.window)
     run_id = None
     if cfg.tracking.get("enabled", True):
         run_id = log_inference_run(uri, location, cfg, bundle, model, result, options)

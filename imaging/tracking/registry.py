@@ -50,6 +50,7 @@ class ModelBundle:
     name: str
     version: str
     run_id: str | None
+    selection: dict[str, Any] | None = None  # the series selection rule stored with the model (issue 19)
 
 
 def _requirements() -> list[str]:
@@ -63,8 +64,12 @@ def _requirements() -> list[str]:
 
 
 def write_bundle(directory: Path, network: torch.nn.Module, network_config: dict[str, Any],
-                 preprocessing: dict[str, Any], labels: dict[int, str], task: str) -> tuple[Path, Path]:
-    """Write ``weights.safetensors`` and ``bundle.json`` into ``directory``."""
+                 preprocessing: dict[str, Any], labels: dict[int, str], task: str,
+                 selection: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``weights.safetensors`` and ``bundle.json`` into ``directory``.
+
+    ``selection``: the series selection rule inference applies (imaging.selection), if any.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS
     save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(weights))
@@ -74,6 +79,8 @@ def write_bundle(directory: Path, network: torch.nn.Module, network_config: dict
         "input": {"channels": int(network_config.get("in_channels", 1)), "roi_size": preprocessing["roi_size"],
                   "dtype": "float32", "layout": "NCXYZ (RAS after preprocessing)"},
     }
+    if selection:
+        bundle["selection"] = selection
     path = directory / BUNDLE_JSON
     path.write_text(json.dumps(bundle, indent=2, sort_keys=True), encoding="utf-8")
     return weights, path
@@ -101,8 +108,11 @@ def read_bundle_dir(directory: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 def register_model(network: torch.nn.Module, *, network_config: dict[str, Any], preprocessing: dict[str, Any],
                    labels: dict[int, str], task: str, name: str, alias: str = "candidate",
-                   tags: dict[str, str] | None = None) -> dict[str, Any]:
+                   tags: dict[str, str] | None = None, selection: dict[str, Any] | None = None) -> dict[str, Any]:
     """Log the model into the active MLflow run, register it and set ``alias``.
+
+    ``selection``: a validated series selection rule, stored in ``bundle.json`` so that
+    ``models:/name@alias`` brings it to ``imaging infer``.
 
     Returns:
         ``{"name", "version", "alias", "uri", "model_uri"}``.
@@ -116,7 +126,7 @@ def register_model(network: torch.nn.Module, *, network_config: dict[str, Any], 
                                    "labels")]),
     )
     with tempfile.TemporaryDirectory(prefix="imaging-bundle-") as tmp:
-        weights, bundle = write_bundle(Path(tmp), network, network_config, preprocessing, labels, task)
+        weights, bundle = write_bundle(Path(tmp), network, network_config, preprocessing, labels, task, selection)
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={"weights": str(weights), "bundle": str(bundle)},
@@ -180,7 +190,7 @@ def load_bundle(uri: str, tracking_uri: str | None = None, map_location: str = "
     return ModelBundle(network=network, network_config=bundle["network_config"],
                        preprocessing=bundle["preprocessing"],
                        labels={int(k): v for k, v in bundle["labels"].items()}, task=bundle["task"], name=name,
-                       version=str(mv.version), run_id=mv.run_id)
+                       version=str(mv.version), run_id=mv.run_id, selection=bundle.get("selection"))
 
 
 def promote(name: str, version_or_alias: str, alias: str, tracking_uri: str | None = None) -> str:

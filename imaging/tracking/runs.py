@@ -87,15 +87,20 @@ class MlflowTracker:
         # Set once training logs anything: only training runs get the reviewer description
         # (the inference stage reuses this class for its own runs).
         self.trained = False
+        self.selection: dict[str, Any] | None = None  # the series selection rule registered with the model
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)  # registry in the same store, whatever the environment says
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> MlflowTracker:
+        from imaging.selection.apply import rule_for_registry
+
         uri, location = tracking_uri_from_config(cfg)
-        return cls(uri, str(cfg.tracking.experiment_name), location, str(cfg.tracking.registered_model_name),
-                   str(cfg.tracking.alias))
+        tracker = cls(uri, str(cfg.tracking.experiment_name), location, str(cfg.tracking.registered_model_name),
+                      str(cfg.tracking.alias))
+        tracker.selection = rule_for_registry(cfg)  # issue 19: the inference selection rule travels with the model
+        return tracker
 
     def _experiment_id(self) -> str:
         exp = self.client.get_experiment_by_name(self.experiment_name)
@@ -157,7 +162,8 @@ class MlflowTracker:
         info = register_model(network, network_config=plan.network_config, preprocessing=plan.preprocessing,
                               labels=plan.class_names, task=plan.task, name=self.registered_model_name,
                               alias=self.alias,
-                              tags={f"val_{k}": f"{v:.4f}" for k, v in metrics.items() if math.isfinite(v)})
+                              tags={f"val_{k}": f"{v:.4f}" for k, v in metrics.items() if math.isfinite(v)},
+                              selection=self.selection)
         self._registered = info
         self.trained = True
         return info
