@@ -13,6 +13,7 @@ os.environ.setdefault("IMAGING_TEST", "1")
 # Fixture modules: real services and shared synthetic data, each owned by one part.
 pytest_plugins = [
     "tests.fixtures.datasets",
+    "tests.fixtures.postgres",
     "tests.fixtures.mlflow_server",
     "tests.fixtures.slurm_cluster",
 ]
