@@ -115,11 +115,11 @@ def resolve_store(cfg: DictConfig) -> TrackingStore:
         return TrackingStore(uri, None)
     load_token(tracking)
     offline = bool(tracking.get("offline", False))
-    if not offline and tracking.get("offline_fallback", True):
-        if not server_reachable(uri, float(tracking.get("connect_timeout_s", 10))):
-            log.warning("MLflow server %s is unreachable: logging offline into the run dir "
-                        "(upload later with `imaging mlflow sync`)", uri)
-            offline = True
+    if (not offline and tracking.get("offline_fallback", True)
+            and not server_reachable(uri, float(tracking.get("connect_timeout_s", 10)))):
+        log.warning("MLflow server %s is unreachable: logging offline into the run dir "
+                    "(upload later with `imaging mlflow sync`)", uri)
+        offline = True
     if not offline:
         return TrackingStore(uri, None, server_uri=uri)
     directory = offline_store_dir(cfg)

@@ -25,7 +25,12 @@ from omegaconf import DictConfig
 from imaging.engine.config import TrainPlan
 from imaging.engine.evaluate import ReviewCase
 from imaging.tracking.connect import embedded_uri, resolve_store  # noqa: F401 - embedded_uri re-exported
-from imaging.tracking.inputs import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, log_dataset_input, split_rows
+from imaging.tracking.inputs import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    log_dataset_input,
+    split_rows,
+)
 from imaging.tracking.registry import register_model
 from imaging.tracking.review import case_dice, render_case
 
