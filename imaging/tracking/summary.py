@@ -52,8 +52,13 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
 
-def run_link(run: Run) -> str:
-    return f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+# MLflow 3.17's UI picks its view (GenAI or model training) from this query parameter,
+# else from the browser's last choice (GenAI by default): our links open the training view.
+VIEW = "?workflowType=machine_learning"
+
+
+def run_link(run: Run, sub: str = "") -> str:
+    return f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}{sub}{VIEW}"
 
 
 def best_step(client: MlflowClient, run_id: str, monitor: str = MONITOR) -> int | None:
@@ -134,8 +139,7 @@ def _review_links(client: MlflowClient, run: Run) -> list[str]:
     images = sorted(a.path for a in client.list_artifacts(run.info.run_id, "review") if a.path.endswith(".png"))
     if not images:
         return ["_No review images logged._"]
-    base = run_link(run)
-    out = [f"- [{path.rsplit('/', 1)[-1]}]({base}/artifactPath/{path})" for path in images[:MAX_IMAGES]]
+    out = [f"- [{path.rsplit('/', 1)[-1]}]({run_link(run, '/artifactPath/' + path)})" for path in images[:MAX_IMAGES]]
     if len(images) > MAX_IMAGES:
         out.append(f"- … and {len(images) - MAX_IMAGES} more under `review/`")
     return out
