@@ -96,8 +96,9 @@ def file_store_uri(directory: Path) -> str:
     return directory.resolve().as_uri()
 
 
-def resolve_store(cfg: DictConfig) -> TrackingStore:
-    """The store this job logs to (see the module docstring).
+def resolve_store(cfg: DictConfig, probe: bool = True) -> TrackingStore:
+    """The store this job logs to (see the module docstring); ``probe=False`` only reports
+    the configured store (no /health check, no offline store created).
 
     Raises:
         FileNotFoundError, ValueError: a configured token file is missing or empty.
@@ -111,8 +112,8 @@ def resolve_store(cfg: DictConfig) -> TrackingStore:
         artifacts.mkdir(parents=True, exist_ok=True)
         return TrackingStore(embedded_uri(db), artifacts.as_uri())
     uri = str(uri)
-    if not is_server(uri):
-        return TrackingStore(uri, None)
+    if not is_server(uri) or not probe:
+        return TrackingStore(uri, None, server_uri=uri if is_server(uri) else None)
     load_token(tracking)
     offline = bool(tracking.get("offline", False))
     if (not offline and tracking.get("offline_fallback", True)

@@ -39,12 +39,12 @@ log = logging.getLogger(__name__)
 MAX_PARAM_LEN = 500  # MLflow's limit on a param value
 
 
-def tracking_uri_from_config(cfg: DictConfig) -> tuple[str, str | None]:
+def tracking_uri_from_config(cfg: DictConfig, probe: bool = True) -> tuple[str, str | None]:
     """``(tracking_uri, artifact_location)``; the location is set only for the embedded store.
 
     See :func:`imaging.tracking.connect.resolve_store` (server, token, offline fallback).
     """
-    store = resolve_store(cfg)
+    store = resolve_store(cfg, probe)
     return store.uri, store.artifact_location
 
 
