@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import mlflow
 import pandas as pd
 from mlflow.data.code_dataset_source import CodeDatasetSource
-from mlflow.data.pandas_dataset import PandasDataset
+from mlflow.data.pandas_dataset import PandasDataset, from_pandas
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def catalog_dataset(rows: Iterable[dict[str, str]], catalog_sha256: str) -> Pand
     # The digest column is 36 characters in MLflow's stores: the hash's first 32 hex digits.
     # A code source: the catalog is not a path a reviewer (or the server) could open.
     source = CodeDatasetSource({"imaging.catalog_sha256": catalog_sha256, "imaging.made_by": "imaging ingest"})
-    return mlflow.data.from_pandas(frame, source=source,
+    return from_pandas(frame, source=source,
                                    name=dataset_name(catalog_sha256), digest=(catalog_sha256 or "unknown")[:32])
 
 

@@ -93,8 +93,9 @@ def _sync_run(src: MlflowClient, dst: MlflowClient, run_id: str, dst_exp: str, r
         dst.log_batch(tid, metrics=metrics[start:start + BATCH])
     report.params_added += len(params)
     report.metrics_added += len(metrics)
-    if run.inputs.dataset_inputs and not have.inputs.dataset_inputs:
-        dst.log_inputs(tid, datasets=list(run.inputs.dataset_inputs))
+    src_inputs = list(run.inputs.dataset_inputs) if run.inputs is not None else []
+    if src_inputs and not (have.inputs is not None and have.inputs.dataset_inputs):
+        dst.log_inputs(tid, datasets=src_inputs)
     report.artifacts_added += _sync_artifacts(src, dst, run_id, tid)
     if run.info.status != "RUNNING" and (have.info.status != run.info.status):
         dst.set_terminated(tid, status=run.info.status, end_time=run.info.end_time)
