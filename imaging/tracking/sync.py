@@ -142,7 +142,10 @@ def _sync_versions(src: MlflowClient, dst_uri: str, src_uri: str, report: SyncRe
             tags = {k: v for k, v in (mv.tags or {}).items() if k not in ("task", "labels")}
             mlflow.set_tracking_uri(dst_uri)
             mlflow.set_registry_uri(dst_uri)
-            status = dst.get_run(target_run).info.status
+            target = dst.get_run(target_run)
+            status = target.info.status
+            # start_run(run_id) refuses a run outside the process's active experiment.
+            mlflow.set_experiment(experiment_id=target.info.experiment_id)
             with mlflow.start_run(run_id=target_run):
                 info = register_model(bundle.network, network_config=bundle.network_config,
                                       preprocessing=bundle.preprocessing, labels=bundle.labels, task=bundle.task,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -39,6 +40,8 @@ def test_unreachable_server_logs_offline_and_sync_uploads_once(tmp_path: Path,
     assert not (tmp_path / "mlflow").exists()  # not the embedded store either
 
     uri = mlflow_pg_server.uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("some_other_experiment")  # a process's leftover state must not matter
     assert cli(["mlflow", "sync", str(run_dir), "--tracking-uri", uri]) == 0
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.get_experiment_by_name("offline_exp")
