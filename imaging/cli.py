@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "federate": ("imaging.apps.federate", "hydra", "federated training across sites with Flower (FedAvg/FedProx)"),
     "model": ("imaging.apps.model", "argv", "model registry: list, promote (set alias), show"),
     "submit": ("imaging.apps.submit", "hydra", "submit train|infer|ingest to Slurm (sbatch rendered into the run dir)"),
+    "mlflow": ("imaging.apps.mlflow", "argv", "MLflow on a cluster: sync RUN_DIR uploads an offline run to the server"),
     "status": ("imaging.apps.status", "argv", "Slurm state of a job and its MLflow run"),
     "secret": ("imaging.apps.secret", "argv", "create a project secret file for keyed pseudonyms"),
     "init": ("imaging.apps.where", "argv-init", "make a folder the project root (writes the .imaging marker)"),

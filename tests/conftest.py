@@ -19,6 +19,7 @@ os.environ.setdefault("IMAGING_TEST", "1")
 # then the skip policy (--opt-out, and a failing run for any other skip).
 pytest_plugins = [
     "tests.fixtures.datasets",
+    "tests.fixtures.postgres",
     "tests.fixtures.mlflow_server",
     "tests.fixtures.slurm_cluster",
     "tests.skip_policy",

@@ -47,7 +47,7 @@ def _main(cfg: DictConfig) -> None:
         from imaging.tracking.runs import tracking_uri_from_config
 
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise UsageError(f"model={cfg.model_uri}: {first} (store: {tracking_uri_from_config(cfg)[0]}; "
+        raise UsageError(f"model={cfg.model_uri}: {first} (store: {tracking_uri_from_config(cfg, probe=False)[0]}; "
                          "`imaging where` shows the store, `imaging model list` its models)") from None
     except (SecretError, FileNotFoundError, ValueError) as exc:
         # Set-up errors (no secret, no input, bad URI): one clear line, exit 2.

@@ -20,7 +20,7 @@ def store_uris() -> tuple[str, str, str | None]:
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train")
-    uri, location = tracking_uri_from_config(cfg)
+    uri, location = tracking_uri_from_config(cfg, probe=False)
     return uri, os.environ.get("MLFLOW_REGISTRY_URI") or uri, location
 
 

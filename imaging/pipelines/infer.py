@@ -163,13 +163,15 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
     _finish(cfg, out, chosen, catalog, dataset, private, model, pseudo, settings.window)
     run_id = None
     if cfg.tracking.get("enabled", True):
-        run_id = log_inference_run(uri, location, cfg, bundle, model, result, options)
+        run_id = log_inference_run(uri, location, cfg, bundle, model, result, options,
+                                   dataset_dir=dataset, catalog=catalog)
     code = 1 if (cfg.fail_on_error and result.n_error) else 0
     return InferenceOutcome(result, model, run_id, code)
 
 
 def log_inference_run(tracking_uri: str, artifact_location: str | None, cfg: DictConfig, bundle: ModelBundle,
-                      model: ModelInfo, result: BatchResult, options: InferenceOptions) -> str:
+                      model: ModelInfo, result: BatchResult, options: InferenceOptions,
+                      dataset_dir: Path | None = None, catalog: list[CatalogRow] | None = None) -> str:
     """Log one shard's inference run; returns the MLflow run id."""
     tracker = MlflowTracker(tracking_uri, str(cfg.tracking.experiment_name), artifact_location, "", "")
     index, count = _shard(cfg)
@@ -192,6 +194,10 @@ def log_inference_run(tracking_uri: str, artifact_location: str | None, cfg: Dic
         merged_json = (result.merged_report or Path("/nonexistent")).with_suffix(".json")
         if merged_json.is_file():
             mlflow.log_artifact(str(merged_json), "report")
+        if dataset_dir is not None:  # the reviewer's view: input dataset, review images, description
+            from imaging.tracking.inference import log_inference_review
+
+            log_inference_review(tracker.client, run_id, result.shard_report, dataset_dir, catalog or [], model.labels)
     except BaseException:
         tracker.end("FAILED")
         raise

@@ -25,6 +25,13 @@ from omegaconf import DictConfig
 from imaging.engine.config import TrainPlan
 from imaging.engine.evaluate import ReviewCase
 from imaging.launch.env import job_tags
+from imaging.tracking.connect import embedded_uri, resolve_store  # noqa: F401 - embedded_uri re-exported
+from imaging.tracking.inputs import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    log_dataset_input,
+    split_rows,
+)
 from imaging.tracking.registry import register_model
 from imaging.tracking.review import case_dice, render_case
 
@@ -33,20 +40,13 @@ log = logging.getLogger(__name__)
 MAX_PARAM_LEN = 500  # MLflow's limit on a param value
 
 
-def embedded_uri(mlflow_db: str | Path) -> str:
-    return f"sqlite:///{Path(mlflow_db).resolve()}"
+def tracking_uri_from_config(cfg: DictConfig, probe: bool = True) -> tuple[str, str | None]:
+    """``(tracking_uri, artifact_location)``; the location is set only for the embedded store.
 
-
-def tracking_uri_from_config(cfg: DictConfig) -> tuple[str, str | None]:
-    """``(tracking_uri, artifact_location)``; the location is set only for the embedded store."""
-    uri = cfg.tracking.get("uri")
-    if uri:
-        return str(uri), None
-    db = Path(str(cfg.paths.mlflow_db))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    artifacts = Path(str(cfg.paths.mlflow_artifacts)).resolve()
-    artifacts.mkdir(parents=True, exist_ok=True)
-    return embedded_uri(db), artifacts.as_uri()
+    See :func:`imaging.tracking.connect.resolve_store` (server, token, offline fallback).
+    """
+    store = resolve_store(cfg, probe)
+    return store.uri, store.artifact_location
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -71,6 +71,21 @@ def git_commit() -> str:
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created if needed, tagged to open in the UI's model-training view."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            exp_id = str(client.create_experiment(name, artifact_location=artifact_location,
+                                                  tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
+        except MlflowException:  # another job created it meanwhile
+            exp_id = str(client.get_experiment_by_name(name).experiment_id)  # type: ignore[union-attr]
+        return exp_id
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return str(exp.experiment_id)
 
 
 class MlflowTracker:
@@ -103,13 +118,7 @@ class MlflowTracker:
         return tracker
 
     def _experiment_id(self) -> str:
-        exp = self.client.get_experiment_by_name(self.experiment_name)
-        if exp is not None:
-            return str(exp.experiment_id)
-        try:
-            return str(self.client.create_experiment(self.experiment_name, artifact_location=self.artifact_location))
-        except MlflowException:  # another job created it meanwhile
-            return str(self.client.get_experiment_by_name(self.experiment_name).experiment_id)  # type: ignore[union-attr]
+        return ensure_experiment(self.client, self.experiment_name, self.artifact_location)
 
     def start(self, run_id: str | None, run_name: str) -> str:
         """Reopen ``run_id`` (a resumed job) or start a new run; returns the run id."""
@@ -143,6 +152,12 @@ class MlflowTracker:
         mlflow.set_tags({"git_commit": git_commit(), "dataset.catalog_sha256": dataset["catalog_sha256"],
                          "dataset.n_subjects": str(dataset["n_subjects"]), "torch": torch.__version__})
         mlflow.log_dict(split, "split.json")
+        data = config.get("data") or {}
+        modality = str(data.get("modality") or (data.get("preprocessing") or {}).get("modality") or "")
+        labels = data.get("labels") or []
+        log_dataset_input(split_rows(split, modality), str(dataset["catalog_sha256"]),
+                          labels.values() if isinstance(labels, dict) else labels, "training",
+                          {k: v for k, v in dataset.items() if k.startswith("n_")})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.trained = True

@@ -35,6 +35,7 @@ MAX_NOTE = 8000  # MLflow's limit on a tag value
 DICE_PREFIX = "val_dice_"
 MONITOR = "val_dice_mean"
 MAX_IMAGES = 24
+MAX_SERIES_ROWS = 40
 # (heading, params shown together); a param a run lacks is left out.
 HIGHLIGHTS = [
     ("model", ["model.name", "model.channels", "model.strides", "model.feature_size", "model.num_res_units"]),
@@ -51,8 +52,13 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
 
-def run_link(run: Run) -> str:
-    return f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+# MLflow 3.17's UI picks its view (GenAI or model training) from this query parameter,
+# else from the browser's last choice (GenAI by default): our links open the training view.
+VIEW = "?workflowType=machine_learning"
+
+
+def run_link(run: Run, sub: str = "") -> str:
+    return f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}{sub}{VIEW}"
 
 
 def best_step(client: MlflowClient, run_id: str, monitor: str = MONITOR) -> int | None:
@@ -108,6 +114,8 @@ def _dataset_lines(run: Run) -> list[str]:
     sha = t.get("dataset.catalog_sha256", "")
     return [
         "| | |", "|---|---|",
+        f"| dataset (MLflow input) | `catalog-{sha[:12]}` · series keys: artifact `split.json` |" if sha else
+        "| dataset (MLflow input) | not logged |",
         f"| catalog sha256 | `{sha or 'not logged'}` |",
         f"| catalog rows / ok series / usable items | {p.get('dataset.n_rows', '?')} / {p.get('dataset.n_ok', '?')}"
         f" / {p.get('dataset.n_items', '?')} |",
@@ -131,8 +139,7 @@ def _review_links(client: MlflowClient, run: Run) -> list[str]:
     images = sorted(a.path for a in client.list_artifacts(run.info.run_id, "review") if a.path.endswith(".png"))
     if not images:
         return ["_No review images logged._"]
-    base = run_link(run)
-    out = [f"- [{path.rsplit('/', 1)[-1]}]({base}/artifactPath/{path})" for path in images[:MAX_IMAGES]]
+    out = [f"- [{path.rsplit('/', 1)[-1]}]({run_link(run, '/artifactPath/' + path)})" for path in images[:MAX_IMAGES]]
     if len(images) > MAX_IMAGES:
         out.append(f"- … and {len(images) - MAX_IMAGES} more under `review/`")
     return out
@@ -217,6 +224,49 @@ def _inference_lines(client: MlflowClient, run: Run, experiment: str) -> list[st
     ]
 
 
+def _series_table(rows: list[dict[str, str]], seg_uids: dict[str, str]) -> list[str]:
+    ok = [r for r in rows if r.get("status") == "ok"]
+    if not ok:
+        return ["_No series predicted in this shard._"]
+    volumes = sorted(k for k in ok[0] if k.startswith("volume_ml_"))
+    head = ["series key", "SEG SeriesInstanceUID", *(k.removeprefix("volume_ml_") + " (mL)" for k in volumes)]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in ok[:MAX_SERIES_ROWS]:
+        cells = [f"`{r['series_key'][:16]}`", f"`{seg_uids.get(r['series_key']) or '–'}`",
+                 *(r.get(k) or "–" for k in volumes)]
+        out.append("| " + " | ".join(cells) + " |")
+    if len(ok) > MAX_SERIES_ROWS:
+        out.append(f"\n_… and {len(ok) - MAX_SERIES_ROWS} more series in `report/`._")
+    return out
+
+
+def inference_description(run_id: str, client: MlflowClient, rows: list[dict[str, str]],
+                          seg_uids: dict[str, str], catalog_sha256: str) -> str:
+    """The description of an inference shard with its report rows: the model, the input,
+    counts, a per-series table (with the SEG's SeriesInstanceUID), failures, review images.
+
+    Raises:
+        mlflow.exceptions.MlflowException: unknown run id.
+    """
+    from imaging.tracking.inputs import dataset_name
+
+    run = client.get_run(run_id)
+    exp = client.get_experiment(run.info.experiment_id)
+    failed = [r for r in rows if r.get("status") == "error"]
+    lines = _inference_lines(client, run, exp.name)[:-1]
+    lines += ["", "### Input",
+              f"Dataset `{dataset_name(catalog_sha256)}` (catalog sha256 `{catalog_sha256 or 'unknown'}`): "
+              f"{len(rows)} series of {len({r.get('subject_key') for r in rows})} subject(s) in this shard; "
+              "the series keys are the run's dataset input.",
+              "", "### Per-series results", *_series_table(rows, seg_uids),
+              "", f"### Failures ({len(failed)})"]
+    lines += [f"- `{r['series_key'][:16]}`: {r.get('reason', '')[:200]}" for r in failed[:MAX_SERIES_ROWS]] or [
+        "_None._"]
+    lines += ["", "### Review images (prediction overlays)", *_review_links(client, run),
+              "", "Full report (volumes in mL, timings): artifacts under `report/`."]
+    return _clip(lines)
+
+
 def describe_run(run_id: str, client: MlflowClient) -> str:
     """Write the run's description (tag ``mlflow.note.content``) and return it.
 
@@ -239,7 +289,12 @@ def model_version_description(name: str, version: str | int, client: MlflowClien
         mlflow.exceptions.MlflowException: unknown model or version.
     """
     mv = client.get_model_version(name, str(version))
-    lines = [f"## {name} v{mv.version}",
+    summary = f"{name} v{mv.version}"
+    if mv.run_id:
+        sha = client.get_run(mv.run_id).data.tags.get("dataset.catalog_sha256", "")
+        summary += f" · trained on catalog-{sha[:12]}" if sha else ""
+    # First line plain text: the versions list shows the description's start unrendered.
+    lines = [summary, "", f"## {name} v{mv.version}",
              f"Load with `models:/{name}/{mv.version}` (pinned) or through an alias, `models:/{name}@<alias>`."]
     tags = dict(mv.tags or {})
     if tags.get("task"):
@@ -255,7 +310,8 @@ def model_version_description(name: str, version: str | int, client: MlflowClien
         f"- training run: [`{run.info.run_name}`]({run_link(run)}) (`{run.info.run_id}`), experiment "
         f"`{exp.name}`",
         f"- code: git `{t.get('git_commit', 'unknown')}` · torch {t.get('torch', '?')}",
-        f"- data: catalog sha256 `{t.get('dataset.catalog_sha256', 'not logged')}` · "
+        f"- data: dataset `catalog-{t.get('dataset.catalog_sha256', '')[:12]}` (the run's input; series keys in "
+        f"its `split.json`), catalog sha256 `{t.get('dataset.catalog_sha256', 'not logged')}` · "
         f"{run.data.params.get('dataset.n_subjects', '?')} subjects, "
         f"{run.data.params.get('dataset.n_train', '?')} train / {run.data.params.get('dataset.n_val', '?')} val items",
         "- weights: the run's best checkpoint (validation Dice), config: the run's `config/train.yaml`",

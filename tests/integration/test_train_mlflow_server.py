@@ -35,5 +35,20 @@ def test_train_resume_and_register_through_server(tmp_path: Path, mlflow_server:
     # Artifacts went through the server into its own store, not into our paths.
     assert list((mlflow_server.root / "artifacts").rglob("split.json"))
     assert not (tmp_path / "mlflow").exists()
+    # The reviewer's view: model-training experiment, the dataset as the run's input.
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    inputs = client.get_run(first.run_id).inputs.dataset_inputs
+    assert len(inputs) == 1
+    ds = inputs[0].dataset
+    tags = {t.key: t.value for t in inputs[0].tags}
+    sha = runs[0].data.tags["dataset.catalog_sha256"]
+    assert ds.name == f"catalog-{sha[:12]}" and ds.digest == sha[:32]
+    assert tags["mlflow.data.context"] == "training" and tags["labels"] == "liver,spleen,kidney"
+    assert tags["modalities"] == "CT" and tags["n_series"] == "6" and tags["n_subjects"] == "6"
+    split = client.download_artifacts(first.run_id, "split.json", str(tmp_path))
+    import json
+    keys = {i["series_key"] for part in ("train", "val") for i in json.loads(Path(split).read_text())[part]}
+    assert keys == {f"ser{i:02d}0" for i in range(6)}
+    assert '"series_key"' in ds.schema and "ser000" not in ds.schema  # schema: columns, not content
     bundle = load_bundle("models:/server_exp@candidate", tracking_uri=mlflow_server.uri)
     assert bundle.run_id == first.run_id and bundle.labels[1] == "liver"

@@ -45,7 +45,7 @@ def test_describe_run_sets_the_note(store: Store) -> None:
     assert "| model | name=unet, channels=[4, 8, 16] |" in text
     assert "| split | folds=3, fold=0 |" in text
     base = f"#/experiments/{store.experiment_id}/runs/{store.good}"
-    assert f"[caseA.png]({base}/artifactPath/review/caseA.png)" in text
+    assert f"[caseA.png]({base}/artifactPath/review/caseA.png?workflowType=machine_learning)" in text
     assert "[demo_seg v1](#/models/demo_seg/versions/1) · aliases: @candidate" in text
     assert "git `abc123`" in text
     # Re-running rewrites (not appends) and the finished run stays finished.
@@ -59,9 +59,11 @@ def test_describe_model_version_gives_lineage(store: Store) -> None:
     text = describe_model_version("demo_seg", 1, store.client)
     mv = store.client.get_model_version("demo_seg", "1")
     assert mv.description == text
-    assert text.startswith("## demo_seg v1")
+    # The first line is plain text (the versions list shows it unrendered), then the markdown.
+    assert text.startswith(f"demo_seg v1 · trained on catalog-{CATALOG_SHA[:12]}\n\n## demo_seg v1")
     assert "`models:/demo_seg/1`" in text
-    assert f"[`fold0-lr3e-3`](#/experiments/{store.experiment_id}/runs/{store.good}) (`{store.good}`)" in text
+    assert (f"[`fold0-lr3e-3`](#/experiments/{store.experiment_id}/runs/{store.good}"
+            f"?workflowType=machine_learning) (`{store.good}`)") in text
     assert f"catalog sha256 `{CATALOG_SHA}`" in text and "4 subjects, 6 train / 2 val items" in text
     assert "| liver | 0.900 | 0.800 |" in text
     assert "Task: segmentation" in text
@@ -98,7 +100,8 @@ def test_an_inference_run_gets_lineage_to_model_and_training(store: Store) -> No
     text = describe_run(rid, store.client)
     assert text.startswith("## Inference run `infer-shard0-of-2` · experiment `inference`")
     assert "[demo_seg v1](#/models/demo_seg/versions/1) as `models:/demo_seg@candidate`" in text
-    assert f"trained by run [`fold0-lr3e-3`](#/experiments/{store.experiment_id}/runs/{store.good})" in text
+    assert (f"trained by run [`fold0-lr3e-3`](#/experiments/{store.experiment_id}/runs/{store.good}"
+            "?workflowType=machine_learning)") in text
     assert "| series in shard / ok / error / already done | 5 / 4 / 1 / 0 |" in text
     assert "| wall time | 12.500 s (0.400 series/s) |" in text
     assert "Training run" not in text and "Dice" not in text

@@ -1,0 +1,205 @@
+"""Upload offline MLflow file stores (``<run_dir>/mlflow-offline/*``) into a tracking server.
+
+MLflow has no tool that copies runs between stores (``mlflow migrate-filestore``
+converts a whole file store into a *new* database, not into a live server), so
+this walks the offline store with :class:`mlflow.MlflowClient` and replays it.
+Idempotent: each uploaded run carries the tag ``imaging.offline_run_id``; a
+later sync finds it and adds only what is missing (metric points compared by
+step, timestamp and value; params; tags; dataset inputs; artifact files by
+path). A registered model version is re-registered from the offline version's
+bundle into the synced run, with its aliases and tags, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag, ViewType
+
+from imaging.tracking.connect import OFFLINE_DIR, file_store_uri, load_token
+from imaging.tracking.summary import NOTE_TAG
+
+log = logging.getLogger(__name__)
+
+OFFLINE_RUN_TAG = "imaging.offline_run_id"
+BATCH = 900  # MLflow accepts up to 1000 metrics per log_batch
+
+
+@dataclass
+class SyncReport:
+    runs_created: int = 0
+    runs_existing: int = 0
+    metrics_added: int = 0
+    params_added: int = 0
+    artifacts_added: int = 0
+    versions_created: int = 0
+    run_map: dict[str, str] = field(default_factory=dict)  # offline run id -> server run id
+
+    def added(self) -> int:
+        return (self.runs_created + self.metrics_added + self.params_added + self.artifacts_added
+                + self.versions_created)
+
+
+def find_stores(run_dir: Path) -> list[Path]:
+    """The offline stores under ``run_dir`` (``.../mlflow-offline/<name>`` folders).
+
+    Raises:
+        FileNotFoundError: ``run_dir`` does not exist or holds no offline store (names it).
+    """
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run dir '{run_dir}' does not exist")
+    stores = sorted(p for d in [run_dir, *run_dir.rglob(OFFLINE_DIR)] if d.name == OFFLINE_DIR
+                    for p in d.iterdir() if p.is_dir())
+    if not stores:
+        raise FileNotFoundError(f"no offline MLflow store ({OFFLINE_DIR}/) under '{run_dir}'")
+    return stores
+
+
+def server_of(store: Path) -> str | None:
+    path = store / "SERVER"
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+
+def _sync_run(src: MlflowClient, dst: MlflowClient, run_id: str, dst_exp: str, report: SyncReport) -> str:
+    run = src.get_run(run_id)
+    found = dst.search_runs([dst_exp], f"tags.`{OFFLINE_RUN_TAG}` = '{run_id}'", run_view_type=ViewType.ALL)
+    if found:
+        target = found[0]
+        report.runs_existing += 1
+    else:
+        target = dst.create_run(dst_exp, start_time=run.info.start_time, run_name=run.info.run_name,
+                                tags={OFFLINE_RUN_TAG: run_id})
+        report.runs_created += 1
+    tid = target.info.run_id
+    have = dst.get_run(tid)
+    params = [Param(k, v) for k, v in run.data.params.items() if k not in have.data.params]
+    tags = [RunTag(k, v) for k, v in run.data.tags.items()
+            if k != NOTE_TAG and not k.startswith("mlflow.log-model") and have.data.tags.get(k) != v]
+    metrics: list[Metric] = []
+    for key in run.data.metrics:
+        known = {(m.step, m.timestamp, m.value) for m in dst.get_metric_history(tid, key)}
+        metrics += [Metric(key, m.value, m.timestamp, m.step) for m in src.get_metric_history(run_id, key)
+                    if (m.step, m.timestamp, m.value) not in known]
+    for start in range(0, len(params), 100):
+        dst.log_batch(tid, params=params[start:start + 100])
+    for start in range(0, len(tags), 100):
+        dst.log_batch(tid, tags=tags[start:start + 100])
+    for start in range(0, len(metrics), BATCH):
+        dst.log_batch(tid, metrics=metrics[start:start + BATCH])
+    report.params_added += len(params)
+    report.metrics_added += len(metrics)
+    src_inputs = list(run.inputs.dataset_inputs) if run.inputs is not None else []
+    if src_inputs and not (have.inputs is not None and have.inputs.dataset_inputs):
+        dst.log_inputs(tid, datasets=src_inputs)
+    report.artifacts_added += _sync_artifacts(src, dst, run_id, tid)
+    if run.info.status != "RUNNING" and (have.info.status != run.info.status):
+        dst.set_terminated(tid, status=run.info.status, end_time=run.info.end_time)
+    report.run_map[run_id] = tid
+    return tid
+
+
+def _files(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    out: set[str] = set()
+    for info in client.list_artifacts(run_id, path):
+        out |= _files(client, run_id, info.path) if info.is_dir else {info.path}
+    return out
+
+
+def _sync_artifacts(src: MlflowClient, dst: MlflowClient, run_id: str, tid: str) -> int:
+    missing = sorted(_files(src, run_id) - _files(dst, tid))
+    if not missing:
+        return 0
+    with tempfile.TemporaryDirectory(prefix="imaging-sync-") as tmp:
+        for rel in missing:
+            local = src.download_artifacts(run_id, rel, tmp)
+            parent = rel.rsplit("/", 1)[0] if "/" in rel else None
+            dst.log_artifact(tid, local, parent)
+    return len(missing)
+
+
+def _sync_versions(src: MlflowClient, dst_uri: str, src_uri: str, report: SyncReport) -> None:
+    from imaging.tracking.registry import client_for, load_bundle, register_model
+    from imaging.tracking.summary import describe_model_version
+
+    dst = client_for(dst_uri)
+    for model in src.search_registered_models():
+        aliases_of: dict[str, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases_of.setdefault(str(version), []).append(alias)
+        for mv in sorted(src.search_model_versions(f"name='{model.name}'"), key=lambda v: int(v.version)):
+            target_run = report.run_map.get(str(mv.run_id))
+            if target_run is None:
+                continue
+            if dst.search_model_versions(f"name='{model.name}' and run_id='{target_run}'"):
+                continue
+            bundle = load_bundle(f"models:/{model.name}/{mv.version}", tracking_uri=src_uri)
+            aliases = sorted(aliases_of.get(str(mv.version), [])) or ["candidate"]
+            tags = {k: v for k, v in (mv.tags or {}).items() if k not in ("task", "labels")}
+            mlflow.set_tracking_uri(dst_uri)
+            mlflow.set_registry_uri(dst_uri)
+            target = dst.get_run(target_run)
+            status = target.info.status
+            # start_run(run_id) refuses a run outside the process's active experiment.
+            mlflow.set_experiment(experiment_id=target.info.experiment_id)
+            with mlflow.start_run(run_id=target_run):
+                info = register_model(bundle.network, network_config=bundle.network_config,
+                                      preprocessing=bundle.preprocessing, labels=bundle.labels, task=bundle.task,
+                                      name=model.name, alias=aliases[0], tags=tags)
+            dst.set_terminated(target_run, status=status)
+            for alias in aliases[1:]:
+                dst.set_registered_model_alias(model.name, alias, info["version"])
+            describe_model_version(model.name, info["version"], dst)
+            report.versions_created += 1
+            log.info("registered %s v%s from offline v%s", model.name, info["version"], mv.version)
+
+
+def sync_store(store: Path, target_uri: str) -> SyncReport:
+    """Upload one offline store into ``target_uri``; returns what was added.
+
+    Raises:
+        mlflow.exceptions.MlflowException: the server refused a write (a rerun resumes).
+    """
+    from imaging.tracking.runs import ensure_experiment
+    from imaging.tracking.summary import describe_run
+
+    src_uri = file_store_uri(store)
+    src = MlflowClient(tracking_uri=src_uri, registry_uri=src_uri)
+    dst = MlflowClient(tracking_uri=target_uri, registry_uri=target_uri)
+    report = SyncReport()
+    for exp in src.search_experiments(view_type=ViewType.ALL):
+        runs = src.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)
+        if not runs:
+            continue
+        dst_exp = ensure_experiment(dst, exp.name)
+        for run in runs:
+            _sync_run(src, dst, run.info.run_id, dst_exp, report)
+    _sync_versions(src, target_uri, src_uri, report)
+    if report.added():
+        for tid in report.run_map.values():  # links point at the server's ids now
+            try:
+                describe_run(tid, dst)
+            except Exception as exc:  # noqa: BLE001 - a description never fails a sync
+                log.warning("could not describe run %s: %s", tid, exc)
+    return report
+
+
+def sync_run_dir(run_dir: Path, target_uri: str | None = None, tracking: dict | None = None) -> list[SyncReport]:
+    """Sync every offline store under ``run_dir`` into ``target_uri`` (default: the server it was meant for).
+
+    Raises:
+        FileNotFoundError: no run dir / offline store.
+        ValueError: no target server given nor recorded.
+    """
+    load_token(tracking or {})
+    reports = []
+    for store in find_stores(run_dir):
+        target = target_uri or server_of(store)
+        if not target:
+            raise ValueError(f"no server for offline store '{store}': pass --tracking-uri")
+        reports.append(sync_store(store, target))
+    return reports
