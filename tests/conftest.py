@@ -14,5 +14,6 @@ os.environ.setdefault("IMAGING_TEST", "1")
 pytest_plugins = [
     "tests.fixtures.datasets",
     "tests.fixtures.mlflow_server",
+    "tests.fixtures.orthanc",
     "tests.fixtures.slurm_cluster",
 ]
