@@ -22,9 +22,11 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from struct import error as struct_error
 from typing import Any
 
 import pydicom
+import pydicom.encaps
 import requests
 from dicomweb_client.api import DICOMwebClient
 from tqdm import tqdm
@@ -103,29 +105,73 @@ class _Instance:
     sop: str
 
 
+PAGE = 500
+
+
+def _all_pages(search: Callable[..., list[dict[str, Any]]], tag: str) -> list[dict[str, Any]]:
+    """Every result of a QIDO-RS search, page by page.
+
+    Hand-written because dicomweb-client's ``get_remaining=True`` loops forever on
+    servers that ignore ``offset`` (Orthanc 1.10's plugin): stop on a short page or
+    on a page that brings nothing new.
+    """
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    while True:
+        page = search(limit=PAGE, offset=len(out))
+        new = [item for item in page if _value(item, tag) not in seen]
+        seen.update(_value(item, tag) for item in new)
+        out += new
+        if len(page) < PAGE or not new:
+            return out
+
+
 def find_studies(client: DICOMwebClient, query: PullQuery) -> list[str]:
     """StudyInstanceUIDs matching ``query`` (QIDO-RS, all pages).
 
     Raises:
         requests.RequestException: the server is unreachable or refused the query.
     """
-    found = client.search_for_studies(search_filters=query.filters(), fields=["StudyInstanceUID"],
-                                      get_remaining=True)
+    found = _all_pages(lambda **kw: client.search_for_studies(search_filters=query.filters(),
+                                                              fields=["StudyInstanceUID"], **kw), _STUDY_UID)
     return sorted({_value(s, _STUDY_UID) for s in found} - {""})
 
 
 def _list_instances(client: DICOMwebClient, study: str, modality: str) -> tuple[list[_Instance], int]:
-    series = client.search_for_series(study_instance_uid=study, fields=["Modality", "SeriesInstanceUID"],
-                                      get_remaining=True)
+    series = _all_pages(lambda **kw: client.search_for_series(
+        study_instance_uid=study, fields=["Modality", "SeriesInstanceUID"], **kw), _SERIES_UID)
     if modality:
         series = [s for s in series if _value(s, _MODALITY).upper() == modality.upper()]
     out = []
     for s in series:
         uid = _value(s, _SERIES_UID)
         found = client.search_for_instances(study_instance_uid=study, series_instance_uid=uid,
-                                            fields=["SOPInstanceUID"], get_remaining=True)
+                                            fields=["SOPInstanceUID"])
         out += [_Instance(study, uid, _value(i, _SOP_UID)) for i in found]
     return out, len(series)
+
+
+def truncated_pixels(ds: pydicom.Dataset) -> str:
+    """Why the pixel data is shorter than the header says, or ''.
+
+    pydicom reads a file cut inside Pixel Data without complaint (the element just
+    comes out short), so a truncated body would pass as an instance: check the
+    length for native pixels, and that the fragments parse for encapsulated ones.
+    """
+    if "PixelData" not in ds:
+        return ""
+    data = ds.PixelData
+    if getattr(ds.file_meta, "TransferSyntaxUID", None) is not None and ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        try:
+            n = sum(1 for _ in pydicom.encaps.generate_frames(data, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
+        except (ValueError, EOFError, struct_error) as exc:
+            return f"encapsulated Pixel Data does not parse: {exc}"
+        return "" if n else "no frame in the encapsulated Pixel Data"
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 8) or 8)
+    expected = int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * frames * int(ds.get("SamplesPerPixel", 1) or 1)
+    expected = (expected * bits + 7) // 8
+    return f"Pixel Data has {len(data)} of {expected} bytes" if len(data) < expected else ""
 
 
 class Puller:
@@ -161,6 +207,9 @@ class Puller:
             return explain(exc, "retrieve")
         if str(ds.get("SOPInstanceUID", "")) != inst.sop:
             return "retrieve: the server answered with another instance than asked for"
+        damage = truncated_pixels(ds)
+        if damage:
+            return f"retrieve: truncated instance ({damage})"
         try:
             with atomic_path(self._staged(inst), suffix=".dcm") as tmp:
                 ds.save_as(tmp, enforce_file_format=True)
@@ -198,7 +247,7 @@ class Puller:
             plans.append((row, study, instances))
         todo = [(row, inst) for row, _, insts in plans for inst in insts
                 if not (self._final(inst).is_file() or self._staged(inst).is_file())]
-        for row, _, insts in plans:
+        for row, _, _insts in plans:
             row.n_present = row.n_instances - sum(1 for r, _ in todo if r is row)
         bar = tqdm(total=len(todo), unit="inst", desc="pull", disable=not self.progress, dynamic_ncols=True)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="wado") as pool:
