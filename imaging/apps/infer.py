@@ -71,6 +71,15 @@ def _main(cfg: DictConfig) -> None:
         )
     console.print(f"report: {report} ({'complete' if res.merged_complete else 'other shards pending'}); "
                   f"SEG/NIfTI per series under {cfg.output_dir}/<series_key>/")
+    if outcome.transfers:
+        pulls = [t for t in outcome.transfers if t.stage == "pull"]
+        pushes = [t for t in outcome.transfers if t.stage == "push"]
+        console.print(f"DICOMweb: {sum(t.status == 'ok' for t in pulls)}/{len(pulls)} studies pulled, "
+                      f"{sum(t.status == 'ok' for t in pushes)} SEGs stored, "
+                      f"{sum(t.status == 'present' for t in pushes)} already on the server")
+        for t in outcome.transfers:
+            if t.status == "error":
+                console.print(f"  {t.stage} {t.key}: {t.reason}")
     if outcome.run_id:
         console.print(f"MLflow run {outcome.run_id} (experiment '{cfg.tracking.experiment_name}')")
     raise SystemExit(outcome.exit_code)

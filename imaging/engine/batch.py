@@ -72,6 +72,7 @@ class BatchSettings:
     write_seg: bool = True
     seg_identity: str = "deidentified"
     seg_type: str = "BINARY"
+    seg_geometry: str = "source"  # source | regular (imaging.dicom.seg.GEOMETRIES)
     segments: Mapping[str, Any] = field(default_factory=dict)
     overlay: bool = True
     window: tuple[float, float] | None = None
@@ -282,7 +283,7 @@ class BatchRunner:
         result = write_seg(folder / "seg.dcm", source, labels, affine, self.names, self.s.segments,
                            algorithm_name=self.model.name, algorithm_version=str(self.model.version),
                            pseudonymizer=self.pseudo, identity=self.s.seg_identity,
-                           segmentation_type=self.s.seg_type)
+                           segmentation_type=self.s.seg_type, geometry=self.s.seg_geometry)
         if result is None:
             (folder / "seg.dcm").unlink(missing_ok=True)  # a stale SEG from an earlier model must go
             return 0, "no foreground: no DICOM SEG written"

@@ -9,7 +9,7 @@ Only keys and counts go to MLflow: no input paths, no patient identifiers.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,18 @@ from imaging.engine.batch import (
     ModelInfo,
     merge_reports,
     resolve_input,
+    shard_keys,
 )
 from imaging.engine.predict import InferenceOptions, SeriesPredictor
 from imaging.keys import Pseudonymizer, SecretError
+from imaging.pipelines.remote import (
+    TransferRow,
+    check_push_config,
+    is_url,
+    pull_for_inference,
+    push_segs,
+    write_transfers,
+)
 from imaging.tracking.registry import ModelBundle, load_bundle, parse_model_uri
 from imaging.tracking.runs import MlflowTracker, tracking_uri_from_config
 
@@ -39,6 +48,7 @@ class InferenceOutcome:
     model: ModelInfo
     run_id: str | None
     exit_code: int
+    transfers: list[TransferRow] = field(default_factory=list)  # DICOMweb pull/push rows (input=URL)
 
 
 def _pseudonymizer(cfg: DictConfig, needed: bool) -> Pseudonymizer | None:
@@ -91,7 +101,9 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
     bundle: ModelBundle = load_bundle(str(cfg.model_uri), tracking_uri=uri)
     model = ModelInfo(bundle.name, str(bundle.version), alias or "", dict(bundle.labels))
     index, count = _shard(cfg)
-    is_pacs = not (Path(str(cfg.input)).is_file() or (Path(str(cfg.input)) / "catalog.csv").is_file())
+    remote = is_url(cfg.input)
+    check_push_config(cfg)
+    is_pacs = remote or not (Path(str(cfg.input)).is_file() or (Path(str(cfg.input)) / "catalog.csv").is_file())
     pseudo = _pseudonymizer(cfg, needed=is_pacs or (cfg.seg.enabled and cfg.seg.identity == "deidentified"))
     if cfg.merge_only:
         dataset = out / "work" / "dataset" if is_pacs else Path(str(cfg.input))
@@ -100,22 +112,33 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
         path, complete = merge_reports(out, keys, model)
         log.info("merged report %s (%s)", path, "complete" if complete else "incomplete")
         return InferenceOutcome(BatchResult(merged_report=path, merged_complete=complete), model, None, 0)
-    dataset, private = resolve_input(str(cfg.input), out, pseudo, cfg.get("private_dir"))
+    transfers: list[TransferRow] = []
+    source: str | Path = str(cfg.input)
+    if remote:  # pull into the private side, then ingest it as any PACS export
+        assert pseudo is not None
+        private_dir = Path(str(cfg.private_dir)) if cfg.get("private_dir") else out.with_name(out.name + ".private")
+        source, transfers = pull_for_inference(cfg, private_dir, pseudo, str(bundle.preprocessing.get("modality", "")))
+    dataset, private = resolve_input(source, out, pseudo, cfg.get("private_dir"))
     catalog = _select(read_catalog(dataset), bundle.preprocessing, bool(cfg.get("match_modality", True)))
     options = InferenceOptions.from_config(OmegaConf.to_container(cfg.inference, resolve=True))  # type: ignore[arg-type]
     predictor = SeriesPredictor(bundle.network, bundle.preprocessing, options)
     settings = BatchSettings(
         dataset_dir=dataset, output_dir=out, private_dir=private, shard_index=index, shard_count=count,
         prefetch=int(cfg.prefetch), write_seg=bool(cfg.seg.enabled), seg_identity=str(cfg.seg.identity),
-        seg_type=str(cfg.seg.type), segments=OmegaConf.to_container(cfg.segments, resolve=True),  # type: ignore[arg-type]
+        seg_type=str(cfg.seg.type), seg_geometry=str(cfg.seg.get("geometry", "source")), segments=OmegaConf.to_container(cfg.segments, resolve=True),  # type: ignore[arg-type]
         overlay=bool(cfg.overlay), window=_window(bundle.preprocessing),
     )
     result = BatchRunner(predictor, model, settings, pseudo).run(catalog)
+    if cfg.seg.get("push", False):
+        transfers += push_segs(cfg, out, shard_keys([r.series_key for r in catalog], index, count))
+    if remote:
+        write_transfers(out, transfers, f"{index}/{count}")
     run_id = None
     if cfg.tracking.get("enabled", True):
         run_id = log_inference_run(uri, location, cfg, bundle, model, result, options)
-    code = 1 if (cfg.fail_on_error and result.n_error) else 0
-    return InferenceOutcome(result, model, run_id, code)
+    failed = result.n_error + sum(t.status == "error" for t in transfers)
+    code = 1 if (cfg.fail_on_error and failed) else 0
+    return InferenceOutcome(result, model, run_id, code, transfers)
 
 
 def log_inference_run(tracking_uri: str, artifact_location: str | None, cfg: DictConfig, bundle: ModelBundle,
