@@ -23,6 +23,7 @@ from imaging.engine.batch import (
     BatchSettings,
     ModelInfo,
     merge_reports,
+    options_key,
     resolve_input,
     shard_keys,
 )
@@ -121,10 +122,16 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
     dataset, private = resolve_input(source, out, pseudo, cfg.get("private_dir"))
     catalog = _select(read_catalog(dataset), bundle.preprocessing, bool(cfg.get("match_modality", True)))
     options = InferenceOptions.from_config(OmegaConf.to_container(cfg.inference, resolve=True))  # type: ignore[arg-type]
+    model.options_key = options_key({
+        "inference": {k: v for k, v in vars(options).items() if k != "device"},
+        "seg": {k: v for k, v in OmegaConf.to_container(cfg.seg, resolve=True).items() if k != "push"},  # type: ignore[union-attr]
+        "overlay": bool(cfg.overlay),
+        "segments": OmegaConf.to_container(cfg.segments, resolve=True),
+    })
     predictor = SeriesPredictor(bundle.network, bundle.preprocessing, options)
     settings = BatchSettings(
         dataset_dir=dataset, output_dir=out, private_dir=private, shard_index=index, shard_count=count,
-        prefetch=int(cfg.prefetch), write_seg=bool(cfg.seg.enabled), seg_identity=str(cfg.seg.identity),
+        prefetch=int(cfg.prefetch), prefetch_workers=int(cfg.get("prefetch_workers", 0) or 0), write_seg=bool(cfg.seg.enabled), seg_identity=str(cfg.seg.identity),
         seg_type=str(cfg.seg.type), seg_geometry=str(cfg.seg.get("geometry", "source")), segments=OmegaConf.to_container(cfg.segments, resolve=True),  # type: ignore[arg-type]
         overlay=bool(cfg.overlay), window=_window(bundle.preprocessing),
     )
