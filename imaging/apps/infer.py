@@ -64,7 +64,9 @@ def _main(cfg: DictConfig) -> None:
         console.print(table)
         if len(rows) > 50:
             console.print(f"... {len(rows) - 50} more rows in {report}")
-    if not cfg.merge_only:
+    if cfg.get("prepare_only", False):
+        console.print(f"prepared: {cfg.output_dir}/work/dataset (run the array with input= that folder)")
+    elif not cfg.merge_only:
         console.print(
             f"shard {cfg.shard.index}/{cfg.shard.count}: {res.n_total} series, {res.n_ok} ok, {res.n_error} error, "
             f"{res.n_skipped_done} already done; {res.series_per_s:.2f} series/s"

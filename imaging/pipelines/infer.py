@@ -120,6 +120,14 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
         private_dir = Path(str(cfg.private_dir)) if cfg.get("private_dir") else out.with_name(out.name + ".private")
         source, transfers = pull_for_inference(cfg, private_dir, pseudo, str(bundle.preprocessing.get("modality", "")))
     dataset, private = resolve_input(source, out, pseudo, cfg.get("private_dir"))
+    if cfg.get("prepare_only", False):
+        # The job before a Slurm array (--dependency=afterok): pull + ingest once, so the array
+        # tasks (input=OUT/work/dataset private_dir=OUT.private) do not each take the ingest lock.
+        if remote:
+            write_transfers(out, transfers, "prepare")
+        log.info("prepared %s (private side %s)", dataset, private)
+        failed = sum(t.status == "error" for t in transfers)
+        return InferenceOutcome(BatchResult(), model, None, 1 if (cfg.fail_on_error and failed) else 0, transfers)
     catalog = _select(read_catalog(dataset), bundle.preprocessing, bool(cfg.get("match_modality", True)))
     options = InferenceOptions.from_config(OmegaConf.to_container(cfg.inference, resolve=True))  # type: ignore[arg-type]
     model.options_key = options_key({

@@ -111,8 +111,8 @@ def push_segs(cfg: DictConfig, out: Path, keys: Iterable[str]) -> list[TransferR
 
 
 def write_transfers(out: Path, rows: list[TransferRow], shard: str) -> Path:
-    """``OUT/transfers.shard-I-of-N.csv`` (and ``.json``) atomically."""
-    path = out / f"transfers.shard-{shard.replace('/', '-of-')}.csv"
+    """``OUT/transfers.shard-I-of-N.csv`` (``shard`` "I/N") or ``OUT/transfers.<shard>.csv``, and ``.json``, atomically."""
+    path = out / (f"transfers.shard-{shard.replace('/', '-of-')}.csv" if "/" in shard else f"transfers.{shard}.csv")
     buf = io.StringIO()
     fields = list(TransferRow.__dataclass_fields__)
     writer = csv.DictWriter(buf, fieldnames=fields)

@@ -147,3 +147,19 @@ def test_vanished_study_and_truncated_instance(orthanc: Orthanc, archive: dict, 
     finally:
         orthanc.clear()
         orthanc.stow([Path(h.filename) for h in archive["headers"]])
+
+
+def test_dimse_c_store_to_orthanc(orthanc: Orthanc, archive: dict) -> None:
+    """The DIMSE path (archives without DICOMweb): pynetdicom C-STORE to Orthanc's DICOM port."""
+    from imaging.dicomweb.push import c_store
+
+    header = next(h for h in archive["headers"] if h.Modality == "CT")
+    sop = str(header.SOPInstanceUID)
+    found = orthanc.request("POST", "/tools/lookup", sop.encode())
+    orthanc.request("DELETE", f"/instances/{found[0]['ID']}")  # type: ignore[index]
+    assert not orthanc.request("POST", "/tools/lookup", sop.encode())
+    result = c_store(Path(header.filename), "127.0.0.1", orthanc.dicom_port, orthanc.aet, what="series x")
+    assert result.status == "stored", result.reason
+    assert orthanc.request("POST", "/tools/lookup", sop.encode())
+    bad = c_store(Path(header.filename), "127.0.0.1", 1, "NOPE", what="series x")
+    assert bad.status == "error" and "series x" in bad.reason

@@ -91,6 +91,9 @@ def _our_segs(client: DICOMwebClient) -> list[pydicom.Dataset]:
 
 def test_round_trip_push_read_back_and_rerun(orthanc: Orthanc, env: dict, tmp_path: Path) -> None:
     out = env["root"] / "out"
+    prepared = run_inference(_config(env, orthanc, out, "prepare_only=true"))  # the job before an array
+    assert prepared.exit_code == 0 and (out / "work" / "dataset" / "catalog.csv").is_file()
+    assert not (out / "done").exists() and (out / "transfers.prepare.csv").is_file()
     outcome = run_inference(_config(env, orthanc, out))
     assert outcome.exit_code == 0
     pulls = [t for t in outcome.transfers if t.stage == "pull"]
