@@ -131,7 +131,8 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
     catalog = _select(read_catalog(dataset), bundle.preprocessing, bool(cfg.get("match_modality", True)))
     options = InferenceOptions.from_config(OmegaConf.to_container(cfg.inference, resolve=True))  # type: ignore[arg-type]
     model.options_key = options_key({
-        "inference": {k: v for k, v in vars(options).items() if k != "device"},
+        # sw_batch_size and device change speed, not the masks: a re-run with another GPU reuses outputs
+        "inference": {k: v for k, v in vars(options).items() if k not in ("device", "sw_batch_size")},
         "seg": {k: v for k, v in OmegaConf.to_container(cfg.seg, resolve=True).items() if k != "push"},  # type: ignore[union-attr]
         "overlay": bool(cfg.overlay),
         "segments": OmegaConf.to_container(cfg.segments, resolve=True),
