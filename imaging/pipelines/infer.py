@@ -8,6 +8,7 @@ Only keys and counts go to MLflow: no input paths, no patient identifiers.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,11 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
     if remote:  # pull into the private side, then ingest it as any PACS export
         assert pseudo is not None
         private_dir = Path(str(cfg.private_dir)) if cfg.get("private_dir") else out.with_name(out.name + ".private")
-        source, transfers = pull_for_inference(cfg, private_dir, pseudo, str(bundle.preprocessing.get("modality", "")))
+        (out / "work").mkdir(parents=True, exist_ok=True)
+        with open(out / "work" / ".pull.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # array tasks: one pulls, the others then find it on disk
+            source, transfers = pull_for_inference(cfg, private_dir, pseudo,
+                                                   str(bundle.preprocessing.get("modality", "")))
     dataset, private = resolve_input(source, out, pseudo, cfg.get("private_dir"))
     if cfg.get("prepare_only", False):
         # The job before a Slurm array (--dependency=afterok): pull + ingest once, so the array
