@@ -3,10 +3,18 @@
 Three stages on three threads, joined by small bounded queues (memory does not
 grow with the number of series):
 
-1. *prefetch*: read + preprocess the next series (CPU);
+1. *prefetch*: read + preprocess the next series on a pool of threads sized from
+   the CPUs the job has (``prefetch_workers``), handed on in order;
 2. *model*: sliding-window inference (the main thread: it owns the GPU);
-3. *writer*: invert to the source grid, write ``seg.nii.gz``, ``seg.dcm``,
-   ``overlay.png``, then the ``done/<series_key>.json`` marker, last and atomically.
+3. *writer*: invert the probabilities to the source grid (linear) and take the argmax,
+   write ``seg.nii.gz``, ``seg.dcm``, ``overlay.png``, then the ``done/<series_key>.json``
+   marker, last and atomically, while the model already runs the next series.
+
+Done markers hold the model version and a hash of the options that change the
+outputs (``ModelInfo.options_key``): other options, other outputs. Before a series is
+read, ``attempted/<series_key>.json`` counts the start; a finished series (ok or
+error) removes it, so a count that survives means the process died on it. After
+two deaths the series is skipped with an error row instead of killing a third process.
 
 A series that fails at any stage gets ``errors/<series_key>.json`` with its
 reason and the batch goes on. Report rows live in those markers, so reports are
