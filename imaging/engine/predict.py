@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.inferers import sliding_window_inference
+from monai.inferers import SlidingWindowInfererAdapt
 from monai.transforms import Compose, Invertd
 from scipy import ndimage
 
@@ -130,10 +130,13 @@ class SeriesPredictor:
 
     # -- stage 2: the model -------------------------------------------------------
     def _window(self, image: torch.Tensor) -> torch.Tensor:
-        return sliding_window_inference(  # type: ignore[return-value]
-            image, self.roi_size, int(self.options.sw_batch_size), self.network,
+        # SlidingWindowInfererAdapt: on a CUDA OutOfMemoryError it retries with the stitching
+        # buffer on the CPU (then the whole volume on the CPU) instead of failing the series.
+        inferer = SlidingWindowInfererAdapt(
+            roi_size=self.roi_size, sw_batch_size=int(self.options.sw_batch_size),
             overlap=float(self.options.overlap), mode=str(self.options.mode),
         )
+        return inferer(image, self.network)  # type: ignore[return-value]
 
     @torch.no_grad()
     def forward(self, prepared: Prepared) -> torch.Tensor:
