@@ -260,6 +260,23 @@ def _drop_stale_temps(folder: Path) -> None:
             tmp.unlink()
 
 
+def _drop_stale_marker_temps(out: Path, keys: set[str]) -> None:
+    """Temp files a killed run left among the markers of *this shard's* series.
+
+    Only ours: shards of an array share the marker folders and another live shard's
+    temp file is about to be renamed.
+    """
+    for kind in ("done", "errors", "attempted"):
+        folder = out / kind
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            name = entry.name
+            if name.startswith(".") and ".tmp" in name and name[1:].split(".json.", 1)[0] in keys:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+
 class BatchRunner:
     """Run one shard of a batch. See the module docstring for the pipeline."""
 
@@ -389,6 +406,7 @@ class BatchRunner:
         t_start = time.perf_counter()
         by_key = {r.series_key: r for r in catalog if r.status != "skipped"}  # skipped: not images
         mine = shard_keys(list(by_key), self.s.shard_index, self.s.shard_count)
+        _drop_stale_marker_temps(self.out, set(mine))
         todo = [by_key[k] for k in mine if not is_done(self.out, k, self.model)]
         result = BatchResult(n_total=len(mine), n_skipped_done=len(mine) - len(todo))
         crashed = [c for c in todo if _attempts(self.out, c.series_key) >= MAX_ATTEMPTS]

@@ -54,9 +54,11 @@ def env(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     files = [p for p in sorted(export.rglob("*")) if p.is_file() and _is_dicom(p)]
     orthanc.clear()
     orthanc.stow(files)
-    previous = mlflow.get_tracking_uri()
+    previous, previous_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     (root / "mlflow").mkdir()
+    # Both: an earlier test's MlflowTracker may have pointed the registry elsewhere.
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
     exp = mlflow.create_experiment("train", artifact_location=(root / "mlflow" / "artifacts").as_uri())
     torch.manual_seed(0)
     net = {"name": "unet", "spatial_dims": 3, "in_channels": 1, "out_channels": 4, "channels": [4, 8],
@@ -67,6 +69,7 @@ def env(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     manifest = json.loads((export / "manifest.json").read_text())
     yield {"root": root, "export": export, "manifest": manifest}
     mlflow.set_tracking_uri(previous)
+    mlflow.set_registry_uri(previous_registry)
     orthanc.clear()
 
 
