@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ingest": ("imaging.apps.ingest", "hydra", "PACS export -> de-identified NIfTI volumes + catalog"),
     "deid": ("imaging.apps.deid", "hydra", "PACS export -> de-identified DICOM copy (PS3.15 basic profile)"),
     "audit": ("imaging.apps.audit", "argv", "scan files and an MLflow store for PHI; non-zero exit on a hit"),
+    "pull": ("imaging.apps.pull", "hydra", "DICOMweb query + retrieve studies into a local export (resumable)"),
     "train": ("imaging.apps.train", "hydra", "train a MONAI model (Hydra config, DDP, MLflow)"),
     "infer": ("imaging.apps.infer", "hydra", "batch inference from a registered model -> NIfTI, DICOM SEG, report"),
     "federate": ("imaging.apps.federate", "hydra", "federated training across sites with Flower (FedAvg/FedProx)"),

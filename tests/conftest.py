@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.fixtures.datasets",
     "tests.fixtures.postgres",
     "tests.fixtures.mlflow_server",
+    "tests.fixtures.orthanc",
     "tests.fixtures.slurm_cluster",
     "tests.skip_policy",
 ]

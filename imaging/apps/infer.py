@@ -65,7 +65,9 @@ def _main(cfg: DictConfig) -> None:
         console.print(table)
         if len(rows) > 50:
             console.print(f"... {len(rows) - 50} more rows in {report}")
-    if not cfg.merge_only:
+    if cfg.get("prepare_only", False):
+        console.print(f"prepared: {cfg.output_dir}/work/dataset (run the array with input= that folder)")
+    elif not cfg.merge_only:
         console.print(
             f"shard {cfg.shard.index}/{cfg.shard.count}: {res.n_total} series, {res.n_ok} ok, {res.n_error} error, "
             f"{res.n_skipped_done} already done; {res.series_per_s:.2f} series/s"
@@ -80,6 +82,15 @@ def _main(cfg: DictConfig) -> None:
             status = [r["status"] for r in csv.DictReader(fh)]
         console.print(f"studies: {studies} ({status.count('selected')} with a selected series, "
                       f"{status.count('no_match')} without a match)")
+    if outcome.transfers:
+        pulls = [t for t in outcome.transfers if t.stage == "pull"]
+        pushes = [t for t in outcome.transfers if t.stage == "push"]
+        console.print(f"DICOMweb: {sum(t.status == 'ok' for t in pulls)}/{len(pulls)} studies pulled, "
+                      f"{sum(t.status == 'ok' for t in pushes)} SEGs stored, "
+                      f"{sum(t.status == 'present' for t in pushes)} already on the server")
+        for t in outcome.transfers:
+            if t.status == "error":
+                console.print(f"  {t.stage} {t.key}: {t.reason}")
     if outcome.run_id:
         console.print(f"MLflow run {outcome.run_id} (experiment '{cfg.tracking.experiment_name}')")
     raise SystemExit(outcome.exit_code)

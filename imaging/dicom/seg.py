@@ -43,6 +43,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IDENTITIES = ("deidentified", "source")
+# source: one SEG frame per source frame (references it; read by OHIF, highdicom, Slicer on
+# untilted stacks). regular: frames on the ingested (de-tilted, evenly spaced) NIfTI grid;
+# dcmqi / 3D Slicer refuse frames on gantry-tilted source slices ("Frame 0 origin ... is
+# outside image geometry") and read this one.
+GEOMETRIES = ("source", "regular")
 # LPS (DICOM patient coordinates) -> RAS (NIfTI world): flip x and y.
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 # Used when the config has no codes for a label name (a warning says so).
@@ -251,9 +256,21 @@ def deidentified_header(ds: Dataset, pseudo: Pseudonymizer, options: DeidOptions
             if kw in ds:
                 setattr(out, kw, pseudo.uid(str(ds.get(kw))))
         out.PatientIdentityRemoved = "YES"
-    for kw in _TYPE2:  # highdicom reads these from the first source image
-        if kw not in out:
-            setattr(out, kw, "")
+    return with_type2(out)
+
+
+def with_type2(ds: Dataset) -> Dataset:
+    """``ds`` with every type 2 patient/study attribute highdicom copies present (empty when absent).
+
+    Anonymised exports often drop e.g. PatientBirthDate; type 2 means "present, may be
+    empty", and highdicom reads them as attributes of the first source image.
+    """
+    missing = [kw for kw in _TYPE2 if kw not in ds]
+    if not missing:
+        return ds
+    out = copy.deepcopy(ds)  # headers hold no pixels; the source header stays as read
+    for kw in missing:
+        setattr(out, kw, "")
     return out
 
 
@@ -281,6 +298,7 @@ def write_seg(
     pseudonymizer: Pseudonymizer | None = None,
     identity: str = "deidentified",
     segmentation_type: str = "BINARY",
+    geometry: str = "source",
     series_number: int = 9001,
     software_version: str = "imaging",
     deid_options: DeidOptions | None = None,
@@ -292,11 +310,13 @@ def write_seg(
     nothing) when no label is present: a SEG must have at least one segment.
 
     Raises:
-        ValueError: ``identity`` unknown, or deidentified without a pseudonymizer.
+        ValueError: ``identity`` or ``geometry`` unknown, or deidentified without a pseudonymizer.
         SegGeometryError: a source frame's geometry is missing or invalid.
     """
     if identity not in IDENTITIES:
         raise ValueError(f"seg.identity '{identity}' is not one of {IDENTITIES}")
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"seg.geometry '{geometry}' is not one of {GEOMETRIES}")
     if identity == "deidentified" and pseudonymizer is None:
         raise ValueError("seg.identity=deidentified needs the project secret (pseudonymizer)")
     present = [int(v) for v in np.unique(labels) if v != 0]
@@ -305,20 +325,33 @@ def write_seg(
     remap = np.zeros(int(labels.max()) + 1, dtype=np.uint8)
     for number, value in enumerate(present, start=1):
         remap[value] = number
-    frames = _sampled_frames(source, labels, affine_ras)
+    plane: dict[str, Any] = {}
+    if geometry == "regular":
+        frames, plane = regular_frames(labels, affine_ras)
+    else:
+        frames = _sampled_frames(source, labels, affine_ras)
     pixel_array = remap[frames]
 
-    headers = source.headers
     if identity == "deidentified":
         assert pseudonymizer is not None
-        headers = [deidentified_header(h, pseudonymizer, deid_options) for h in headers]
+        headers = [deidentified_header(h, pseudonymizer, deid_options) for h in source.headers]
+    else:
+        headers = [with_type2(h) for h in source.headers]
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=str(algorithm_version)
     )
     names = [(n, label_names.get(v, f"label_{v}")) for n, v in enumerate(present, start=1)]
     # Deterministic SEG UIDs: a re-run of the same model on the same series rewrites the same object.
+    # (a re-push to the archive then stores no duplicate). The geometry is part of the seed:
+    # the two SEGs of one series are different objects.
     seed = f"seg:{headers[0].SeriesInstanceUID}:{algorithm_name}:{algorithm_version}"
-    uid_src = pseudonymizer.uid if pseudonymizer is not None else (lambda s: hd.UID())
+    seed += ":regular" if geometry == "regular" else ""
+
+    def uid_src(value: str) -> str:
+        if pseudonymizer is not None:
+            return pseudonymizer.uid(value)
+        return str(pydicom.uid.generate_uid(prefix="2.25.", entropy_srcs=[value]))
+
     series_uid, sop_uid = uid_src(seed + ":series"), uid_src(seed + ":sop")
     with warnings.catch_warnings():
         # The pseudonymous PatientName is one component by design (as `imaging deid` writes it).
@@ -338,6 +371,7 @@ def write_seg(
             device_serial_number=str(algorithm_version),
             series_description=f"{algorithm_name} v{algorithm_version}"[:64],
             omit_empty_frames=True,
+            **plane,
         )
     if identity == "deidentified":
         # SOP Common, so highdicom does not copy it: declares the study dates shifted
@@ -370,6 +404,34 @@ def _sampled_frames(source: SourceSeries, labels: np.ndarray, affine_ras: np.nda
     return np.stack(planes)
 
 
+def regular_frames(labels: np.ndarray, affine_ras: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Frames on the NIfTI grid itself: one per k slice, with highdicom's plane arguments.
+
+    Frame pixel (row r, column c) of slice k is voxel (i=c, j=r, k): the row direction
+    (IOP[:3]) is the i axis, the column direction the j axis, both in LPS.
+
+    Raises:
+        SegGeometryError: the grid's i/j axes are not orthogonal (a sheared affine).
+    """
+    lin = np.asarray(affine_ras, dtype=np.float64)[:3, :3]
+    spacing = np.linalg.norm(lin, axis=0)
+    axes = (lin / spacing) * _LPS_TO_RAS[:, None]  # RAS -> LPS columns
+    if abs(float(axes[:, 0] @ axes[:, 1])) > 1e-4:
+        raise SegGeometryError(f"NIfTI grid: i and j axes are not orthogonal ({axes[:, :2].T.tolist()})")
+    orientation = [float(v) for v in np.concatenate([axes[:, 0], axes[:, 1]])]
+    positions = []
+    for k in range(labels.shape[2]):
+        ras = affine_ras[:3, :3] @ np.array([0.0, 0.0, k]) + affine_ras[:3, 3]
+        positions.append(hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT,
+                                                  [float(v) for v in ras * _LPS_TO_RAS]))
+    plane = {
+        "plane_positions": positions,
+        "plane_orientation": hd.PlaneOrientationSequence(hd.CoordinateSystemNames.PATIENT, orientation),
+        "pixel_measures": hd.PixelMeasuresSequence([float(spacing[1]), float(spacing[0])], float(spacing[2])),
+    }
+    return np.ascontiguousarray(np.transpose(labels[:, :, :], (2, 1, 0))), plane
+
+
 @dataclass
 class SegFrame:
     """One frame read back from a SEG: where it is, what it references, its mask."""
@@ -395,7 +457,9 @@ def read_seg_frames(path: str | os.PathLike[str]) -> list[SegFrame]:
     for k, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
         ori = (item if "PlaneOrientationSequence" in item else shared).PlaneOrientationSequence[0]
         pix = (item if "PixelMeasuresSequence" in item else shared).PixelMeasuresSequence[0]
-        src = item.DerivationImageSequence[0].SourceImageSequence[0]
+        # A ``regular`` SEG's frames derive from no single source frame: no reference.
+        deriv = item.get("DerivationImageSequence") or [Dataset()]
+        src = (deriv[0].get("SourceImageSequence") or [Dataset()])[0]
         seg_id = item.get("SegmentIdentificationSequence")
         out.append(
             SegFrame(
@@ -403,7 +467,7 @@ def read_seg_frames(path: str | os.PathLike[str]) -> list[SegFrame]:
                 orientation=np.asarray(ori.ImageOrientationPatient, dtype=float),
                 spacing=np.asarray(pix.PixelSpacing, dtype=float),
                 segment_number=int(seg_id[0].ReferencedSegmentNumber) if seg_id else 0,
-                referenced_sop_instance_uid=str(src.ReferencedSOPInstanceUID),
+                referenced_sop_instance_uid=str(src.get("ReferencedSOPInstanceUID", "")),
                 referenced_frame=int(src.ReferencedFrameNumber[0] if isinstance(src.get("ReferencedFrameNumber"), list) else src.ReferencedFrameNumber) if "ReferencedFrameNumber" in src else None,
                 mask=pixels[k],
             )

@@ -3,10 +3,18 @@
 Three stages on three threads, joined by small bounded queues (memory does not
 grow with the number of series):
 
-1. *prefetch*: read + preprocess the next series (CPU);
+1. *prefetch*: read + preprocess the next series on a pool of threads sized from
+   the CPUs the job has (``prefetch_workers``), handed on in order;
 2. *model*: sliding-window inference (the main thread: it owns the GPU);
-3. *writer*: invert to the source grid, write ``seg.nii.gz``, ``seg.dcm``,
-   ``overlay.png``, then the ``done/<series_key>.json`` marker, last and atomically.
+3. *writer*: invert the probabilities to the source grid (linear) and take the argmax,
+   write ``seg.nii.gz``, ``seg.dcm``, ``overlay.png``, then the ``done/<series_key>.json``
+   marker, last and atomically, while the model already runs the next series.
+
+Done markers hold the model version and a hash of the options that change the
+outputs (``ModelInfo.options_key``): other options, other outputs. Before a series is
+read, ``attempted/<series_key>.json`` counts the start; a finished series (ok or
+error) removes it, so a count that survives means the process died on it. After
+two deaths the series is skipped with an error row instead of killing a third process.
 
 A series that fails at any stage gets ``errors/<series_key>.json`` with its
 reason and the batch goes on. Report rows live in those markers, so reports are
@@ -24,12 +32,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +69,9 @@ class ModelInfo:
     version: str
     alias: str = ""
     labels: dict[int, str] = field(default_factory=dict)
+    # Hash of every setting that changes the outputs (inference options, seg type/geometry/
+    # identity...): a done marker made with other settings is not done for these.
+    options_key: str = ""
 
 
 @dataclass
@@ -68,11 +83,13 @@ class BatchSettings:
     private_dir: Path | None = None
     shard_index: int = 0
     shard_count: int = 1
-    prefetch: int = 2
+    prefetch: int = 2  # prepared series queued ahead of the model
+    prefetch_workers: int = 0  # threads reading + preprocessing in parallel; 0: from the CPUs the job has
     write_seg: bool = True
     seg_identity: str = "deidentified"
     seg_deid_options: Any = None  # DeidOptions of the de-identified SEG header (None: defaults)
     seg_type: str = "BINARY"
+    seg_geometry: str = "source"  # source | regular (imaging.dicom.seg.GEOMETRIES)
     segments: Mapping[str, Any] = field(default_factory=dict)
     overlay: bool = True
     window: tuple[float, float] | None = None
@@ -115,19 +132,46 @@ def is_done(out: Path, key: str, model: ModelInfo) -> bool:
         return False
     marker = json.loads(path.read_text(encoding="utf-8"))
     same_model = (marker.get("model_name"), str(marker.get("model_version"))) == (model.name, str(model.version))
+    same_options = str(marker.get("options_key", "")) == model.options_key
     files_there = all((out / key / f).is_file() for f in marker.get("files", OUTPUT_FILES))
     if not same_model:
         log.info("%s: done with another model version, predicting again", key)
-    return same_model and files_there
+    elif not same_options:
+        log.info("%s: done with other inference options, predicting again", key)
+    return same_model and same_options and files_there
 
 
-def _record(out: Path, row: ReportRow, files: list[str] | None = None) -> None:
+def options_key(settings: Mapping[str, Any]) -> str:
+    """A short stable hash of the settings that change a series' outputs."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+MAX_ATTEMPTS = 2
+
+
+def _attempts(out: Path, key: str) -> int:
+    path = _marker(out, "attempted", key)
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8")).get("attempts", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+def _attempt(out: Path, key: str) -> None:
+    """Count a start on this series *before* the work: a process that dies on it leaves the count."""
+    atomic_write_json(_marker(out, "attempted", key), {"attempts": _attempts(out, key) + 1}, fsync=False)
+
+
+def _record(out: Path, row: ReportRow, files: list[str] | None = None, options: str = "") -> None:
     """Write the row into its marker: done/ for ok (last, after the outputs), errors/ otherwise."""
     if row.status == "ok":
-        atomic_write_json(_marker(out, "done", row.series_key), {**row.to_json(), "files": files or []})
+        atomic_write_json(_marker(out, "done", row.series_key), {**row.to_json(), "files": files or [],
+                                                                  "options_key": options})
         _marker(out, "errors", row.series_key).unlink(missing_ok=True)
     else:
         atomic_write_json(_marker(out, "errors", row.series_key), row.to_json())
+    _marker(out, "attempted", row.series_key).unlink(missing_ok=True)  # finished, for better or worse
 
 
 def _rows(out: Path, keys: list[str]) -> Iterator[ReportRow]:
@@ -193,6 +237,15 @@ def resolve_input(input_path: str | Path, output_dir: Path, pseudonymizer: Pseud
     return dataset, private
 
 
+def prefetch_workers_from_cpus() -> int:
+    """Prefetch threads: the CPUs this job may use (Slurm's cgroup/affinity), less one for the model loop."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus - 1))
+
+
 class SeriesError(Exception):
     """A series failed at a known stage; the message is the report's reason as is."""
 
@@ -206,6 +259,23 @@ def _drop_stale_temps(folder: Path) -> None:
     for tmp in folder.glob(".*.tmp*"):
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _drop_stale_marker_temps(out: Path, keys: set[str]) -> None:
+    """Temp files a killed run left among the markers of *this shard's* series.
+
+    Only ours: shards of an array share the marker folders and another live shard's
+    temp file is about to be renamed.
+    """
+    for kind in ("done", "errors", "attempted"):
+        folder = out / kind
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            name = entry.name
+            if name.startswith(".") and ".tmp" in name and name[1:].split(".json.", 1)[0] in keys:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
 
 
 class BatchRunner:
@@ -225,13 +295,25 @@ class BatchRunner:
 
     # -- stage 1 ---------------------------------------------------------------------
     def _prefetch(self, todo: list[CatalogRow], q: queue.Queue[Any]) -> None:
+        """Prepare series on a pool of threads (gzip, resampling and NumPy release the GIL), in order."""
+        workers = self.s.prefetch_workers or prefetch_workers_from_cpus()
+        window = workers + max(1, self.s.prefetch)  # series in flight: bounds memory
         try:
-            for cat in todo:
-                q.put((cat, self._prepare(cat)))
+            with ThreadPoolExecutor(workers, thread_name_prefix="prefetch") as pool:
+                pending: deque[tuple[CatalogRow, Future[Prepared | SeriesError]]] = deque()
+                for cat in todo:
+                    pending.append((cat, pool.submit(self._prepare, cat)))
+                    if len(pending) >= window:
+                        first, fut = pending.popleft()
+                        q.put((first, fut.result()))
+                while pending:
+                    first, fut = pending.popleft()
+                    q.put((first, fut.result()))
         finally:  # whatever happens, the model loop is told there is nothing more
             q.put(_Stop())
 
     def _prepare(self, cat: CatalogRow) -> Prepared | SeriesError:
+        _attempt(self.out, cat.series_key)
         if cat.status != "ok" or not cat.volume_path:
             return SeriesError(f"ingest {cat.status}: {cat.reason or 'no volume in the catalog'}")
         if cat.n_timepoints > 1:
@@ -243,13 +325,13 @@ class BatchRunner:
             return SeriesError(f"read/preprocess {cat.volume_path}: {type(exc).__name__}: {exc}")
 
     # -- stage 3 ---------------------------------------------------------------------
-    def _write(self, cat: CatalogRow, prepared: Prepared, label: torch.Tensor,
+    def _write(self, cat: CatalogRow, prepared: Prepared, probs: torch.Tensor,
                t_infer: float) -> tuple[ReportRow, list[str]]:
         t0 = time.perf_counter()
         folder = self.out / cat.series_key
         folder.mkdir(parents=True, exist_ok=True)
         _drop_stale_temps(folder)
-        labels, affine = self.predictor.invert(prepared, label)
+        labels, affine = self.predictor.invert(prepared, probs)
         save_mask(folder / "seg.nii.gz", labels, prepared.source_path)
         files, remarks, seg_frames = ["seg.nii.gz"], [], 0
         if self.s.write_seg:
@@ -283,7 +365,7 @@ class BatchRunner:
         result = write_seg(folder / "seg.dcm", source, labels, affine, self.names, self.s.segments,
                            algorithm_name=self.model.name, algorithm_version=str(self.model.version),
                            pseudonymizer=self.pseudo, identity=self.s.seg_identity, deid_options=self.s.seg_deid_options,
-                           segmentation_type=self.s.seg_type)
+                           segmentation_type=self.s.seg_type, geometry=self.s.seg_geometry)
         if result is None:
             (folder / "seg.dcm").unlink(missing_ok=True)  # a stale SEG from an earlier model must go
             return 0, "no foreground: no DICOM SEG written"
@@ -297,7 +379,7 @@ class BatchRunner:
                     if isinstance(payload, BaseException):
                         raise payload
                     row, files = self._write(cat, *payload)
-                    _record(self.out, row, files)
+                    _record(self.out, row, files, self.model.options_key)
                     result.n_ok += 1
                 except Exception as exc:
                     reason = str(exc) if isinstance(exc, SeriesError) else f"{type(exc).__name__}: {exc}"
@@ -325,8 +407,19 @@ class BatchRunner:
         t_start = time.perf_counter()
         by_key = {r.series_key: r for r in catalog if r.status != "skipped"}  # skipped: not images
         mine = shard_keys(list(by_key), self.s.shard_index, self.s.shard_count)
+        _drop_stale_marker_temps(self.out, set(mine))
         todo = [by_key[k] for k in mine if not is_done(self.out, k, self.model)]
         result = BatchResult(n_total=len(mine), n_skipped_done=len(mine) - len(todo))
+        crashed = [c for c in todo if _attempts(self.out, c.series_key) >= MAX_ATTEMPTS]
+        for cat in crashed:  # the process died on it twice: report it, do not die a third time
+            row = self._row(cat, "error", f"skipped: the process died {MAX_ATTEMPTS} times while on this series "
+                                          f"(remove attempted/{cat.series_key}.json to try again)")
+            atomic_write_json(_marker(self.out, "errors", cat.series_key), row.to_json())
+            log.error("%s", row.reason)
+        result.n_error += len(crashed)
+        # Series a dead process was on go last: the innocent ones finish (and clear their
+        # markers) before a suspect can take the process down again.
+        todo = sorted((c for c in todo if c not in crashed), key=lambda c: _attempts(self.out, c.series_key) > 0)
         log.info("shard %s: %d series, %d already done", self.shard, len(mine), result.n_skipped_done)
         prefetched: queue.Queue[Any] = queue.Queue(maxsize=max(1, self.s.prefetch))
         to_write: queue.Queue[Any] = queue.Queue(maxsize=2)

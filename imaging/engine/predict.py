@@ -2,9 +2,11 @@
 
 The work is split in three calls so a batch driver can run them on different
 threads: :meth:`SeriesPredictor.prepare` (read + preprocess, CPU),
-:meth:`SeriesPredictor.forward` (the model: sliding window, TTA, argmax,
-largest component), :meth:`SeriesPredictor.invert` (MONAI ``Invertd`` back to the
-ingested NIfTI grid, nearest neighbour, so labels stay labels).
+:meth:`SeriesPredictor.forward` (the model: sliding window, TTA, softmax),
+:meth:`SeriesPredictor.invert` (MONAI ``Invertd`` of the *probabilities* back to the
+ingested NIfTI grid with linear interpolation, then argmax and largest component
+there: as nnU-Net does, so masks on a finer source grid are smooth, not the
+blocky nearest-neighbour copy of a coarse label map).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.inferers import sliding_window_inference
+from monai.inferers import SlidingWindowInfererAdapt
 from monai.transforms import Compose, Invertd
 from scipy import ndimage
 
@@ -128,14 +130,17 @@ class SeriesPredictor:
 
     # -- stage 2: the model -------------------------------------------------------
     def _window(self, image: torch.Tensor) -> torch.Tensor:
-        return sliding_window_inference(  # type: ignore[return-value]
-            image, self.roi_size, int(self.options.sw_batch_size), self.network,
+        # SlidingWindowInfererAdapt: on a CUDA OutOfMemoryError it retries with the stitching
+        # buffer on the CPU (then the whole volume on the CPU) instead of failing the series.
+        inferer = SlidingWindowInfererAdapt(
+            roi_size=self.roi_size, sw_batch_size=int(self.options.sw_batch_size),
             overlap=float(self.options.overlap), mode=str(self.options.mode),
         )
+        return inferer(image, self.network)  # type: ignore[return-value]
 
     @torch.no_grad()
     def forward(self, prepared: Prepared) -> torch.Tensor:
-        """Label map (1, X, Y, Z) uint8 on the CPU, in the preprocessed grid."""
+        """Class probabilities (C, X, Y, Z) float32 on the CPU, in the preprocessed grid."""
         image = torch.as_tensor(prepared.data["image"]).unsqueeze(0).to(self.device, non_blocking=True)
         image = image.as_subclass(torch.Tensor) if isinstance(image, MetaTensor) else image
         with torch.autocast(device_type=self.device.type, enabled=self.amp):
@@ -146,15 +151,11 @@ class SeriesPredictor:
                     flipped = self._window(torch.flip(image, dims=(axis,))).float()
                     probs += torch.flip(torch.softmax(flipped, dim=1), dims=(axis,))
                 probs /= 4
-        label = torch.argmax(probs, dim=1, keepdim=True)[0].to(torch.uint8)
-        label = label.cpu()
-        if self.options.largest_component:
-            label = torch.from_numpy(keep_largest_component(label.numpy()))
-        return label
+        return probs[0].float().cpu()
 
     # -- stage 3: back to the source grid -------------------------------------------
-    def invert(self, prepared: Prepared, label: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Invert orientation/spacing with ``Invertd`` onto the source NIfTI grid.
+    def invert(self, prepared: Prepared, probs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Invert orientation/spacing of the probabilities onto the source NIfTI grid (linear), then argmax.
 
         Returns:
             (labels (i, j, k) uint8, the source NIfTI's affine).
@@ -163,10 +164,12 @@ class SeriesPredictor:
             ValueError: the inverted shape does not match the source volume (names the file).
         """
         image = prepared.data["image"]
-        pred = MetaTensor(label.float(), meta=dict(image.meta), applied_operations=list(image.applied_operations))
-        inverter = Invertd(keys="pred", transform=self.transforms, orig_keys="image", nearest_interp=True)
+        pred = MetaTensor(probs.float(), meta=dict(image.meta), applied_operations=list(image.applied_operations))
+        inverter = Invertd(keys="pred", transform=self.transforms, orig_keys="image", nearest_interp=False)
         out = inverter({"image": image, "pred": pred})["pred"]
-        labels = np.asarray(torch.as_tensor(out).round().to(torch.uint8)[0])
+        labels = torch.argmax(torch.as_tensor(out), dim=0).to(torch.uint8).numpy()
+        if self.options.largest_component:
+            labels = keep_largest_component(labels)
         src = load_nifti(prepared.source_path)
         shape = tuple(src.shape[:3])
         if labels.shape != shape:

@@ -32,7 +32,7 @@ _SITES: dict[str, Site] = {}
 
 def _site(msg: Message, context: Context) -> Site:
     settings = SiteSettings.from_node_config(dict(context.node_config))
-    recipe = str(msg.content["config"]["recipe"])
+    recipe = str(msg.content.config_records["config"]["recipe"])
     key = hashlib.sha256(f"{recipe}\n{settings}".encode()).hexdigest()
     if key not in _SITES:
         _SITES.clear()
@@ -50,18 +50,18 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     site = _site(msg, context)
-    cfg = msg.content["config"]
-    state = msg.content["arrays"].to_torch_state_dict()
-    new_state, metrics = site.train(state, epochs=int(cfg["local-epochs"]), lr=float(cfg["lr"]),
-                                    proximal_mu=float(cfg.get("proximal-mu", 0.0)))
+    cfg = msg.content.config_records["config"]
+    state = msg.content.array_records["arrays"].to_torch_state_dict()
+    new_state, metrics = site.train(state, epochs=int(cfg["local-epochs"]), lr=float(cfg["lr"]),  # type: ignore[arg-type]
+                                    proximal_mu=float(cfg.get("proximal-mu", 0.0)))  # type: ignore[arg-type]
     log.info("site %s: round %s trained, loss %.4f", site.settings.name, cfg.get("server-round"),
              metrics["train_loss"])
     return Message(RecordDict({"arrays": ArrayRecord(torch_state_dict=new_state),
-                               "metrics": MetricRecord(metrics)}), reply_to=msg)
+                               "metrics": MetricRecord(dict(metrics))}), reply_to=msg)  # type: ignore[arg-type]
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     site = _site(msg, context)
-    metrics = site.evaluate(msg.content["arrays"].to_torch_state_dict())
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    metrics = site.evaluate(msg.content.array_records["arrays"].to_torch_state_dict())
+    return Message(RecordDict({"metrics": MetricRecord(dict(metrics))}), reply_to=msg)  # type: ignore[arg-type]

@@ -154,8 +154,9 @@ def run_federation(grid: Grid, cfg: DictConfig, tracker: Any | None = None) -> F
         cfg: the composed ``federate`` config.
         tracker: an :class:`imaging.tracking.federation.FederationTracker` or ``None``.
     """
-    fed = OmegaConf.to_container(cfg.federation, resolve=True)
-    assert isinstance(fed, dict)
+    raw = OmegaConf.to_container(cfg.federation, resolve=True)
+    assert isinstance(raw, dict)
+    fed: dict[str, Any] = {str(k): v for k, v in raw.items()}
     run_dir = Path(str(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     n_sites = len(fed["sites"])
@@ -188,7 +189,7 @@ def run_federation(grid: Grid, cfg: DictConfig, tracker: Any | None = None) -> F
     if tracker is not None:
         result.run_id = tracker.start(result.run_id, cfg, result.sites)
     arrays = ArrayRecord(torch_state_dict={k: v.detach().cpu() for k, v in network.state_dict().items()})
-    train_cfg = {"recipe": recipe, "local-epochs": int(fed["local_epochs"]), "lr": float(cfg.trainer.lr)}
+    train_cfg: dict[str, int | float | str] = {"recipe": recipe, "local-epochs": int(fed["local_epochs"]), "lr": float(cfg.trainer.lr)}
     for rnd in range(result.rounds_done + 1, int(fed["rounds"]) + 1):
         start = time.perf_counter()
         _rejoin(grid, names, recipe, first, timeout)

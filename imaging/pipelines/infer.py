@@ -8,8 +8,9 @@ Only keys and counts go to MLflow: no input paths, no patient identifiers.
 
 from __future__ import annotations
 
+import fcntl
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,20 @@ from imaging.engine.batch import (
     BatchSettings,
     ModelInfo,
     merge_reports,
+    options_key,
     resolve_input,
     shard_keys,
 )
 from imaging.engine.predict import InferenceOptions, SeriesPredictor
 from imaging.keys import Pseudonymizer, SecretError
+from imaging.pipelines.remote import (
+    TransferRow,
+    check_push_config,
+    is_url,
+    pull_for_inference,
+    push_segs,
+    write_transfers,
+)
 from imaging.selection import apply as selection_hook
 from imaging.tracking.registry import ModelBundle, load_bundle, parse_model_uri
 from imaging.tracking.runs import MlflowTracker, tracking_uri_from_config
@@ -41,6 +51,7 @@ class InferenceOutcome:
     model: ModelInfo
     run_id: str | None
     exit_code: int
+    transfers: list[TransferRow] = field(default_factory=list)  # DICOMweb pull/push rows (input=URL)
 
 
 def _seg_deid_options(cfg: DictConfig) -> Any:
@@ -133,7 +144,9 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
     labels = selection_hook.label_subset(bundle.labels, cfg.inference.get("labels"))
     model = ModelInfo(bundle.name, str(bundle.version), alias or "", labels)
     index, count = _shard(cfg)
-    is_pacs = not (Path(str(cfg.input)).is_file() or (Path(str(cfg.input)) / "catalog.csv").is_file())
+    remote = is_url(cfg.input)
+    check_push_config(cfg)
+    is_pacs = remote or not (Path(str(cfg.input)).is_file() or (Path(str(cfg.input)) / "catalog.csv").is_file())
     pseudo = _pseudonymizer(cfg, needed=is_pacs or (cfg.seg.enabled and cfg.seg.identity == "deidentified"))
     if cfg.merge_only:
         dataset = out / "work" / "dataset" if is_pacs else Path(str(cfg.input))
@@ -146,27 +159,58 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
             selection_hook.write_study_report(out, chosen)
         log.info("merged report %s (%s)", path, "complete" if complete else "incomplete")
         return InferenceOutcome(BatchResult(merged_report=path, merged_complete=complete), model, None, 0)
-    dataset, private = resolve_input(str(cfg.input), out, pseudo, cfg.get("private_dir"))
+    transfers: list[TransferRow] = []
+    source: str | Path = str(cfg.input)
+    if remote:  # pull into the private side, then ingest it as any PACS export
+        assert pseudo is not None
+        private_dir = Path(str(cfg.private_dir)) if cfg.get("private_dir") else out.with_name(out.name + ".private")
+        (out / "work").mkdir(parents=True, exist_ok=True)
+        with open(out / "work" / ".pull.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # array tasks: one pulls, the others then find it on disk
+            source, transfers = pull_for_inference(cfg, private_dir, pseudo,
+                                                   str(bundle.preprocessing.get("modality", "")))
+    dataset, private = resolve_input(source, out, pseudo, cfg.get("private_dir"))
+    if cfg.get("prepare_only", False):
+        # The job before a Slurm array (--dependency=afterok): pull + ingest once, so the array
+        # tasks (input=OUT/work/dataset private_dir=OUT.private) do not each take the ingest lock.
+        if remote:
+            write_transfers(out, transfers, "prepare")
+        log.info("prepared %s (private side %s)", dataset, private)
+        failed = sum(t.status == "error" for t in transfers)
+        return InferenceOutcome(BatchResult(), model, None, 1 if (cfg.fail_on_error and failed) else 0, transfers)
     catalog, chosen = _catalog(cfg, dataset, private, bundle, rule)
     options = InferenceOptions.from_config(OmegaConf.to_container(cfg.inference, resolve=True))  # type: ignore[arg-type]
+    model.options_key = options_key({
+        # sw_batch_size and device change speed, not the masks: a re-run with another GPU reuses outputs
+        "inference": {k: v for k, v in vars(options).items() if k not in ("device", "sw_batch_size")},
+        "seg": {k: v for k, v in OmegaConf.to_container(cfg.seg, resolve=True).items() if k != "push"},  # type: ignore[union-attr]
+        "overlay": bool(cfg.overlay),
+        "segments": OmegaConf.to_container(cfg.segments, resolve=True),
+        "labels": sorted(int(v) for v in labels),  # inference.labels: a subset changes the outputs
+    })
     predictor: Any = SeriesPredictor(bundle.network, bundle.preprocessing, options)
     if len(labels) < len(bundle.labels):  # inference.labels: only these labels are written
         predictor = selection_hook.LabelSubsetPredictor(predictor, list(labels))
     settings = BatchSettings(
         dataset_dir=dataset, output_dir=out, private_dir=private, shard_index=index, shard_count=count,
-        prefetch=int(cfg.prefetch), write_seg=bool(cfg.seg.enabled), seg_identity=str(cfg.seg.identity),
-        seg_type=str(cfg.seg.type), segments=OmegaConf.to_container(cfg.segments, resolve=True),  # type: ignore[arg-type]
+        prefetch=int(cfg.prefetch), prefetch_workers=int(cfg.get("prefetch_workers", 0) or 0), write_seg=bool(cfg.seg.enabled), seg_identity=str(cfg.seg.identity),
+        seg_type=str(cfg.seg.type), seg_geometry=str(cfg.seg.get("geometry", "source")), segments=OmegaConf.to_container(cfg.segments, resolve=True),  # type: ignore[arg-type]
         overlay=bool(cfg.overlay), window=_window(bundle.preprocessing),
         seg_deid_options=_seg_deid_options(cfg),
     )
     result = BatchRunner(predictor, model, settings, pseudo).run(catalog)
     _finish(cfg, out, chosen, catalog, dataset, private, model, pseudo, settings.window)
+    if cfg.seg.get("push", False):
+        transfers += push_segs(cfg, out, shard_keys([r.series_key for r in catalog], index, count))
+    if remote:
+        write_transfers(out, transfers, f"{index}/{count}")
     run_id = None
     if cfg.tracking.get("enabled", True):
         run_id = log_inference_run(uri, location, cfg, bundle, model, result, options,
                                    dataset_dir=dataset, catalog=catalog)
-    code = 1 if (cfg.fail_on_error and result.n_error) else 0
-    return InferenceOutcome(result, model, run_id, code)
+    failed = result.n_error + sum(t.status == "error" for t in transfers)
+    code = 1 if (cfg.fail_on_error and failed) else 0
+    return InferenceOutcome(result, model, run_id, code, transfers)
 
 
 def log_inference_run(tracking_uri: str, artifact_location: str | None, cfg: DictConfig, bundle: ModelBundle,

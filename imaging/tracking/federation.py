@@ -43,7 +43,7 @@ class FederationTracker:
             items = sorted(params.items())
             for i in range(0, len(items), 100):
                 mlflow.log_params(dict(items[i:i + 100]))
-            mlflow.log_dict(config, "config/federate.json")
+            mlflow.log_dict({str(k): v for k, v in config.items()}, "config/federate.json")
             mlflow.set_tags({"imaging.kind": "federated", "git_commit": git_commit(), "torch": torch.__version__,
                              "federation.sites": ",".join(sorted(sites)),
                              **{f"site.{name}.catalog_sha256": s["catalog_sha256"] for name, s in sites.items()}})
