@@ -189,11 +189,13 @@ def run_federation(grid: Grid, cfg: DictConfig, tracker: Any | None = None) -> F
     if tracker is not None:
         result.run_id = tracker.start(result.run_id, cfg, result.sites)
     arrays = ArrayRecord(torch_state_dict={k: v.detach().cpu() for k, v in network.state_dict().items()})
-    train_cfg: dict[str, int | float | str] = {"recipe": recipe, "local-epochs": int(fed["local_epochs"]), "lr": float(cfg.trainer.lr)}
+    train_cfg: dict[str, Any] = {"recipe": recipe, "local-epochs": int(fed["local_epochs"]),
+                                 "lr": float(cfg.trainer.lr)}
     for rnd in range(result.rounds_done + 1, int(fed["rounds"]) + 1):
         start = time.perf_counter()
         _rejoin(grid, names, recipe, first, timeout)
-        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(train_cfg), grid))
+        config = ConfigRecord(train_cfg)
+        messages = list(strategy.configure_train(rnd, arrays, config, grid))
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         ok = [r for r in replies if not r.has_error()]
         trained = sorted(_site_of(r, names) for r in ok)
