@@ -70,6 +70,15 @@ def recipe_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(keep)
 
 
+def round_lr(cfg: DictConfig, rnd: int, rounds: int) -> float:
+    """The learning rate sites use in round ``rnd``: ``trainer.lr`` decayed over the rounds with
+    the trainer's cosine floor (``trainer.scheduler.min_lr_factor``), as central training decays
+    it over epochs. Each site starts a fresh optimizer every round (FedAvg's local SGD)."""
+    floor = float(cfg.trainer.scheduler.get("min_lr_factor", 0.0)) if cfg.trainer.get("scheduler") else 0.0
+    t = (rnd - 1) / max(rounds - 1, 1)
+    return float(cfg.trainer.lr) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
 def _wait_for_sites(grid: Grid, n: int, timeout_s: float) -> list[int]:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -194,7 +203,7 @@ def run_federation(grid: Grid, cfg: DictConfig, tracker: Any | None = None) -> F
     for rnd in range(result.rounds_done + 1, int(fed["rounds"]) + 1):
         start = time.perf_counter()
         _rejoin(grid, names, recipe, first, timeout)
-        config = ConfigRecord(train_cfg)
+        config = ConfigRecord({**train_cfg, "lr": round_lr(cfg, rnd, int(fed["rounds"]))})
         messages = list(strategy.configure_train(rnd, arrays, config, grid))
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         ok = [r for r in replies if not r.has_error()]
