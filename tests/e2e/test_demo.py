@@ -109,3 +109,22 @@ def test_the_demo_model_is_found_from_a_subfolder(demo: Path, tmp_path: Path) ->
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = list(csv.DictReader((out / "report.csv").read_text().splitlines()))
     assert rows and all(r["status"] == "ok" for r in rows)
+
+
+def test_the_demo_model_segments_one_series_per_study_with_seg_and_rtstruct(demo: Path) -> None:
+    """Issue 19's "done when": the registered rule picks exactly one series per CT study of
+    the held-out export (the thin soft-tissue one), names the rejected ones by rule, and
+    each selected series has a SEG and an RTSTRUCT."""
+    pred = demo / "demo" / "predictions"
+    manifest = json.loads((demo / "demo" / "heldout" / "manifest.json").read_text())
+    ct_studies = {e["study_instance_uid"] for e in manifest["series"] if e["modality"] == "CT"}
+    studies = list(csv.DictReader((pred / "studies.csv").read_text().splitlines()))
+    selected = [r for r in studies if r["status"] == "selected"]
+    assert len(selected) == len(ct_studies)
+    for row in selected:
+        assert row["rule"] == "ct_axial_soft" and ";" not in row["selected"]
+        assert "slice_thickness" in row["rejected"]  # the thick recon, rejected by rule name
+        key = row["selected"]
+        assert (pred / key / "seg.dcm").is_file() and (pred / key / "rtstruct.dcm").is_file()
+    report = {r["series_key"] for r in csv.DictReader((pred / "report.csv").read_text().splitlines())}
+    assert report == {r["selected"] for r in selected}
