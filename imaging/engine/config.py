@@ -26,6 +26,7 @@ from imaging.data.items import (
     segmentation_items,
 )
 from imaging.data.transforms import preprocessing_from_config
+from imaging.engine.identity import config_hash
 from imaging.errors import UsageError
 from imaging.models.registry import check_network_config, network_task
 
@@ -54,6 +55,7 @@ class TrainPlan:
     network_config: dict[str, Any]       # the resolved model dict, out_channels filled in
     preprocessing: dict[str, Any]
     run_dir: Path
+    config_hash: str = ""                # imaging.engine.identity.config_hash: part of run_dir
 
     @property
     def num_classes(self) -> int:
@@ -186,4 +188,4 @@ def validate_config(cfg: DictConfig) -> TrainPlan:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     net = _network_config(model_cfg, len(names), task)  # type: ignore[arg-type]
     return TrainPlan(task=task, dataset=info, items=items, class_names=names, network_config=net,
-                     preprocessing=pre, run_dir=Path(str(_get(cfg, "run_dir"))))
+                     preprocessing=pre, run_dir=Path(str(_get(cfg, "run_dir"))), config_hash=config_hash(cfg))

@@ -34,7 +34,7 @@ from imaging.data.transforms import (
     pipeline_hash,
 )
 from imaging.engine import checkpoint as ckpt
-from imaging.engine.config import ConfigError, TrainPlan, validate_config
+from imaging.engine.config import TrainPlan, validate_config
 from imaging.engine.distributed import (
     Dist,
     any_rank,
@@ -49,6 +49,12 @@ from imaging.engine.loops import lr_lambda, train_one_epoch, validate
 from imaging.fsutil import atomic_write_text
 from imaging.launch.preempt import PreemptionFlag
 from imaging.models.registry import build_network
+from imaging.pipelines.train_resume import (
+    check_identity,
+    find_resume,
+    read_finished,
+    write_finished,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,8 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_review(self, cases: list[ReviewCase], names: dict[int, str]) -> None: ...
     def log_checkpoints(self, paths: list[Path]) -> None: ...
-    def register(self, network: torch.nn.Module, plan: TrainPlan, metrics: dict[str, float]) -> dict[str, Any]: ...
+    def register(self, network: torch.nn.Module, plan: TrainPlan, metrics: dict[str, float],
+                 selection: dict[str, Any]) -> dict[str, Any]: ...
     def end(self, status: str) -> None: ...
     def describe(self) -> dict[str, str]: ...
 
@@ -82,6 +89,9 @@ class TrainResult:
     registered: dict[str, Any] = field(default_factory=dict)
     tracking: dict[str, str] = field(default_factory=dict)
     class_names: dict[int, str] = field(default_factory=dict)
+    best_metrics: dict[str, float] = field(default_factory=dict)  # validation of the best.pt epoch
+    already_done: bool = False        # a finished run found again: nothing trained or registered
+    previously_registered: dict[str, Any] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -126,31 +136,6 @@ def run(cfg: DictConfig, *, tracker_factory: Callable[[DictConfig], Tracker | No
         teardown(d)
 
 
-def _find_resume(cfg: DictConfig, plan: TrainPlan) -> dict[str, Any] | None:
-    last = plan.run_dir / "checkpoints" / ckpt.LAST
-    mode = str(cfg.trainer.resume)
-    if mode == "never":
-        return None
-    if last.is_file():
-        payload = ckpt.load_checkpoint(last)
-        extra = payload["state"].get("extra", {})
-        trained_on = extra.get("catalog_sha256")
-        if trained_on and trained_on != plan.dataset.catalog_sha256 and mode == "auto":
-            # Same run dir, different data (e.g. a re-made demo dataset): this is not a
-            # requeue of that run, so start a new one instead of continuing it.
-            log.warning("checkpoint %s was trained on another dataset (catalog %s, now %s): starting a new run",
-                        last, trained_on[:12], plan.dataset.catalog_sha256[:12])
-            return None
-        if extra.get("network") and extra["network"] != _network_key(plan):
-            raise ConfigError("tracking.run_name", f"run dir checkpoint '{last}' holds another network "
-                              f"({extra['network']}): choose another tracking.run_name or trainer.resume=never")
-        log.info("resuming from %s", last)
-        return payload
-    if mode == "must":
-        raise FileNotFoundError(f"trainer.resume=must but there is no checkpoint at '{last}'")
-    return None
-
-
 def _network_key(plan: TrainPlan) -> str:
     return json.dumps(plan.network_config, sort_keys=True)
 
@@ -161,7 +146,18 @@ def _run(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker_factory: Any, flag: 
     seed = int(t.seed)
     seed_everything(seed)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    payload = _find_resume(cfg, plan)
+    check_identity(cfg, plan)
+    payload = find_resume(cfg, plan)
+    done = read_finished(plan, payload, int(t.max_epochs))
+    if done is not None:
+        # Same configuration, same data, nothing left to train: register nothing new.
+        log.info("run %s already finished (%d epochs, MLflow run %s, registered %s): nothing to do",
+                 plan.run_dir, done["epochs_done"], done.get("run_id"), done.get("registered") or "nothing")
+        return TrainResult(run_id=done.get("run_id"), best_metric=float(done["best_metric"]),
+                           best_epoch=int(done["best_epoch"]), epochs_done=int(done["epochs_done"]),
+                           preempted=False, metrics=dict(done.get("best_metrics", {})), run_dir=plan.run_dir,
+                           class_names=plan.class_names, already_done=True,
+                           previously_registered=dict(done.get("registered") or {}))
     state = ckpt.TrainState() if payload is None else ckpt.TrainState(**{
         k: v for k, v in payload["state"].items() if k in ckpt.TrainState.__dataclass_fields__})
     state.run_id = state.run_id or None
@@ -185,7 +181,7 @@ def _run(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker_factory: Any, flag: 
                 "catalog_sha256": plan.dataset.catalog_sha256, "n_rows": len(plan.dataset.rows),
                 "n_ok": len(plan.dataset.ok_rows), "n_items": len(plan.items),
                 "n_subjects": len({i["subject_key"] for i in plan.items}),
-                "n_train": len(split.train), "n_val": len(split.val),
+                "n_train": len(split.train), "n_val": len(split.val), "config_hash": plan.config_hash,
             })
     run_id = broadcast_object(run_id, d)  # type: ignore[assignment]
     state.run_id = run_id
@@ -302,18 +298,29 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
                          epochs_done=state.epoch, preempted=preempted, metrics=last_val, run_dir=plan.run_dir,
                          checkpoints={"last": str(ckpt_dir / ckpt.LAST), "best": str(ckpt_dir / ckpt.BEST)},
                          class_names=plan.class_names)
+    if not preempted:
+        payload_best = ckpt.load_checkpoint(ckpt_dir / ckpt.BEST) if (ckpt_dir / ckpt.BEST).is_file() else None
+        # Registration and the summary use the epoch that produced best.pt, not the last one.
+        result.best_metrics = dict((payload_best or {"state": state.__dict__})["state"]["extra"].get("last_val", {}))
+    sp = cfg.data.split
+    selection = {"monitor": monitor, "mode": "max" if maximize else "min", "value": state.best_metric,
+                 "best_epoch": state.best_epoch, "split": f"fold{sp.fold}of{sp.folds}-seed{sp.seed}"}
     if tracker is not None:
         try:
             if not preempted:
-                _finish(cfg, plan, tracker, ckpt_dir, val_loader, d, result)
+                _finish(cfg, plan, tracker, ckpt_dir, val_loader, d, result, selection)
             result.tracking = tracker.describe()
         finally:
             tracker.end("KILLED" if preempted else "FINISHED")
+    if not preempted and d.is_main:
+        write_finished(plan, {"epochs_done": state.epoch, "run_id": run_id, "best_epoch": state.best_epoch,
+                              "best_metric": state.best_metric, "best_metrics": result.best_metrics,
+                              "registered": result.registered, "config_hash": plan.config_hash})
     return result
 
 
 def _finish(cfg: DictConfig, plan: TrainPlan, tracker: Tracker, ckpt_dir: Path, val_loader: Any, d: Dist,
-            result: TrainResult) -> None:
+            result: TrainResult, selection: dict[str, Any]) -> None:
     """Rank 0, after the last epoch: best weights -> review images, checkpoints, registry."""
     best_path = ckpt_dir / ckpt.BEST
     source = best_path if best_path.is_file() else ckpt_dir / ckpt.LAST
@@ -327,7 +334,7 @@ def _finish(cfg: DictConfig, plan: TrainPlan, tracker: Tracker, ckpt_dir: Path, 
     if bool(tr.log_checkpoints):
         tracker.log_checkpoints([p for p in (best_path, ckpt_dir / ckpt.LAST) if p.is_file()])
     if bool(tr.register):
-        result.registered = tracker.register(network.cpu(), plan, result.metrics)
+        result.registered = tracker.register(network.cpu(), plan, result.best_metrics, selection)
 
 
 class _ClsLoss(torch.nn.Module):

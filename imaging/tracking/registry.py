@@ -29,6 +29,7 @@ from mlflow.types.schema import Schema, TensorSpec
 from safetensors.torch import load_file, save_file
 
 from imaging.models.registry import build_network
+from imaging.tracking.store import client_for
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +102,18 @@ def read_bundle_dir(directory: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 def register_model(network: torch.nn.Module, *, network_config: dict[str, Any], preprocessing: dict[str, Any],
                    labels: dict[int, str], task: str, name: str, alias: str = "candidate",
-                   tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Log the model into the active MLflow run, register it and set ``alias``.
+                   tags: dict[str, str] | None = None, selection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Log the model into the active MLflow run, register it and move ``alias`` by the policy
+    of :func:`best_comparable_version`.
+
+    Args:
+        selection: ``{"monitor", "mode" (max|min), "value", "best_epoch", "split"}`` of the
+            registered weights; stored as version tags and used by the alias policy.
+            ``None``: the alias always moves to the new version.
 
     Returns:
-        ``{"name", "version", "alias", "uri", "model_uri"}``.
+        ``{"name", "version", "alias", "alias_version", "uri", "model_uri"}``: ``alias`` is
+        ``None`` when it stayed on a better version (``alias_version``).
     """
     roi = [int(s) for s in preprocessing["roi_size"]]
     channels = int(network_config.get("in_channels", 1))
@@ -125,13 +133,49 @@ def register_model(network: torch.nn.Module, *, network_config: dict[str, Any], 
         )
     version = str(info.registered_model_version)
     client = client_for(None)
-    client.set_registered_model_alias(name, alias, version)
+    sel = {f"selection.{k}": str(v) for k, v in (selection or {}).items()}
     for key, value in {"task": task, "labels": json.dumps({str(k): v for k, v in labels.items()}),
-                       **(tags or {})}.items():
+                       **(tags or {}), **sel}.items():
         client.set_model_version_tag(name, version, key, value)
-    log.info("registered %s version %s as @%s", name, version, alias)
-    return {"name": name, "version": version, "alias": alias, "uri": f"models:/{name}@{alias}",
-            "model_uri": info.model_uri}
+    target = best_comparable_version(client, name, version) if selection else version
+    client.set_registered_model_alias(name, alias, target)
+    if target == version:
+        log.info("registered %s version %s as @%s", name, version, alias)
+    else:
+        log.info("registered %s version %s; @%s stays on version %s (better %s on the same data)", name, version,
+                 alias, target, (selection or {}).get("monitor"))
+    return {"name": name, "version": version, "alias": alias if target == version else None,
+            "alias_version": target, "uri": f"models:/{name}/{version}", "model_uri": info.model_uri}
+
+
+def best_comparable_version(client: MlflowClient, name: str, version: str) -> str:
+    """The alias policy: the best version among those comparable with ``version``.
+
+    Comparable versions were selected on the same monitored metric and mode, the
+    same data (``catalog_sha256``) and the same split (``selection.split``: fold, folds, seed); among them (the new
+    one included) the best ``selection.value`` wins, an earlier version on a tie.
+    A new version with nothing comparable (other data, fold or metric) takes the
+    alias. Every job computes this over all versions registered so far, so sweep
+    jobs finishing in any order (or at once) leave the alias on the best one, not
+    on whichever finished last.
+    """
+    versions = client.search_model_versions(f"name='{name}'")
+    mine = next(v for v in versions if str(v.version) == str(version))
+    keys = ("selection.monitor", "selection.mode", "selection.split", "catalog_sha256")
+    same = [v for v in versions if all((v.tags or {}).get(k) == (mine.tags or {}).get(k) for k in keys)
+            and _finite((v.tags or {}).get("selection.value"))]
+    if not same:
+        return str(version)
+    sign = -1.0 if (mine.tags or {}).get("selection.mode") == "min" else 1.0
+    best = max(same, key=lambda v: (sign * float(v.tags["selection.value"]), -int(v.version)))
+    return str(best.version)
+
+
+def _finite(value: str | None) -> bool:
+    try:
+        return value is not None and np.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -144,13 +188,6 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     if not m:
         raise ValueError(f"model URI '{uri}' is not models:/<name>@<alias> or models:/<name>/<version>")
     return m["name"], m["alias"], m["version"]
-
-
-def client_for(tracking_uri: str | None) -> MlflowClient:
-    """A client whose model registry is the same store as its tracking (MLflow would
-    otherwise take the registry from global state)."""
-    uri = tracking_uri or mlflow.get_tracking_uri()
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def resolve_version(client: MlflowClient, name: str, version_or_alias: str) -> Any:

@@ -1,8 +1,9 @@
 """MLflow runs for training: open or reopen, log setup/metrics/artifacts, register.
 
-Only rank 0 builds a :class:`MlflowTracker`. The store is the embedded SQLite
-database ``sqlite:///${paths.mlflow_db}`` with artifacts under
-``paths.mlflow_artifacts``, unless ``tracking.uri`` names a server. A resumed
+Only rank 0 builds a :class:`MlflowTracker`. The store is ``tracking.uri``, else
+``$MLFLOW_TRACKING_URI``, else the embedded SQLite database
+``sqlite:///${paths.mlflow_db}`` (:mod:`imaging.tracking.store`); a local store
+keeps artifacts under ``paths.mlflow_artifacts``. A resumed
 job passes the run id from its checkpoint and continues the same run.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -26,26 +28,27 @@ from imaging.engine.config import TrainPlan
 from imaging.engine.evaluate import ReviewCase
 from imaging.tracking.registry import register_model
 from imaging.tracking.review import case_dice, render_case
+from imaging.tracking.store import embedded_uri, is_local_store, tracking_uri
+
+__all__ = ["MlflowTracker", "embedded_uri", "flatten", "git_commit", "tracking_uri_from_config"]
 
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LEN = 500  # MLflow's limit on a param value
 
 
-def embedded_uri(mlflow_db: str | Path) -> str:
-    return f"sqlite:///{Path(mlflow_db).resolve()}"
-
-
 def tracking_uri_from_config(cfg: DictConfig) -> tuple[str, str | None]:
-    """``(tracking_uri, artifact_location)``; the location is set only for the embedded store."""
-    uri = cfg.tracking.get("uri")
-    if uri:
-        return str(uri), None
+    """``(tracking_uri, artifact_location)`` by :func:`imaging.tracking.store.tracking_uri`;
+    the location is set only for a local store (no artifact server)."""
     db = Path(str(cfg.paths.mlflow_db))
-    db.parent.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(cfg.tracking.get("uri"), db)
+    if not is_local_store(uri):
+        return uri, None
+    if uri == embedded_uri(db):
+        db.parent.mkdir(parents=True, exist_ok=True)
     artifacts = Path(str(cfg.paths.mlflow_artifacts)).resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
-    return embedded_uri(db), artifacts.as_uri()
+    return uri, artifacts.as_uri()
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -123,12 +126,13 @@ class MlflowTracker:
     def log_setup(self, config: dict[str, Any], split: dict[str, Any], dataset: dict[str, Any]) -> None:
         mlflow.log_text(yaml.safe_dump(config, sort_keys=False), "config/train.yaml")
         params = flatten({k: v for k, v in config.items() if k != "hydra"})
-        params.update({f"dataset.{k}": str(v) for k, v in dataset.items() if k != "catalog_sha256"})
+        params.update({f"dataset.{k}": str(v) for k, v in dataset.items() if k not in ("catalog_sha256", "config_hash")})
         items = sorted(params.items())
         for start in range(0, len(items), 100):
             mlflow.log_params(dict(items[start:start + 100]))
         mlflow.set_tags({"git_commit": git_commit(), "dataset.catalog_sha256": dataset["catalog_sha256"],
-                         "dataset.n_subjects": str(dataset["n_subjects"]), "torch": torch.__version__})
+                         "dataset.n_subjects": str(dataset["n_subjects"]), "torch": torch.__version__,
+                         "config_hash": str(dataset.get("config_hash", ""))})
         mlflow.log_dict(split, "split.json")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -145,11 +149,17 @@ class MlflowTracker:
         for path in paths:
             mlflow.log_artifact(str(path), "checkpoints")
 
-    def register(self, network: torch.nn.Module, plan: TrainPlan, metrics: dict[str, float]) -> dict[str, Any]:
+    def register(self, network: torch.nn.Module, plan: TrainPlan, metrics: dict[str, float],
+                 selection: dict[str, Any]) -> dict[str, Any]:
+        """Register the best weights with ``metrics`` (their epoch's validation) and lineage tags."""
+        lineage = {"run_id": str(self.run_id), "config_hash": plan.config_hash,
+                   "catalog_sha256": plan.dataset.catalog_sha256, "git_commit": git_commit(),
+                   "job_id": os.environ.get("SLURM_JOB_ID", "local")}
         info = register_model(network, network_config=plan.network_config, preprocessing=plan.preprocessing,
                               labels=plan.class_names, task=plan.task, name=self.registered_model_name,
-                              alias=self.alias,
-                              tags={f"val_{k}": f"{v:.4f}" for k, v in metrics.items() if math.isfinite(v)})
+                              alias=self.alias, selection=selection,
+                              tags={**lineage, **{f"val_{k}": f"{v:.4f}" for k, v in metrics.items()
+                                                  if math.isfinite(v)}})
         self._registered = info
         self.trained = True
         return info
