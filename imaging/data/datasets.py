@@ -15,6 +15,8 @@ loader workers, and workers can stay alive across epochs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +92,21 @@ class SeededDraws(TorchDataset):
             set_track_meta(previous)
 
 
+def item_identity(item: dict[str, Any]) -> bytes:
+    """The disk-cache key of an item: its fields plus size and mtime of every file it names.
+
+    A re-ingest that rewrites ``volumes/<key>.nii.gz`` in place (same path, new
+    content) gets a new key, so stale cached tensors are never served.
+    """
+    ident: dict[str, Any] = {}
+    for key, value in sorted(item.items()):
+        ident[key] = str(value)
+        if isinstance(value, (str, Path)) and str(value) and Path(value).is_file():
+            st = Path(value).stat()
+            ident[key + ".file"] = [st.st_size, st.st_mtime_ns]
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest().encode()
+
+
 def build_dataset(
     items: list[dict[str, Any]], transform: Compose, cache: str, cache_dir: Path | None, num_workers: int = 0
 ) -> Dataset:
@@ -108,7 +125,7 @@ def build_dataset(
         if cache_dir is None:
             raise ValueError("data.cache=disk needs a cache directory")
         cache_dir.mkdir(parents=True, exist_ok=True)
-        return PersistentDataset(items, transform, cache_dir=cache_dir)
+        return PersistentDataset(items, transform, cache_dir=cache_dir, hash_func=item_identity)
     if cache == "none":
         return Dataset(items, transform)
     raise ValueError(f"data.cache must be one of {CACHE_MODES}, got '{cache}'")

@@ -22,9 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
 from omegaconf import DictConfig, OmegaConf
-from torch.nn.parallel import DistributedDataParallel
 
 from imaging.data.datasets import build_train_loader, build_val_loader
 from imaging.data.splits import split_by_subject
@@ -46,6 +44,7 @@ from imaging.engine.distributed import (
 )
 from imaging.engine.evaluate import ReviewCase, review_cases
 from imaging.engine.loops import lr_lambda, train_one_epoch, validate
+from imaging.engine.recipe import build_loss, configure_determinism, wrap_model
 from imaging.fsutil import atomic_write_text
 from imaging.launch.preempt import PreemptionFlag
 from imaging.models.registry import build_network
@@ -202,9 +201,11 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
     run_id = state.run_id
 
     amp = bool(t.amp) and d.device.type == "cuda"
+    configure_determinism(bool(t.deterministic), d.device)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     cache = str(cfg.data.cache)
-    cache_root = Path(str(cfg.data.cache_dir)) / pipeline_hash(plan.preprocessing, data_cfg)  # type: ignore[arg-type]
+    cache_root = Path(str(cfg.data.cache_dir)) / pipeline_hash(  # a re-ingested catalog: another cache
+        plan.preprocessing, data_cfg, [plan.dataset.catalog_sha256])  # type: ignore[arg-type]
     train_tf = build_train_transforms(plan.preprocessing, data_cfg)  # type: ignore[arg-type]
     val_tf = build_inference_transforms(plan.preprocessing, with_label=True)
     workers = int(cfg.data.num_workers)
@@ -216,10 +217,8 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
                                   num_workers=workers, rank=d.rank, world_size=d.world_size)
 
     seed_everything(seed)  # model init must not depend on how much RNG data set-up consumed
-    network = build_network(plan.network_config).to(d.device)
-    model: torch.nn.Module = network
-    if d.active:
-        model = DistributedDataParallel(network, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    network, model = wrap_model(build_network(plan.network_config).to(d.device), d,
+                                sync_batchnorm=bool(t.sync_batchnorm), compile_model=bool(t.compile))
     optimizer = torch.optim.AdamW(network.parameters(), lr=float(t.lr), weight_decay=float(t.weight_decay))
     max_steps = t.get("limit_train_batches")
     steps_per_epoch = len(train_loader) if max_steps is None else min(len(train_loader), int(max_steps))
@@ -229,9 +228,9 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
         str(sched_cfg.kind), int(sched_cfg.warmup_epochs) * math.ceil(steps_per_epoch / accumulate),
         total_opt_steps, float(sched_cfg.min_lr_factor)))
-    scaler = torch.amp.GradScaler(d.device.type, enabled=amp)
-    loss_fn: Any = (DiceCELoss(to_onehot_y=True, softmax=True) if plan.task == "segmentation"
-                    else _ClsLoss())
+    # bfloat16 has float32's range: no loss scaling (and no skipped steps) needed.
+    scaler = torch.amp.GradScaler(d.device.type, enabled=amp and str(t.amp_dtype) == "float16")
+    loss_fn = build_loss(plan.task, plan.network_config)
     if payload is not None:
         ckpt.restore(payload, model=network, optimizer=optimizer, scheduler=scheduler, scaler=scaler, rng=True)
 
@@ -244,7 +243,8 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
         res = train_one_epoch(
             model=model, loader=train_loader, epoch=epoch, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
             loss_fn=loss_fn, d=d, amp=amp, accumulate=accumulate, skip_batches=skip,
-            should_stop=lambda: flag.requested, max_steps=max_steps, progress=bool(t.progress))
+            should_stop=lambda: flag.requested, max_steps=max_steps, progress=bool(t.progress),
+            amp_dtype=str(t.amp_dtype), grad_clip_norm=None if t.grad_clip_norm is None else float(t.grad_clip_norm))
         state.global_step += res.optimizer_steps
         if res.preempted:
             state.step_in_epoch = skip + res.steps
@@ -252,7 +252,10 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
             break
         skip = 0
         state.epoch, state.step_in_epoch = epoch + 1, 0
-        metrics = {"train_loss": res.loss, "lr": float(scheduler.get_last_lr()[0])}
+        metrics = {"train_loss": res.loss, "lr": float(scheduler.get_last_lr()[0]),
+                   "data_wait_fraction": res.data_wait_fraction, "samples_per_s": res.samples_per_s}
+        if res.skipped_steps:
+            metrics["skipped_steps"] = float(res.skipped_steps)
         improved = False
         validated = False
         sync_buffers(network, d)  # the checkpoint holds rank 0's buffers: everyone uses those
@@ -278,7 +281,8 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
                                  scaler=scaler, state=state)
             if tracker is not None:
                 tracker.log_metrics({**metrics, "best_" + monitor: state.best_metric}, step=state.epoch)
-        log.info("epoch %d/%d loss %.4f %s", state.epoch, t.max_epochs, res.loss,
+        log.info("epoch %d/%d loss %.4f data-wait %.1f%% %.1f samples/s %s", state.epoch, t.max_epochs, res.loss,
+                 100 * res.data_wait_fraction, res.samples_per_s,
                  " ".join(f"{k}={v:.4f}" for k, v in last_val.items() if k.startswith(("dice", "auc", "acc")))
                  if validated else "")
         barrier(d)
@@ -335,12 +339,3 @@ def _finish(cfg: DictConfig, plan: TrainPlan, tracker: Tracker, ckpt_dir: Path, 
         tracker.log_checkpoints([p for p in (best_path, ckpt_dir / ckpt.LAST) if p.is_file()])
     if bool(tr.register):
         result.registered = tracker.register(network.cpu(), plan, result.best_metrics, selection)
-
-
-class _ClsLoss(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ce = torch.nn.CrossEntropyLoss()
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.ce(logits, target.view(-1).long())
