@@ -152,8 +152,7 @@ def _augment(aug: Mapping[str, Any], keys: list[str], seg: bool) -> list[Any]:
         lo, hi = (float(s) for s in aug.get("scale_range", [0.85, 1.25]))
         steps.append(mt.RandAffined(
             keys=keys, prob=p("affine_prob"), rotate_range=rot, scale_range=[(lo - 1.0, hi - 1.0)] * 3,
-            mode=("bilinear", "nearest") if seg else "bilinear", padding_mode="border", cache_grid=True,
-            spatial_size=None))
+            mode=("bilinear", "nearest") if seg else "bilinear", padding_mode="border"))
     if p("flip_prob") > 0:
         steps += [mt.RandFlipd(keys=keys, prob=p("flip_prob"), spatial_axis=axis) for axis in range(3)]
     if p("rot90_prob") > 0:
