@@ -179,8 +179,9 @@ class MlflowTracker:
             reg = getattr(self, "_registered", None)
             if reg:
                 describe_model_version(reg["name"], reg["version"], self.client)
-        except Exception as exc:  # noqa: BLE001 - any failure here only costs the description
-            log.warning("could not write the MLflow descriptions: %s", exc)
+        except MlflowException:
+            # Only the description is lost, not the training: say so loudly, with the cause.
+            log.exception("could not write the MLflow descriptions of run %s", self.run_id)
 
     def describe(self) -> dict[str, str]:
         ui = (f"mlflow ui --backend-store-uri {self.tracking_uri}" if self.tracking_uri.startswith("sqlite")
