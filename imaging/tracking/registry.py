@@ -53,11 +53,20 @@ class ModelBundle:
     run_id: str | None
 
 
+# What the pyfunc imports (imaging.tracking.pyfunc_model -> registry, engine.predict,
+# data.transforms); the imaging package itself travels as code_paths.
+# mlflow-skinny: loading a pyfunc needs no tracking server, UI or SQL store.
+PYFUNC_DISTS = ("torch", "monai", "safetensors", "numpy", "mlflow-skinny", "nibabel", "scipy")
+
+
 def _requirements() -> list[str]:
+    """Pinned requirements without local version labels: ``torch==2.13.0``, not
+    ``torch==2.13.0+cpu`` (no public index serves a ``+cpu`` build; the CUDA or CPU
+    build is the installing site's choice)."""
     reqs = []
-    for dist in ("torch", "monai", "safetensors", "numpy", "mlflow"):
+    for dist in PYFUNC_DISTS:
         try:
-            reqs.append(f"{dist}=={metadata.version(dist)}")
+            reqs.append(f"{dist}=={metadata.version(dist).split('+', 1)[0]}")
         except metadata.PackageNotFoundError:
             reqs.append(dist)
     return reqs
@@ -117,19 +126,24 @@ def register_model(network: torch.nn.Module, *, network_config: dict[str, Any], 
     """
     roi = [int(s) for s in preprocessing["roi_size"]]
     channels = int(network_config.get("in_channels", 1))
-    # Whole preprocessed volumes of any size go in (sliding window of roi_size inside).
+    # Two input forms (imaging.tracking.pyfunc_model): raw NIfTI paths, or preprocessed
+    # float32 volumes (N, channels, X, Y, Z). An MLflow input schema admits one form only
+    # and would refuse paths, so the inputs are described in the metadata and bundle.json.
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, -1, -1, -1), "image")]),
+        inputs=None,
         outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1) if task == "segmentation" else (-1,),
                                    "labels")]),
     )
+    inputs_doc = {"nifti": "a path, a list of paths or a DataFrame 'path' column -> labels on each file's grid",
+                  "tensor": f"float32 (N, {channels}, X, Y, Z), preprocessed -> labels (N, X, Y, Z)"}
     with tempfile.TemporaryDirectory(prefix="imaging-bundle-") as tmp:
         weights, bundle = write_bundle(Path(tmp), network, network_config, preprocessing, labels, task)
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={"weights": str(weights), "bundle": str(bundle)},
+            code_paths=[str(Path(__file__).resolve().parents[1])],  # the imaging package: loads anywhere
             pip_requirements=_requirements(), signature=signature, registered_model_name=name,
-            await_registration_for=60, metadata={"task": task, "roi_size": roi, "bundle_format": BUNDLE_FORMAT},
+            await_registration_for=60, metadata={"task": task, "roi_size": roi, "bundle_format": BUNDLE_FORMAT, "inputs": inputs_doc},
         )
     version = str(info.registered_model_version)
     client = client_for(None)
