@@ -55,8 +55,9 @@ class ModelBundle:
 
 # What the pyfunc imports (imaging.tracking.pyfunc_model -> registry, engine.predict,
 # data.transforms); the imaging package itself travels as code_paths.
-# mlflow-skinny: loading a pyfunc needs no tracking server, UI or SQL store.
-PYFUNC_DISTS = ("torch", "monai", "safetensors", "numpy", "mlflow-skinny", "nibabel", "scipy")
+# mlflow-skinny: loading a pyfunc needs no tracking server, UI or SQL store (but pandas,
+# which skinny leaves out: checked by loading the model in a fresh venv).
+PYFUNC_DISTS = ("torch", "monai", "safetensors", "numpy", "pandas", "mlflow-skinny", "nibabel", "scipy")
 
 
 def _requirements() -> list[str]:
