@@ -23,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 # Dotted prefixes left out of the hash (a key matches itself and everything below it).
 RESUMABLE: tuple[str, ...] = (
     "hydra", "paths", "tracking", "launcher", "run_dir",
-    "data.dataset_dir", "data.cache", "data.cache_dir", "data.num_workers", "data.image_dtype",
+    "data.dataset_dir", "data.cache", "data.cache_dir", "data.num_workers",
     "trainer.max_epochs", "trainer.resume", "trainer.progress", "trainer.accelerator",
-    "trainer.sw_batch_size", "trainer.compile", "trainer.deterministic", "trainer.log_every",
+    "trainer.sw_batch_size", "trainer.compile", "trainer.deterministic",
 )
 HASH_LEN = 8
 

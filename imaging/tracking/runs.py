@@ -28,7 +28,7 @@ from imaging.engine.config import TrainPlan
 from imaging.engine.evaluate import ReviewCase
 from imaging.tracking.registry import register_model
 from imaging.tracking.review import case_dice, render_case
-from imaging.tracking.store import embedded_uri, is_local_store, tracking_uri
+from imaging.tracking.store import activate, embedded_uri, is_local_store, tracking_uri
 
 __all__ = ["MlflowTracker", "embedded_uri", "flatten", "git_commit", "tracking_uri_from_config"]
 
@@ -89,8 +89,7 @@ class MlflowTracker:
         # Set once training logs anything: only training runs get the reviewer description
         # (the inference stage reuses this class for its own runs).
         self.trained = False
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)  # registry in the same store, whatever the environment says
+        activate(tracking_uri)  # registry in the same store, whatever the environment says
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     @classmethod

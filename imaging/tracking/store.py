@@ -41,6 +41,26 @@ def is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:", "/"))
 
 
+def activate(uri: str) -> None:
+    """Make ``uri`` MLflow's tracking and registry store for this process's fluent API,
+    leaving ``$MLFLOW_TRACKING_URI``/``$MLFLOW_REGISTRY_URI`` as the user set them.
+
+    ``mlflow.set_tracking_uri`` also writes the environment variable; left there, the
+    next run in the same process (a ``-m`` sweep, a notebook, a test) would read the
+    previous run's store as if the user had chosen it.
+    """
+    import mlflow
+
+    saved = {name: os.environ.get(name) for name in (ENV, "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def client_for(uri: str | None) -> MlflowClient:
     """A client whose model registry is the same store as its tracking (MLflow would
     otherwise take the registry from ``$MLFLOW_REGISTRY_URI`` or global state)."""

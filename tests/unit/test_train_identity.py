@@ -98,3 +98,25 @@ def test_network_options_build_and_train_one_step(override: str) -> None:
     net.eval()
     with torch.no_grad():
         assert net(image).shape == (2, 4, 32, 32, 16)  # evaluation sees the main head only
+
+
+def test_store_order_and_activate_leaves_the_environment_alone(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from imaging.tracking.store import activate, tracking_uri
+
+    db = tmp_path / "mlflow" / "mlflow.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(None, db) == f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env-store:5000")
+    assert tracking_uri(None, db) == "http://env-store:5000"
+    assert tracking_uri("http://explicit:5000", db) == "http://explicit:5000"
+    # MLflow's set_tracking_uri writes the variable: a second run in this process must not
+    # mistake the first run's store for the user's choice.
+    activate(f"sqlite:///{tmp_path / 'a.db'}")
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://env-store:5000"
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'a.db'}"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    activate(f"sqlite:///{tmp_path / 'b.db'}")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
