@@ -36,7 +36,7 @@ STAGE_TAG = "imaging.stage"  # "infer" on `imaging infer` runs (training runs ha
 MAX_NOTE = 5000
 DICE_PREFIX = "val_dice_"
 MONITOR = "val_dice_mean"
-MAX_IMAGES = 24
+MAX_IMAGES = 12  # about 2000 of the 5000 characters a description may hold
 # (heading, params shown together); a param a run lacks is left out.
 HIGHLIGHTS = [
     ("model", ["model.name", "model.channels", "model.strides", "model.feature_size", "model.num_res_units"]),
