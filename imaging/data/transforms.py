@@ -132,7 +132,7 @@ class CompactIndicesd(mt.MapTransform):
         self.seed = seed
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        d = dict(data)
+        d: dict[Any, Any] = dict(data)
         for key in self.key_iterator(d):
             idx = np.asarray(d[key])
             if key.endswith("_bg_indices") and len(idx) > self.fraction:
@@ -161,7 +161,8 @@ def _augment(aug: Mapping[str, Any], keys: list[str], seg: bool) -> list[Any]:
     if p("noise_prob") > 0:
         steps.append(mt.RandGaussianNoised(keys="image", prob=p("noise_prob"), std=float(aug.get("noise_std", 0.05))))
     if p("blur_prob") > 0:
-        sig = [float(s) for s in aug.get("blur_sigma", [0.5, 1.0])]
+        lo_s, hi_s = (float(s) for s in aug.get("blur_sigma", [0.5, 1.0]))
+        sig = (lo_s, hi_s)
         steps.append(mt.RandGaussianSmoothd(keys="image", prob=p("blur_prob"), sigma_x=sig, sigma_y=sig,
                                             sigma_z=sig))
     if p("contrast_prob") > 0:  # nnU-Net's "contrast": multiply intensities
