@@ -4,7 +4,8 @@ For ``demo_seg`` and a larger synthetic CT config (finer spacing, bigger
 patches), and for each ``data.cache`` mode (none, memory, disk), run a few
 training steps and measure, per step, the time spent waiting for the next batch
 and the time spent computing (forward, backward, optimizer). Prints a table
-with the data-wait fraction (wall time); the goal is <= 5 % with ``memory``.
+with the data-wait fraction (wall time); the goal is <= 5 % with ``memory``,
+and, for ``memory``, the bytes the cache holds per image voxel (goal <= 6).
 ``--workers 1`` prepares the next batch in a (persistent) worker process while
 the main process computes.
 
@@ -21,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from monai.losses import DiceCELoss
@@ -56,6 +58,7 @@ def measure(overrides: list[str], cache: str, steps: int, root: Path, workers: i
                                 batch_size=int(cfg.data.batch_size), num_workers=workers, seed=0, rank=0,
                                 world_size=1)
     build_s = time.perf_counter() - t0
+    bytes_per_voxel = cached_bytes_per_voxel(loader.dataset) if cache == "memory" else float("nan")
     net = build_network(plan.network_config)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -83,7 +86,18 @@ def measure(overrides: list[str], cache: str, steps: int, root: Path, workers: i
             done += 1
         epoch += 1
     return {"build_s": build_s, "wait_s": wait, "compute_s": compute, "steps": done,
-            "fraction": wait / max(1e-9, wait + compute)}
+            "fraction": wait / max(1e-9, wait + compute), "bytes_per_voxel": bytes_per_voxel}
+
+
+def cached_bytes_per_voxel(dataset: object) -> float:
+    """Bytes of every array in a CacheDataset's items / voxels of their images."""
+    total = voxels = 0
+    for item in getattr(dataset, "_cache", []):
+        for value in item.values():
+            if isinstance(value, (torch.Tensor, np.ndarray)):
+                total += value.nbytes if isinstance(value, np.ndarray) else value.element_size() * value.numel()
+        voxels += int(np.prod(item["image"].shape))
+    return total / max(1, voxels)
 
 
 def main() -> None:
@@ -92,20 +106,24 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--configs", default="demo_seg,ct_large")
+    p.add_argument("--caches", default="none,memory,disk")
+    p.add_argument("--extra", default="", help="comma-separated overrides for every config")
     args = p.parse_args()
     torch.manual_seed(0)
     table = Table(title=f"train loader: data wait vs compute ({args.steps} steps, workers={args.workers})")
-    for col in ("config", "cache", "set-up s", "wait ms/step", "compute ms/step", "data-wait %"):
+    for col in ("config", "cache", "set-up s", "wait ms/step", "compute ms/step", "data-wait %", "bytes/voxel"):
         table.add_column(col, justify="right")
     root = Path(tempfile.mkdtemp(prefix="bench-loader-"))
     try:
         for name in args.configs.split(","):
-            for cache in ("none", "memory", "disk"):
-                r = measure([*CONFIGS[name], f"data.dataset_dir={args.dataset}"], cache, args.steps, root,
+            for cache in args.caches.split(","):
+                extra = [o for o in args.extra.split(",") if o]
+                r = measure([*CONFIGS[name], f"data.dataset_dir={args.dataset}", *extra], cache, args.steps, root,
                             args.workers)
                 n = max(1, r["steps"] - (1 if cache == "disk" else 0))
                 table.add_row(name, cache, f"{r['build_s']:.1f}", f"{1000 * r['wait_s'] / n:.0f}",
-                              f"{1000 * r['compute_s'] / n:.0f}", f"{100 * r['fraction']:.1f}")
+                              f"{1000 * r['compute_s'] / n:.0f}", f"{100 * r['fraction']:.1f}",
+                              f"{r['bytes_per_voxel']:.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     Console().print(table)

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imaging.project import write_marker
+from imaging.tracking.store import embedded_uri
 
 console = Console()
 
@@ -89,7 +90,7 @@ def main(cfg: DictConfig) -> None:
     console.print(f"Dataset:      {demo_dir / 'dataset' / 'catalog.csv'}")
     console.print(f"Predictions:  {demo_dir / 'predictions' / 'report.csv'} (DICOM SEG: */seg.dcm)")
     # The store train/registry/infer used: the embedded default of conf/paths (no guess from demo_dir).
-    console.print(f"MLflow UI:    .venv/bin/mlflow ui --backend-store-uri sqlite:///{cfg.paths.mlflow_db}")
+    console.print(f"MLflow UI:    .venv/bin/mlflow ui --backend-store-uri {embedded_uri(cfg.paths.mlflow_db)}")
 
 
 if __name__ == "__main__":

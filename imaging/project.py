@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,19 @@ def write_marker(folder: str | os.PathLike[str]) -> Path:
 
 
 def register_resolvers() -> None:
-    """Register ``${imaging_root:}`` with OmegaConf (idempotent)."""
+    """Register ``${imaging_root:}`` and ``${config_hash:}`` with OmegaConf (idempotent)."""
     try:
         from omegaconf import OmegaConf
     except ImportError:  # the package imports without omegaconf (e.g. a bare audit tool)
         return
     if not OmegaConf.has_resolver("imaging_root"):
         OmegaConf.register_new_resolver("imaging_root", root_dir)
+    if not OmegaConf.has_resolver("config_hash"):
+        OmegaConf.register_new_resolver("config_hash", _config_hash)
+
+
+def _config_hash(*, _root_: Any) -> str:
+    # Imported on use: the package imports without the training stack.
+    from imaging.engine.identity import resolve_config_hash
+
+    return resolve_config_hash(_root_=_root_)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -22,10 +20,9 @@ console = Console()
 
 
 def default_tracking_uri() -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    root = Path(root_dir())
-    return f"sqlite:///{(root / 'mlflow' / 'mlflow.db').resolve()}"
+    from imaging.tracking.store import project_db, tracking_uri
+
+    return tracking_uri(None, project_db(root_dir()))
 
 
 def parser() -> argparse.ArgumentParser:

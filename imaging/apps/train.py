@@ -41,7 +41,11 @@ def summary_table(r: TrainResult) -> Table:
     table.add_row("MLflow run id", str(r.run_id))
     reg = r.registered
     if reg:
-        table.add_row("registered model", f"{reg['name']} v{reg['version']} @{reg['alias']}  ({reg['uri']})")
+        alias = f"@{reg['alias']}" if reg.get("alias") else f"(@candidate stays on v{reg.get('alias_version')})"
+        table.add_row("registered model", f"{reg['name']} v{reg['version']} {alias}  ({reg['uri']})")
+    elif r.already_done:
+        table.add_row("registered model", "nothing new: this configuration had already finished "
+                      f"({r.previously_registered.get('uri', 'not registered')})")
     for kind, path in r.checkpoints.items():
         table.add_row(f"checkpoint {kind}", path)
     if r.tracking.get("ui_command"):
@@ -55,7 +59,8 @@ def main(cfg: DictConfig) -> None:
 
     # A ConfigError (a UsageError) reaches imaging.cli: one line, exit 2.
     result = run(cfg)
-    if result.run_dir is not None and (result.metrics or result.preempted) and dist_env().is_main:
+    if result.run_dir is not None and (result.metrics or result.preempted or result.already_done) \
+            and dist_env().is_main:
         Console().print(summary_table(result))
     if result.preempted:
         raise SystemExit(EXIT_PREEMPTED)

@@ -26,6 +26,8 @@ from imaging.data.items import (
     segmentation_items,
 )
 from imaging.data.transforms import preprocessing_from_config
+from imaging.engine.identity import config_hash
+from imaging.engine.schema import check_schema
 from imaging.errors import UsageError
 from imaging.models.registry import check_network_config, network_task
 
@@ -54,6 +56,7 @@ class TrainPlan:
     network_config: dict[str, Any]       # the resolved model dict, out_channels filled in
     preprocessing: dict[str, Any]
     run_dir: Path
+    config_hash: str = ""                # imaging.engine.identity.config_hash: part of run_dir
 
     @property
     def num_classes(self) -> int:
@@ -110,14 +113,32 @@ def _network_config(model_cfg: Mapping[str, Any], num_classes: int, task: str) -
     return net
 
 
+def _check_devices(cfg: DictConfig) -> None:
+    """A GPU asked for but absent is an error here, not a silent CPU run later."""
+    import torch
+
+    accelerator = str(_get(cfg, "trainer.accelerator"))
+    if accelerator in ("cuda", "gpu") and not torch.cuda.is_available():
+        raise ConfigError("trainer.accelerator", f"'{accelerator}' but no CUDA device is visible on this machine "
+                          "(CUDA_VISIBLE_DEVICES, the job's --gpus) ; use trainer.accelerator=cpu or auto")
+    on_gpu = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+    if (on_gpu and bool(cfg.trainer.get("amp", False)) and str(cfg.trainer.get("amp_dtype")) == "bfloat16"
+            and not torch.cuda.is_bf16_supported()):
+        raise ConfigError("trainer.amp_dtype", "bfloat16 is not supported by this GPU; use float16")
+
+
 def validate_config(cfg: DictConfig) -> TrainPlan:
     """Check ``cfg`` (the composed ``train`` config) and derive the plan.
 
     Raises:
-        ConfigError: names the key: missing dataset folder/catalog/dataset.json,
+        ConfigError: names the key: a ``trainer``/``data`` value of the wrong type or
+            out of range (:mod:`imaging.engine.schema`), a GPU asked for but absent,
+            missing dataset folder/catalog/dataset.json,
             labels not in ``dataset.json`` or not present in any catalog row,
             no usable items, unknown network or network argument, bad trainer values.
     """
+    check_schema(cfg)
+    _check_devices(cfg)
     task = _choice(cfg, "data.task", TASKS)
     _choice(cfg, "data.cache", CACHES)
     _choice(cfg, "trainer.resume", RESUME)
@@ -186,4 +207,4 @@ def validate_config(cfg: DictConfig) -> TrainPlan:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     net = _network_config(model_cfg, len(names), task)  # type: ignore[arg-type]
     return TrainPlan(task=task, dataset=info, items=items, class_names=names, network_config=net,
-                     preprocessing=pre, run_dir=Path(str(_get(cfg, "run_dir"))))
+                     preprocessing=pre, run_dir=Path(str(_get(cfg, "run_dir"))), config_hash=config_hash(cfg))

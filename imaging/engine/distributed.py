@@ -47,16 +47,16 @@ def setup(accelerator: str = "auto", timeout_s: int = 1800) -> Dist:
     """Initialise the process group when launched with world size > 1.
 
     Args:
-        accelerator: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        accelerator: ``auto`` (CUDA when available), ``cpu`` or ``cuda`` (alias ``gpu``).
         timeout_s: collective timeout (a dead peer surfaces as an error, not a hang forever).
 
     Raises:
         RuntimeError: ``accelerator=cuda`` without a GPU.
     """
     env = dist_env()
-    use_cuda = accelerator == "cuda" or (accelerator == "auto" and torch.cuda.is_available())
+    use_cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("trainer.accelerator=cuda but no CUDA device is visible")
+        raise RuntimeError(f"trainer.accelerator={accelerator} but no CUDA device is visible")
     if use_cuda:
         torch.cuda.set_device(env.local_rank % max(1, torch.cuda.device_count()))
         device = torch.device("cuda", torch.cuda.current_device())

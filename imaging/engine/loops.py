@@ -1,8 +1,11 @@
 """The plain PyTorch loops: one training epoch, one validation pass.
 
-No framework: AMP on CUDA, gradient accumulation (``no_sync`` on the
-micro-steps of a DDP model), an LR schedule stepped per optimizer step, and a
-preemption poll after every step that all ranks agree on.
+No framework: AMP on CUDA (float16 with a GradScaler or bfloat16; the forward
+pass and loss under autocast, ``backward()`` outside it), gradient clipping,
+gradient accumulation (``no_sync`` on the micro-steps of a DDP model), an LR
+schedule stepped per optimizer step (not when the scaler skipped the step for
+inf/NaN gradients), and a preemption poll after every step that all ranks agree
+on. Each epoch reports its data-wait fraction and samples per second.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +59,18 @@ class EpochResult:
     steps: int           # batches run in this call
     optimizer_steps: int
     preempted: bool
+    data_wait_fraction: float = math.nan  # time waiting for batches / wall time of the steps
+    samples_per_s: float = math.nan       # patches trained per second on this rank
+    skipped_steps: int = 0                # optimizer steps the GradScaler skipped (inf/NaN gradients)
+
+
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _seg_outputs(out: torch.Tensor, image: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+    # Deep supervision (DynUNet in training mode) stacks the heads on dim 1: the loss
+    # (monai DeepSupervisionLoss) takes them as a list, the main head first.
+    return list(torch.unbind(out, 1)) if out.dim() == image.dim() + 1 else out
 
 
 def train_one_epoch(
@@ -62,6 +78,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler, loss_fn: Callable[..., torch.Tensor], d: Dist, amp: bool,
     accumulate: int = 1, skip_batches: int = 0, should_stop: Callable[[], bool] = lambda: False,
     on_step: Callable[[int], None] | None = None, max_steps: int | None = None, progress: bool = True,
+    amp_dtype: str = "float16", grad_clip_norm: float | None = None,
 ) -> EpochResult:
     """Run one epoch (or its remainder after ``skip_batches``).
 
@@ -78,8 +95,16 @@ def train_one_epoch(
     bar = tqdm(total=total, initial=skip_batches, desc=f"epoch {epoch + 1}", leave=False,
                disable=not (progress and d.is_main))
     optimizer.zero_grad(set_to_none=True)
-    for index, batch in enumerate(loader.loader):
-        if max_steps is not None and index >= max_steps:
+    wait = busy = 0.0
+    samples = skipped = 0
+    batches = iter(loader.loader)
+    index = -1
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        t1 = time.perf_counter()
+        index += 1
+        if batch is None or (max_steps is not None and index >= max_steps):
             break
         if index < skip_batches:
             continue
@@ -89,16 +114,28 @@ def train_one_epoch(
         no_sync = getattr(model, "no_sync", None)
         # DDP: skip the gradient all-reduce on accumulation micro-steps.
         sync = contextlib.nullcontext() if boundary or no_sync is None else no_sync()
-        with sync, torch.autocast(device_type=d.device.type, enabled=amp):
-            loss = loss_fn(model(image), target)
+        with sync:
+            with torch.autocast(device_type=d.device.type, dtype=AMP_DTYPES[amp_dtype], enabled=amp):
+                loss = loss_fn(_seg_outputs(model(image), image), target)
+            # backward() outside autocast: the backward ops run in the dtypes autocast chose forward.
             scaler.scale(loss / accumulate).backward()
         if boundary:
+            if grad_clip_norm is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+            scale = scaler.get_scale() if scaler.is_enabled() else 1.0
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            if scaler.is_enabled() and scaler.get_scale() < scale:
+                skipped += 1  # inf/NaN gradients: no optimizer step, so no schedule step either
+            else:
+                scheduler.step()
             opt_steps += 1
-        loss_sum += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64)
+        loss_sum += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64)  # (syncs: busy is real)
+        wait += t1 - t0
+        busy += time.perf_counter() - t1
+        samples += int(image.shape[0])
         steps += 1
         bar.update(1)
         if on_step is not None:
@@ -110,7 +147,10 @@ def train_one_epoch(
     bar.close()
     total_loss = all_reduce_sum(loss_sum, d).cpu()
     mean = float(total_loss[0] / total_loss[1]) if total_loss[1] > 0 else math.nan
-    return EpochResult(loss=mean, steps=steps, optimizer_steps=opt_steps, preempted=preempted)
+    wall = wait + busy
+    return EpochResult(loss=mean, steps=steps, optimizer_steps=opt_steps, preempted=preempted,
+                       data_wait_fraction=wait / wall if wall > 0 else math.nan,
+                       samples_per_s=samples / wall if wall > 0 else math.nan, skipped_steps=skipped)
 
 
 @torch.no_grad()

@@ -109,8 +109,9 @@ def overlay_montage(path: str | os.PathLike[str], image: np.ndarray, labels: np.
     orientation; slices are spread over the mask's extent (over the whole volume when empty).
     """
     import nibabel as nib
-    from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure  # no pyplot: safe off the main thread
+
+    from imaging.palette import label_cmap
 
     ornt = nib.orientations.io_orientation(affine)
     img = nib.orientations.apply_orientation(image, ornt)
@@ -119,9 +120,8 @@ def overlay_montage(path: str | os.PathLike[str], image: np.ndarray, labels: np.
     lo_z, hi_z = (int(zs.min()), int(zs.max())) if len(zs) else (0, lab.shape[2] - 1)
     ks = np.unique(np.linspace(lo_z, hi_z, num=min(n_slices, hi_z - lo_z + 1)).round().astype(int))
     vmin, vmax = _display_window(img, window)
-    colours = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
     n_lab = int(max(names, default=0)) + 1
-    cmap = ListedColormap(["none"] + [colours[(v - 1) % len(colours)] for v in range(1, n_lab)])
+    cmap = label_cmap(n_lab - 1)
     fig = Figure(figsize=(2.6 * len(ks), 3.0), dpi=90)
     axes = fig.subplots(1, len(ks), squeeze=False)[0]
     for ax, k in zip(axes, ks, strict=True):

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from imaging.fsutil import atomic_write_json, atomic_write_text
 from imaging.launch.render import JOB_KINDS, JobSpec, LauncherConfigError, render
+from imaging.tracking.store import embedded_uri
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def _tracking(cfg: DictConfig, kind: str, launcher: Mapping[str, Any]) -> dict[s
         return {"uri": None, "experiment_name": None, "run_name": None}
     uri = launcher.get("mlflow_tracking_uri") or cfg.tracking.get("uri")
     if not uri and "paths" in cfg:
-        uri = "sqlite:///" + str(Path(str(cfg.paths.mlflow_db)).resolve())
+        uri = embedded_uri(str(cfg.paths.mlflow_db))
     return {"uri": str(uri) if uri else None, "experiment_name": str(cfg.tracking.get("experiment_name")),
             "run_name": str(cfg.tracking.get("run_name")) if kind == "train" else None}
 

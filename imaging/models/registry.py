@@ -19,6 +19,7 @@ from monai.networks import nets
 NETWORKS: dict[str, tuple[Callable[..., torch.nn.Module], str]] = {
     "unet": (nets.UNet, "segmentation"),
     "segresnet": (nets.SegResNet, "segmentation"),
+    "dynunet": (nets.DynUNet, "segmentation"),  # nnU-Net's network; deep supervision in training mode
     "swinunetr": (nets.SwinUNETR, "segmentation"),
     "densenet121": (nets.DenseNet121, "classification"),
     "resnet": (nets.ResNet, "classification"),

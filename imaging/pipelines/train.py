@@ -22,9 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
 from omegaconf import DictConfig, OmegaConf
-from torch.nn.parallel import DistributedDataParallel
 
 from imaging.data.datasets import build_train_loader, build_val_loader
 from imaging.data.splits import split_by_subject
@@ -34,7 +32,7 @@ from imaging.data.transforms import (
     pipeline_hash,
 )
 from imaging.engine import checkpoint as ckpt
-from imaging.engine.config import ConfigError, TrainPlan, validate_config
+from imaging.engine.config import TrainPlan, validate_config
 from imaging.engine.distributed import (
     Dist,
     any_rank,
@@ -46,9 +44,16 @@ from imaging.engine.distributed import (
 )
 from imaging.engine.evaluate import ReviewCase, review_cases
 from imaging.engine.loops import ValidationInterrupted, lr_lambda, train_one_epoch, validate
+from imaging.engine.recipe import build_loss, configure_determinism, wrap_model
 from imaging.fsutil import atomic_write_text
 from imaging.launch.preempt import PreemptionFlag, mark_preempted
 from imaging.models.registry import build_network
+from imaging.pipelines.train_resume import (
+    check_identity,
+    find_resume,
+    read_finished,
+    write_finished,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +69,8 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_review(self, cases: list[ReviewCase], names: dict[int, str]) -> None: ...
     def log_checkpoints(self, paths: list[Path]) -> None: ...
-    def register(self, network: torch.nn.Module, plan: TrainPlan, metrics: dict[str, float]) -> dict[str, Any]: ...
+    def register(self, network: torch.nn.Module, plan: TrainPlan, metrics: dict[str, float],
+                 selection: dict[str, Any]) -> dict[str, Any]: ...
     def end(self, status: str) -> None: ...
     def describe(self) -> dict[str, str]: ...
 
@@ -82,6 +88,9 @@ class TrainResult:
     registered: dict[str, Any] = field(default_factory=dict)
     tracking: dict[str, str] = field(default_factory=dict)
     class_names: dict[int, str] = field(default_factory=dict)
+    best_metrics: dict[str, float] = field(default_factory=dict)  # validation of the best.pt epoch
+    already_done: bool = False        # a finished run found again: nothing trained or registered
+    previously_registered: dict[str, Any] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -134,31 +143,6 @@ def run(cfg: DictConfig, *, tracker_factory: Callable[[DictConfig], Tracker | No
             teardown(d)
 
 
-def _find_resume(cfg: DictConfig, plan: TrainPlan) -> dict[str, Any] | None:
-    last = plan.run_dir / "checkpoints" / ckpt.LAST
-    mode = str(cfg.trainer.resume)
-    if mode == "never":
-        return None
-    if last.is_file():
-        payload = ckpt.load_checkpoint(last)
-        extra = payload["state"].get("extra", {})
-        trained_on = extra.get("catalog_sha256")
-        if trained_on and trained_on != plan.dataset.catalog_sha256 and mode == "auto":
-            # Same run dir, different data (e.g. a re-made demo dataset): this is not a
-            # requeue of that run, so start a new one instead of continuing it.
-            log.warning("checkpoint %s was trained on another dataset (catalog %s, now %s): starting a new run",
-                        last, trained_on[:12], plan.dataset.catalog_sha256[:12])
-            return None
-        if extra.get("network") and extra["network"] != _network_key(plan):
-            raise ConfigError("tracking.run_name", f"run dir checkpoint '{last}' holds another network "
-                              f"({extra['network']}): choose another tracking.run_name or trainer.resume=never")
-        log.info("resuming from %s", last)
-        return payload
-    if mode == "must":
-        raise FileNotFoundError(f"trainer.resume=must but there is no checkpoint at '{last}'")
-    return None
-
-
 def _network_key(plan: TrainPlan) -> str:
     return json.dumps(plan.network_config, sort_keys=True)
 
@@ -169,7 +153,18 @@ def _run(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker_factory: Any, flag: 
     seed = int(t.seed)
     seed_everything(seed)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    payload = _find_resume(cfg, plan)
+    check_identity(cfg, plan)
+    payload = find_resume(cfg, plan)
+    done = read_finished(plan, payload, int(t.max_epochs))
+    if done is not None:
+        # Same configuration, same data, nothing left to train: register nothing new.
+        log.info("run %s already finished (%d epochs, MLflow run %s, registered %s): nothing to do",
+                 plan.run_dir, done["epochs_done"], done.get("run_id"), done.get("registered") or "nothing")
+        return TrainResult(run_id=done.get("run_id"), best_metric=float(done["best_metric"]),
+                           best_epoch=int(done["best_epoch"]), epochs_done=int(done["epochs_done"]),
+                           preempted=False, metrics=dict(done.get("best_metrics", {})), run_dir=plan.run_dir,
+                           class_names=plan.class_names, already_done=True,
+                           previously_registered=dict(done.get("registered") or {}))
     state = ckpt.TrainState() if payload is None else ckpt.TrainState(**{
         k: v for k, v in payload["state"].items() if k in ckpt.TrainState.__dataclass_fields__})
     state.run_id = state.run_id or None
@@ -193,7 +188,7 @@ def _run(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker_factory: Any, flag: 
                 "catalog_sha256": plan.dataset.catalog_sha256, "n_rows": len(plan.dataset.rows),
                 "n_ok": len(plan.dataset.ok_rows), "n_items": len(plan.items),
                 "n_subjects": len({i["subject_key"] for i in plan.items}),
-                "n_train": len(split.train), "n_val": len(split.val),
+                "n_train": len(split.train), "n_val": len(split.val), "config_hash": plan.config_hash,
             })
     run_id = broadcast_object(run_id, d)  # type: ignore[assignment]
     state.run_id = run_id
@@ -214,9 +209,11 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
     run_id = state.run_id
 
     amp = bool(t.amp) and d.device.type == "cuda"
+    configure_determinism(bool(t.deterministic), d.device)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     cache = str(cfg.data.cache)
-    cache_root = Path(str(cfg.data.cache_dir)) / pipeline_hash(plan.preprocessing, data_cfg)  # type: ignore[arg-type]
+    cache_root = Path(str(cfg.data.cache_dir)) / pipeline_hash(  # a re-ingested catalog: another cache
+        plan.preprocessing, data_cfg, [plan.dataset.catalog_sha256])  # type: ignore[arg-type]
     train_tf = build_train_transforms(plan.preprocessing, data_cfg)  # type: ignore[arg-type]
     val_tf = build_inference_transforms(plan.preprocessing, with_label=True)
     workers = int(cfg.data.num_workers)
@@ -228,10 +225,8 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
                                   num_workers=workers, rank=d.rank, world_size=d.world_size)
 
     seed_everything(seed)  # model init must not depend on how much RNG data set-up consumed
-    network = build_network(plan.network_config).to(d.device)
-    model: torch.nn.Module = network
-    if d.active:
-        model = DistributedDataParallel(network, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    network, model = wrap_model(build_network(plan.network_config).to(d.device), d,
+                                sync_batchnorm=bool(t.sync_batchnorm), compile_model=bool(t.compile))
     optimizer = torch.optim.AdamW(network.parameters(), lr=float(t.lr), weight_decay=float(t.weight_decay))
     max_steps = t.get("limit_train_batches")
     steps_per_epoch = len(train_loader) if max_steps is None else min(len(train_loader), int(max_steps))
@@ -241,9 +236,9 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
         str(sched_cfg.kind), int(sched_cfg.warmup_epochs) * math.ceil(steps_per_epoch / accumulate),
         total_opt_steps, float(sched_cfg.min_lr_factor)))
-    scaler = torch.amp.GradScaler(d.device.type, enabled=amp)
-    loss_fn: Any = (DiceCELoss(to_onehot_y=True, softmax=True) if plan.task == "segmentation"
-                    else _ClsLoss())
+    # bfloat16 has float32's range: no loss scaling (and no skipped steps) needed.
+    scaler = torch.amp.GradScaler(d.device.type, enabled=amp and str(t.amp_dtype) == "float16")
+    loss_fn = build_loss(plan.task, plan.network_config)
     if payload is not None:
         ckpt.restore(payload, model=network, optimizer=optimizer, scheduler=scheduler, scaler=scaler, rng=True)
 
@@ -256,7 +251,8 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
         res = train_one_epoch(
             model=model, loader=train_loader, epoch=epoch, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
             loss_fn=loss_fn, d=d, amp=amp, accumulate=accumulate, skip_batches=skip,
-            should_stop=lambda: flag.requested, max_steps=max_steps, progress=bool(t.progress))
+            should_stop=lambda: flag.requested, max_steps=max_steps, progress=bool(t.progress),
+            amp_dtype=str(t.amp_dtype), grad_clip_norm=None if t.grad_clip_norm is None else float(t.grad_clip_norm))
         state.global_step += res.optimizer_steps
         if res.preempted:
             state.step_in_epoch = skip + res.steps
@@ -264,7 +260,10 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
             break
         skip = 0
         state.epoch, state.step_in_epoch = epoch + 1, 0
-        metrics = {"train_loss": res.loss, "lr": float(scheduler.get_last_lr()[0])}
+        metrics = {"train_loss": res.loss, "lr": float(scheduler.get_last_lr()[0]),
+                   "data_wait_fraction": res.data_wait_fraction, "samples_per_s": res.samples_per_s}
+        if res.skipped_steps:
+            metrics["skipped_steps"] = float(res.skipped_steps)
         improved = False
         validated = False
         sync_buffers(network, d)  # the checkpoint holds rank 0's buffers: everyone uses those
@@ -298,7 +297,8 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
                                  scaler=scaler, state=state)
             if tracker is not None:
                 tracker.log_metrics({**metrics, "best_" + monitor: state.best_metric}, step=state.epoch)
-        log.info("epoch %d/%d loss %.4f %s", state.epoch, t.max_epochs, res.loss,
+        log.info("epoch %d/%d loss %.4f data-wait %.1f%% %.1f samples/s %s", state.epoch, t.max_epochs, res.loss,
+                 100 * res.data_wait_fraction, res.samples_per_s,
                  " ".join(f"{k}={v:.4f}" for k, v in last_val.items() if k.startswith(("dice", "auc", "acc")))
                  if validated else "")
         barrier(d)
@@ -318,18 +318,29 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
                          epochs_done=state.epoch, preempted=preempted, metrics=last_val, run_dir=plan.run_dir,
                          checkpoints={"last": str(ckpt_dir / ckpt.LAST), "best": str(ckpt_dir / ckpt.BEST)},
                          class_names=plan.class_names)
+    if not preempted:
+        payload_best = ckpt.load_checkpoint(ckpt_dir / ckpt.BEST) if (ckpt_dir / ckpt.BEST).is_file() else None
+        # Registration and the summary use the epoch that produced best.pt, not the last one.
+        result.best_metrics = dict((payload_best or {"state": state.__dict__})["state"]["extra"].get("last_val", {}))
+    sp = cfg.data.split
+    selection = {"monitor": monitor, "mode": "max" if maximize else "min", "value": state.best_metric,
+                 "best_epoch": state.best_epoch, "split": f"fold{sp.fold}of{sp.folds}-seed{sp.seed}"}
     if tracker is not None:
         try:
             if not preempted:
-                _finish(cfg, plan, tracker, ckpt_dir, val_loader, d, result)
+                _finish(cfg, plan, tracker, ckpt_dir, val_loader, d, result, selection)
             result.tracking = tracker.describe()
         finally:
             tracker.end("KILLED" if preempted else "FINISHED")
+    if not preempted and d.is_main:
+        write_finished(plan, {"epochs_done": state.epoch, "run_id": run_id, "best_epoch": state.best_epoch,
+                              "best_metric": state.best_metric, "best_metrics": result.best_metrics,
+                              "registered": result.registered, "config_hash": plan.config_hash})
     return result
 
 
 def _finish(cfg: DictConfig, plan: TrainPlan, tracker: Tracker, ckpt_dir: Path, val_loader: Any, d: Dist,
-            result: TrainResult) -> None:
+            result: TrainResult, selection: dict[str, Any]) -> None:
     """Rank 0, after the last epoch: best weights -> review images, checkpoints, registry."""
     best_path = ckpt_dir / ckpt.BEST
     source = best_path if best_path.is_file() else ckpt_dir / ckpt.LAST
@@ -343,13 +354,4 @@ def _finish(cfg: DictConfig, plan: TrainPlan, tracker: Tracker, ckpt_dir: Path, 
     if bool(tr.log_checkpoints):
         tracker.log_checkpoints([p for p in (best_path, ckpt_dir / ckpt.LAST) if p.is_file()])
     if bool(tr.register):
-        result.registered = tracker.register(network.cpu(), plan, result.metrics)
-
-
-class _ClsLoss(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ce = torch.nn.CrossEntropyLoss()
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.ce(logits, target.view(-1).long())
+        result.registered = tracker.register(network.cpu(), plan, result.best_metrics, selection)

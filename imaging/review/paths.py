@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from imaging.tracking.store import embedded_uri, project_db
+
 ROOT_ENV = "IMAGING_ROOT"
 
 
@@ -26,7 +28,7 @@ def project_root() -> Path:
 def embedded_tracking_uri(root: str | os.PathLike[str] | None = None) -> str:
     """``sqlite:///<root>/mlflow/mlflow.db``: the store ``imaging train`` uses by default."""
     base = Path(root) if root is not None else project_root()
-    return f"sqlite:///{(base / 'mlflow' / 'mlflow.db').resolve()}"
+    return embedded_uri(project_db(base))
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
-from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from imaging.palette import LABEL_COLOURS as LABEL_COLOURS  # re-exported for notebooks
+from imaging.palette import label_cmap as label_cmap
 from imaging.review.dataset import Volume, iter_volumes
 
-# Tableau's qualitative colours without grey (grey is the image).
-LABEL_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
-                 "#17becf"]
 CT_WINDOWS = {"soft_tissue": (40.0, 400.0), "liver": (60.0, 160.0), "lung": (-600.0, 1500.0),
               "bone": (400.0, 1800.0)}  # name: (level, width) in HU
 HU_RANGE = (-1024.0, 1600.0)
@@ -67,11 +65,6 @@ def display_window(image: np.ndarray, modality: str, window: str | tuple[float, 
 
 def intensity_unit(modality: str) -> str:
     return "HU" if modality.upper() == "CT" else "signal intensity (a.u.)"
-
-
-def label_cmap(n_labels: int) -> ListedColormap:
-    """Value 0 transparent, 1..n the qualitative palette (cycled)."""
-    return ListedColormap(["none"] + [LABEL_COLOURS[(v - 1) % len(LABEL_COLOURS)] for v in range(1, n_labels + 1)])
 
 
 def _centre(label: np.ndarray | None, shape: tuple[int, ...]) -> tuple[int, int, int]:

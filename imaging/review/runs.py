@@ -23,17 +23,13 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from imaging.review.plots import LABEL_COLOURS
+from imaging.tracking.store import client_for as client_for  # re-exported for notebooks
 
 DICE_PREFIX = "val_dice_"
 # Params that differ between runs by construction and say nothing about the setup.
 _NOISE = ("paths.", "hydra.", "run_dir", "data.cache_dir", "data.dataset_dir")
 CURVE_UNITS = {"train_loss": "loss (Dice + CE)", "val_dice_mean": "Dice (0-1)", "lr": "learning rate",
                "best_dice_mean": "Dice (0-1)"}
-
-
-def client_for(tracking_uri: str) -> MlflowClient:
-    """A client whose registry is the same store as its tracking."""
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def experiment_runs(client: MlflowClient, experiment_name: str, max_results: int = 100) -> list[Run]:

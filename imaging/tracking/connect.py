@@ -22,6 +22,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from imaging.tracking.store import embedded_uri, is_local_store, tracking_uri
+
 log = logging.getLogger(__name__)
 
 OFFLINE_DIR = "mlflow-offline"
@@ -36,10 +38,6 @@ class TrackingStore:
     artifact_location: str | None
     offline: bool = False
     server_uri: str | None = None  # the server an offline store is meant for (sync target)
-
-
-def embedded_uri(mlflow_db: str | Path) -> str:
-    return f"sqlite:///{Path(mlflow_db).resolve()}"
 
 
 def is_server(uri: str) -> bool:
@@ -104,14 +102,15 @@ def resolve_store(cfg: DictConfig, probe: bool = True) -> TrackingStore:
         FileNotFoundError, ValueError: a configured token file is missing or empty.
     """
     tracking = cfg.tracking
-    uri = tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        db = Path(str(cfg.paths.mlflow_db))
-        db.parent.mkdir(parents=True, exist_ok=True)
+    db = Path(str(cfg.paths.mlflow_db))
+    # One order everywhere (imaging.tracking.store): tracking.uri, $MLFLOW_TRACKING_URI, embedded.
+    uri = tracking_uri(tracking.get("uri"), db)
+    if is_local_store(uri):  # no artifact server: artifacts under paths.mlflow_artifacts
+        if uri == embedded_uri(db):
+            db.parent.mkdir(parents=True, exist_ok=True)
         artifacts = Path(str(cfg.paths.mlflow_artifacts)).resolve()
         artifacts.mkdir(parents=True, exist_ok=True)
-        return TrackingStore(embedded_uri(db), artifacts.as_uri())
-    uri = str(uri)
+        return TrackingStore(uri, artifacts.as_uri())
     if not is_server(uri) or not probe:
         return TrackingStore(uri, None, server_uri=uri if is_server(uri) else None)
     load_token(tracking)

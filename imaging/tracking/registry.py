@@ -29,6 +29,7 @@ from mlflow.types.schema import Schema, TensorSpec
 from safetensors.torch import load_file, save_file
 
 from imaging.models.registry import build_network
+from imaging.tracking.store import client_for
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,21 @@ class ModelBundle:
     selection: dict[str, Any] | None = None  # the series selection rule stored with the model (issue 19)
 
 
+# What the pyfunc imports (imaging.tracking.pyfunc_model -> registry, engine.predict,
+# data.transforms); the imaging package itself travels as code_paths.
+# mlflow-skinny: loading a pyfunc needs no tracking server, UI or SQL store (but pandas,
+# which skinny leaves out: checked by loading the model in a fresh venv).
+PYFUNC_DISTS = ("torch", "monai", "safetensors", "numpy", "pandas", "mlflow-skinny", "nibabel", "scipy")
+
+
 def _requirements() -> list[str]:
+    """Pinned requirements without local version labels: ``torch==2.13.0``, not
+    ``torch==2.13.0+cpu`` (no public index serves a ``+cpu`` build; the CUDA or CPU
+    build is the installing site's choice)."""
     reqs = []
-    for dist in ("torch", "monai", "safetensors", "numpy", "mlflow"):
+    for dist in PYFUNC_DISTS:
         try:
-            reqs.append(f"{dist}=={metadata.version(dist)}")
+            reqs.append(f"{dist}=={metadata.version(dist).split('+', 1)[0]}")
         except metadata.PackageNotFoundError:
             reqs.append(dist)
     return reqs
@@ -108,40 +119,89 @@ def read_bundle_dir(directory: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 def register_model(network: torch.nn.Module, *, network_config: dict[str, Any], preprocessing: dict[str, Any],
                    labels: dict[int, str], task: str, name: str, alias: str = "candidate",
-                   tags: dict[str, str] | None = None, selection: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Log the model into the active MLflow run, register it and set ``alias``.
+                   tags: dict[str, str] | None = None, selection: dict[str, Any] | None = None,
+                   series_rule: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Log the model into the active MLflow run, register it and move ``alias`` by the policy
+    of :func:`best_comparable_version`.
 
-    ``selection``: a validated series selection rule, stored in ``bundle.json`` so that
-    ``models:/name@alias`` brings it to ``imaging infer``.
+    Args:
+        selection: ``{"monitor", "mode" (max|min), "value", "best_epoch", "split"}`` of the
+            registered weights; stored as version tags and used by the alias policy.
+            ``None``: the alias always moves to the new version.
+
+    ``series_rule``: a validated series selection rule (imaging.selection), stored in
+    ``bundle.json`` (key ``selection``) so that ``models:/name@alias`` brings it to ``imaging infer``.
 
     Returns:
-        ``{"name", "version", "alias", "uri", "model_uri"}``.
+        ``{"name", "version", "alias", "alias_version", "uri", "model_uri"}``: ``alias`` is
+        ``None`` when it stayed on a better version (``alias_version``).
     """
     roi = [int(s) for s in preprocessing["roi_size"]]
     channels = int(network_config.get("in_channels", 1))
-    # Whole preprocessed volumes of any size go in (sliding window of roi_size inside).
+    # Two input forms (imaging.tracking.pyfunc_model): raw NIfTI paths, or preprocessed
+    # float32 volumes (N, channels, X, Y, Z). An MLflow input schema admits one form only
+    # and would refuse paths, so the inputs are described in the metadata and bundle.json.
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, -1, -1, -1), "image")]),
+        inputs=None,
         outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1) if task == "segmentation" else (-1,),
                                    "labels")]),
     )
+    inputs_doc = {"nifti": "a path, a list of paths or a DataFrame 'path' column -> labels on each file's grid",
+                  "tensor": f"float32 (N, {channels}, X, Y, Z), preprocessed -> labels (N, X, Y, Z)"}
     with tempfile.TemporaryDirectory(prefix="imaging-bundle-") as tmp:
-        weights, bundle = write_bundle(Path(tmp), network, network_config, preprocessing, labels, task, selection)
+        weights, bundle = write_bundle(Path(tmp), network, network_config, preprocessing, labels, task, series_rule)
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={"weights": str(weights), "bundle": str(bundle)},
+            code_paths=[str(Path(__file__).resolve().parents[1])],  # the imaging package: loads anywhere
             pip_requirements=_requirements(), signature=signature, registered_model_name=name,
-            await_registration_for=60, metadata={"task": task, "roi_size": roi, "bundle_format": BUNDLE_FORMAT},
+            await_registration_for=60, metadata={"task": task, "roi_size": roi, "bundle_format": BUNDLE_FORMAT, "inputs": inputs_doc},
         )
     version = str(info.registered_model_version)
     client = client_for(None)
-    client.set_registered_model_alias(name, alias, version)
+    sel = {f"selection.{k}": str(v) for k, v in (selection or {}).items()}
     for key, value in {"task": task, "labels": json.dumps({str(k): v for k, v in labels.items()}),
-                       **(tags or {})}.items():
+                       **(tags or {}), **sel}.items():
         client.set_model_version_tag(name, version, key, value)
-    log.info("registered %s version %s as @%s", name, version, alias)
-    return {"name": name, "version": version, "alias": alias, "uri": f"models:/{name}@{alias}",
-            "model_uri": info.model_uri}
+    target = best_comparable_version(client, name, version) if selection else version
+    client.set_registered_model_alias(name, alias, target)
+    if target == version:
+        log.info("registered %s version %s as @%s", name, version, alias)
+    else:
+        log.info("registered %s version %s; @%s stays on version %s (better %s on the same data)", name, version,
+                 alias, target, (selection or {}).get("monitor"))
+    return {"name": name, "version": version, "alias": alias if target == version else None,
+            "alias_version": target, "uri": f"models:/{name}/{version}", "model_uri": info.model_uri}
+
+
+def best_comparable_version(client: MlflowClient, name: str, version: str) -> str:
+    """The alias policy: the best version among those comparable with ``version``.
+
+    Comparable versions were selected on the same monitored metric and mode, the
+    same data (``catalog_sha256``) and the same split (``selection.split``: fold, folds, seed); among them (the new
+    one included) the best ``selection.value`` wins, an earlier version on a tie.
+    A new version with nothing comparable (other data, fold or metric) takes the
+    alias. Every job computes this over all versions registered so far, so sweep
+    jobs finishing in any order (or at once) leave the alias on the best one, not
+    on whichever finished last.
+    """
+    versions = client.search_model_versions(f"name='{name}'")
+    mine = next(v for v in versions if str(v.version) == str(version))
+    keys = ("selection.monitor", "selection.mode", "selection.split", "catalog_sha256")
+    same = [v for v in versions if all((v.tags or {}).get(k) == (mine.tags or {}).get(k) for k in keys)
+            and _finite((v.tags or {}).get("selection.value"))]
+    if not same:
+        return str(version)
+    sign = -1.0 if (mine.tags or {}).get("selection.mode") == "min" else 1.0
+    best = max(same, key=lambda v: (sign * float(v.tags["selection.value"]), -int(v.version)))
+    return str(best.version)
+
+
+def _finite(value: str | None) -> bool:
+    try:
+        return value is not None and np.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -154,13 +214,6 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     if not m:
         raise ValueError(f"model URI '{uri}' is not models:/<name>@<alias> or models:/<name>/<version>")
     return m["name"], m["alias"], m["version"]
-
-
-def client_for(tracking_uri: str | None) -> MlflowClient:
-    """A client whose model registry is the same store as its tracking (MLflow would
-    otherwise take the registry from global state)."""
-    uri = tracking_uri or mlflow.get_tracking_uri()
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def resolve_version(client: MlflowClient, name: str, version_or_alias: str) -> Any:

@@ -15,12 +15,10 @@ import matplotlib
 matplotlib.use("Agg")  # headless: training nodes have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
 
 from imaging.engine.evaluate import ReviewCase  # noqa: E402
 from imaging.fsutil import atomic_path  # noqa: E402
-
-_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c"]
+from imaging.palette import label_cmap  # noqa: E402
 
 
 def _centre(label: np.ndarray) -> tuple[int, int, int]:
@@ -45,7 +43,7 @@ PLANES = [("axial", "x: R (mm), patient right on the left", "y: A (mm)", (0, 1))
 def render_case(case: ReviewCase, names: dict[int, str], path: Path, dice: dict[str, float] | None = None) -> Path:
     """Write the review PNG of ``case`` to ``path`` (atomically)."""
     n_classes = max(len(names), int(max(case.label.max(), case.pred.max())) + 1)
-    cmap = ListedColormap(["none", *(_COLOURS * 4)[: n_classes - 1]])
+    cmap = label_cmap(n_classes - 1)
     c = _centre(case.label)
     fig, axes = plt.subplots(2, 3, figsize=(12, 8), constrained_layout=True)
     for row, (title, mask) in enumerate((("label", case.label), ("prediction", case.pred))):

@@ -1,8 +1,9 @@
 """MLflow runs for training: open or reopen, log setup/metrics/artifacts, register.
 
-Only rank 0 builds a :class:`MlflowTracker`. The store is the embedded SQLite
-database ``sqlite:///${paths.mlflow_db}`` with artifacts under
-``paths.mlflow_artifacts``, unless ``tracking.uri`` names a server. A resumed
+Only rank 0 builds a :class:`MlflowTracker`. The store is ``tracking.uri``, else
+``$MLFLOW_TRACKING_URI``, else the embedded SQLite database
+``sqlite:///${paths.mlflow_db}`` (:mod:`imaging.tracking.store`); a local store
+keeps artifacts under ``paths.mlflow_artifacts``. A resumed
 job passes the run id from its checkpoint and continues the same run.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -25,7 +27,7 @@ from omegaconf import DictConfig
 from imaging.engine.config import TrainPlan
 from imaging.engine.evaluate import ReviewCase
 from imaging.launch.env import job_tags
-from imaging.tracking.connect import embedded_uri, resolve_store  # noqa: F401 - embedded_uri re-exported
+from imaging.tracking.connect import resolve_store
 from imaging.tracking.inputs import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -34,6 +36,9 @@ from imaging.tracking.inputs import (
 )
 from imaging.tracking.registry import register_model
 from imaging.tracking.review import case_dice, render_case
+from imaging.tracking.store import activate, embedded_uri
+
+__all__ = ["MlflowTracker", "embedded_uri", "flatten", "git_commit", "tracking_uri_from_config"]
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +108,7 @@ class MlflowTracker:
         # (the inference stage reuses this class for its own runs).
         self.trained = False
         self.selection: dict[str, Any] | None = None  # the series selection rule registered with the model
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)  # registry in the same store, whatever the environment says
+        activate(tracking_uri)  # registry in the same store, whatever the environment says
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     @classmethod
@@ -145,12 +149,13 @@ class MlflowTracker:
     def log_setup(self, config: dict[str, Any], split: dict[str, Any], dataset: dict[str, Any]) -> None:
         mlflow.log_text(yaml.safe_dump(config, sort_keys=False), "config/train.yaml")
         params = flatten({k: v for k, v in config.items() if k != "hydra"})
-        params.update({f"dataset.{k}": str(v) for k, v in dataset.items() if k != "catalog_sha256"})
+        params.update({f"dataset.{k}": str(v) for k, v in dataset.items() if k not in ("catalog_sha256", "config_hash")})
         items = sorted(params.items())
         for start in range(0, len(items), 100):
             mlflow.log_params(dict(items[start:start + 100]))
         mlflow.set_tags({"git_commit": git_commit(), "dataset.catalog_sha256": dataset["catalog_sha256"],
-                         "dataset.n_subjects": str(dataset["n_subjects"]), "torch": torch.__version__})
+                         "dataset.n_subjects": str(dataset["n_subjects"]), "torch": torch.__version__,
+                         "config_hash": str(dataset.get("config_hash", ""))})
         mlflow.log_dict(split, "split.json")
         data = config.get("data") or {}
         modality = str(data.get("modality") or (data.get("preprocessing") or {}).get("modality") or "")
@@ -173,12 +178,17 @@ class MlflowTracker:
         for path in paths:
             mlflow.log_artifact(str(path), "checkpoints")
 
-    def register(self, network: torch.nn.Module, plan: TrainPlan, metrics: dict[str, float]) -> dict[str, Any]:
+    def register(self, network: torch.nn.Module, plan: TrainPlan, metrics: dict[str, float],
+                 selection: dict[str, Any]) -> dict[str, Any]:
+        """Register the best weights with ``metrics`` (their epoch's validation) and lineage tags."""
+        lineage = {"run_id": str(self.run_id), "config_hash": plan.config_hash,
+                   "catalog_sha256": plan.dataset.catalog_sha256, "git_commit": git_commit(),
+                   "job_id": os.environ.get("SLURM_JOB_ID", "local")}
         info = register_model(network, network_config=plan.network_config, preprocessing=plan.preprocessing,
                               labels=plan.class_names, task=plan.task, name=self.registered_model_name,
-                              alias=self.alias,
-                              tags={f"val_{k}": f"{v:.4f}" for k, v in metrics.items() if math.isfinite(v)},
-                              selection=self.selection)
+                              alias=self.alias, selection=selection, series_rule=self.selection,
+                              tags={**lineage, **{f"val_{k}": f"{v:.4f}" for k, v in metrics.items()
+                                                  if math.isfinite(v)}})
         self._registered = info
         self.trained = True
         return info
@@ -198,8 +208,9 @@ class MlflowTracker:
             reg = getattr(self, "_registered", None)
             if reg:
                 describe_model_version(reg["name"], reg["version"], self.client)
-        except Exception as exc:  # noqa: BLE001 - any failure here only costs the description
-            log.warning("could not write the MLflow descriptions: %s", exc)
+        except MlflowException:
+            # Only the description is lost, not the training: say so loudly, with the cause.
+            log.exception("could not write the MLflow descriptions of run %s", self.run_id)
 
     def describe(self) -> dict[str, str]:
         ui = (f"mlflow ui --backend-store-uri {self.tracking_uri}" if self.tracking_uri.startswith("sqlite")

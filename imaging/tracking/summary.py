@@ -31,10 +31,12 @@ log = logging.getLogger(__name__)
 
 NOTE_TAG = "mlflow.note.content"
 STAGE_TAG = "imaging.stage"  # "infer" on `imaging infer` runs (training runs have none)
-MAX_NOTE = 8000  # MLflow's limit on a tag value
+# MLflow's model-version description column is VARCHAR(5000) on PostgreSQL/MySQL (SQLite
+# does not enforce it); a run note (a tag value) may hold 8000. One limit that fits both.
+MAX_NOTE = 5000
 DICE_PREFIX = "val_dice_"
 MONITOR = "val_dice_mean"
-MAX_IMAGES = 24
+MAX_IMAGES = 12  # about 2000 of the 5000 characters a description may hold
 MAX_SERIES_ROWS = 40
 # (heading, params shown together); a param a run lacks is left out.
 HIGHLIGHTS = [

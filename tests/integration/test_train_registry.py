@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -15,6 +16,7 @@ from imaging.data.splits import split_by_subject
 from imaging.data.transforms import build_inference_transforms
 from imaging.engine.checkpoint import load_checkpoint
 from imaging.engine.config import validate_config
+from imaging.engine.predict import SeriesPredictor
 from imaging.models.registry import build_network
 from imaging.pipelines.train import TrainResult, run
 from imaging.tracking.registry import load_bundle
@@ -79,6 +81,17 @@ def test_load_bundle_reproduces_predictions(trained: tuple[Path, Path, TrainResu
     np.testing.assert_array_equal(pyfunc.predict(image.numpy()), expected)
     local = Path(mlflow.artifacts.download_artifacts(client_uri := f"models:/demo_seg/{bundle.version}"))
     assert client_uri and not list(local.rglob("*.pkl")) and not list(local.rglob("*.pt2"))
+
+    # A raw NIfTI in, a label map on that file's own voxel grid out (nibabel reads the shape).
+    raw = pyfunc.predict([item["image"]])
+    assert len(raw) == 1 and raw[0].shape == nib.load(item["image"]).shape[:3] and raw[0].dtype == np.uint8
+    on_grid, _ = SeriesPredictor(reference, bundle.preprocessing).predict(item["image"])
+    np.testing.assert_array_equal(raw[0], on_grid)
+    assert set(np.unique(raw[0])) <= {0, 1, 2, 3}
+    # Loadable elsewhere: the imaging package travels as code, requirements carry no local '+cpu' label.
+    reqs = (next(local.rglob("requirements.txt"))).read_text().split()
+    assert any(r.startswith("torch==") for r in reqs) and not [r for r in reqs if "+" in r]
+    assert list(local.rglob("code/imaging/tracking/pyfunc_model.py"))
 
 
 def test_promote_moves_alias(trained: tuple[Path, Path, TrainResult], capsys: pytest.CaptureFixture[str]) -> None:

@@ -128,9 +128,17 @@ def test_run_dir_guards_against_resuming_another_network_or_dataset(tmp_path: Pa
     from imaging.engine.config import ConfigError
 
     first = run(compose_train(tmp_path, dataset, *NO_REGISTRY, "trainer.max_epochs=1"))
-    with pytest.raises(ConfigError) as excinfo:
-        run(compose_train(tmp_path, dataset, *NO_REGISTRY, "trainer.max_epochs=1", "model.channels=[4,8,32]"))
-    assert excinfo.value.key == "tracking.run_name"
+    # Another network is another configuration: its own run dir and MLflow run, never a resume.
+    wider = run(compose_train(tmp_path, dataset, *NO_REGISTRY, "trainer.max_epochs=1", "model.channels=[4,8,32]"))
+    assert wider.run_id != first.run_id and wider.run_dir != first.run_dir and wider.epochs_done == 1
+    # A run dir forced onto another configuration is refused, naming what differs.
+    with pytest.raises(ConfigError, match="model.channels") as excinfo:
+        run(compose_train(tmp_path, dataset, *NO_REGISTRY, "trainer.max_epochs=1", "model.channels=[4,8,64]",
+                          f"run_dir={first.run_dir}"))
+    assert excinfo.value.key == "run_dir"
+    # The same configuration again: finished, nothing to do.
+    again = run(compose_train(tmp_path, dataset, *NO_REGISTRY, "trainer.max_epochs=1"))
+    assert again.already_done and again.run_id == first.run_id and not again.registered
     other = make_train_dataset(tmp_path / "other", subjects=7, shape=(24, 24, 12), seed=5)
     second = run(compose_train(tmp_path, other, *NO_REGISTRY, "trainer.max_epochs=1"))
     assert second.run_id != first.run_id  # another catalog: a new run, not a resume

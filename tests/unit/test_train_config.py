@@ -33,7 +33,8 @@ def _key(excinfo: pytest.ExceptionInfo[ConfigError]) -> str:
 
 
 def test_shipped_experiments_validate(tmp_path: Path, dataset: Path) -> None:
-    for extra in ([], ["model=segresnet"], ["model=unet"], ["experiment=ct_organs", "data.split.folds=4"]):
+    for extra in ([], ["model=segresnet"], ["model=unet"], ["model=dynunet"],
+                  ["experiment=ct_organs", "data.split.folds=4", "trainer.accelerator=auto"]):
         plan = validate_config(shipped(tmp_path, f"data.dataset_dir={dataset}", *extra))
         assert plan.num_classes == 4
         assert plan.class_names[1] == "liver"
@@ -91,6 +92,41 @@ def test_bad_values_name_their_key(tmp_path: Path, dataset: Path) -> None:
         with pytest.raises(ConfigError) as excinfo:
             validate_config(shipped(tmp_path, f"data.dataset_dir={dataset}", *overrides))
         assert _key(excinfo) == key, (key, str(excinfo.value))
+
+
+def test_types_and_ranges_are_checked_at_compose_time(tmp_path: Path, dataset: Path) -> None:
+    cases = {
+        "trainer.lr": ["trainer.lr=-0.1"],
+        "trainer.amp": ["trainer.amp=maybe"],
+        "trainer.max_epochs": ["trainer.max_epochs=2.5"],
+        "trainer.grad_clip_norm": ["trainer.grad_clip_norm=0"],
+        "trainer.amp_dtype": ["trainer.amp_dtype=float8"],
+        "trainer.scheduler.kind": ["trainer.scheduler.kind=step"],
+        "trainer.sw_overlap": ["trainer.sw_overlap=1.5"],
+        "data.augment.noise_prob": ["data.augment.noise_prob=2"],
+        "data.augment.gamma_range": ["data.augment.gamma_range=[0.7]"],
+        "data.image_dtype": ["data.image_dtype=int8"],
+        "data.patch_size": ["data.patch_size=[16,16,0]"],
+        "data.split.fold": ["data.split.fold=-1"],
+    }
+    for key, overrides in cases.items():
+        with pytest.raises(ConfigError) as excinfo:
+            validate_config(shipped(tmp_path, f"data.dataset_dir={dataset}", *overrides))
+        assert _key(excinfo) == key, (key, str(excinfo.value))
+        assert key in str(excinfo.value)
+    # A null where one is allowed passes.
+    validate_config(shipped(tmp_path, f"data.dataset_dir={dataset}", "trainer.grad_clip_norm=null"))
+
+
+def test_gpu_asked_for_but_absent_is_a_config_error(tmp_path: Path, dataset: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # this machine, whatever it has
+    for value in ("gpu", "cuda"):
+        with pytest.raises(ConfigError, match="no CUDA device") as excinfo:
+            validate_config(shipped(tmp_path, f"data.dataset_dir={dataset}", f"trainer.accelerator={value}"))
+        assert _key(excinfo) == "trainer.accelerator"
 
 
 def test_invalid_config_fails_before_any_work(tmp_path: Path, dataset: Path) -> None:
