@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.losses import DiceCELoss
 from omegaconf import DictConfig, OmegaConf
 
 from imaging.data.datasets import build_train_loader, build_val_loader
@@ -27,6 +26,7 @@ from imaging.data.transforms import build_inference_transforms, build_train_tran
 from imaging.engine.config import ConfigError, TrainPlan, validate_config
 from imaging.engine.distributed import Dist, setup
 from imaging.engine.loops import train_one_epoch, validate
+from imaging.engine.recipe import build_loss
 from imaging.models.registry import build_network
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,8 @@ class Site:
         self.val_loader = build_val_loader(split.val, val_tf, cache=cache, cache_dir=None, num_workers=0,
                                            rank=0, world_size=1)
         self.network = build_network(self.plan.network_config).to(self.d.device)
-        self.loss: Callable[..., torch.Tensor] = (DiceCELoss(to_onehot_y=True, softmax=True)
-                                                  if self.plan.task == "segmentation" else _ClsLoss())
+        # The same loss as central training (Dice+CE, deep supervision heads when the network has them).
+        self.loss: Callable[..., torch.Tensor] = build_loss(self.plan.task, self.plan.network_config)
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
         self.network.load_state_dict(state)
@@ -136,7 +136,8 @@ class Site:
                                   scheduler=scheduler, scaler=scaler, loss_fn=loss_fn, d=self.d, amp=False,
                                   accumulate=int(t.accumulate_grad_batches), skip_batches=0,
                                   should_stop=lambda: False, max_steps=t.get("limit_train_batches"),
-                                  progress=False)
+                                  progress=False, grad_clip_norm=None if t.get("grad_clip_norm") is None
+                                  else float(t.grad_clip_norm))
             losses.append(res.loss)
             steps += res.steps
         loss = float(sum(losses) / len(losses)) if losses else math.nan
@@ -153,11 +154,3 @@ class Site:
         return {**{k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
                 "num-examples": float(self.n_val)}
 
-
-class _ClsLoss(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ce = torch.nn.CrossEntropyLoss()
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.ce(logits, target.view(-1).long())
