@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 # Two cores here: keep each test process from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("IMAGING_TEST", "1")
+_SESSION_ENV = {k: v for k, v in os.environ.items() if k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
 
 # Fixture modules: real services and shared synthetic data, each owned by one part;
 # then the skip policy (--opt-out, and a failing run for any other skip).
@@ -25,3 +28,16 @@ pytest_plugins = [
     "tests.fixtures.slurm_cluster",
     "tests.skip_policy",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_store_env_is_the_users(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with the MLflow store variables the session started with: MLflow's
+    ``set_tracking_uri`` (in code under test or in MLflow itself) writes
+    ``MLFLOW_TRACKING_URI``, and a store left there by one test would be the next test's
+    store (imaging reads the variable, as the README says)."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        if name in _SESSION_ENV:
+            monkeypatch.setenv(name, _SESSION_ENV[name])
+        else:
+            monkeypatch.delenv(name, raising=False)

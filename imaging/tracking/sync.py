@@ -124,6 +124,7 @@ def _sync_artifacts(src: MlflowClient, dst: MlflowClient, run_id: str, tid: str)
 
 def _sync_versions(src: MlflowClient, dst_uri: str, src_uri: str, report: SyncReport) -> None:
     from imaging.tracking.registry import client_for, load_bundle, register_model
+    from imaging.tracking.store import activate
     from imaging.tracking.summary import describe_model_version
 
     dst = client_for(dst_uri)
@@ -140,8 +141,7 @@ def _sync_versions(src: MlflowClient, dst_uri: str, src_uri: str, report: SyncRe
             bundle = load_bundle(f"models:/{model.name}/{mv.version}", tracking_uri=src_uri)
             aliases = sorted(aliases_of.get(str(mv.version), [])) or ["candidate"]
             tags = {k: v for k, v in (mv.tags or {}).items() if k not in ("task", "labels")}
-            mlflow.set_tracking_uri(dst_uri)
-            mlflow.set_registry_uri(dst_uri)
+            activate(dst_uri)  # not via the environment: see imaging.tracking.store.activate
             target = dst.get_run(target_run)
             status = target.info.status
             # start_run(run_id) refuses a run outside the process's active experiment.

@@ -78,7 +78,7 @@ def _command(script: str, exe: str) -> list[str]:
 
 def test_one_job_per_site_with_only_its_own_folders(plain: dict[str, FederationJob]) -> None:
     assert sorted(plain) == ["A", "B", "superlink"]
-    run_dir = "/project/runs/demo_federated/unet-fedavg-r6x3"
+    run_dir = "/project/runs/demo_federated/unet-fedavg-r8x3"
     for site, dataset in (("A", "/hospital-a/dataset"), ("B", "/hospital-b/data set")):
         words = _command(plain[site].script, "flower-supernode")
         cfg = words[words.index("--node-config") + 1]
@@ -99,10 +99,10 @@ def test_superlink_job_publishes_its_address_and_submits_the_run(plain: dict[str
     port = int(re.search(r"^SUPERLINK_PORT=(\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
     assert PORT_BASE <= port < PORT_BASE + PORT_SPAN and port not in EPHEMERAL
     assert 'echo "${ADVERTISE}:${SUPERLINK_PORT}" > "${ADDRESS_FILE}.tmp" && mv' in text
-    assert "ADDRESS_FILE=/project/runs/demo_federated/unet-fedavg-r6x3/superlink.address" in text
+    assert "ADDRESS_FILE=/project/runs/demo_federated/unet-fedavg-r8x3/superlink.address" in text
     run = _command(text, "flwr")
     assert run[:4] == ["flwr", "run", "${FLWR_APP}", "federation"]
-    assert run[run.index("--run-config") + 1] == 'config="/project/runs/demo_federated/unet-fedavg-r6x3/federate.yaml"'
+    assert run[run.index("--run-config") + 1] == 'config="/project/runs/demo_federated/unet-fedavg-r8x3/federate.yaml"'
 
 
 def test_tls_and_supernode_auth(tls: dict[str, FederationJob]) -> None:
