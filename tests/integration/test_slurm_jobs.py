@@ -14,6 +14,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -208,10 +209,15 @@ def test_scancel_stops_for_good(slurm_cluster: SlurmCluster, mlflow_server: Any,
 
 def test_genuine_failure_is_not_requeued(slurm_cluster: SlurmCluster, mlflow_server: Any, dataset: Any,
                                          tmp_path: Path) -> None:
-    # A config `imaging submit` accepts but the job cannot run (no GPU on the node): the training
-    # fails (not exit 3) -> FAILED, no requeue. (A missing dataset is refused before sbatch now.)
+    # A config `imaging submit` accepts (catalog and labels check out) but the job cannot run:
+    # the volumes themselves are corrupt, which only reading them finds. The training fails
+    # (not exit 3) -> FAILED, no requeue. (A missing dataset or an absent GPU is refused before sbatch.)
+    broken = tmp_path / "broken-dataset"
+    shutil.copytree(dataset.dataset, broken)
+    for vol in broken.glob("volumes/*.nii.gz"):
+        vol.write_bytes(b"not a NIfTI file")
     record = submit(slurm_cluster, tmp_path, "train", [
-        *train_overrides(dataset.dataset, tmp_path, "slurm_fail", **{"trainer.accelerator": "cuda"}),
+        *train_overrides(broken, tmp_path, "slurm_fail"),
         *launcher_overrides(tmp_path, mlflow_server.uri),
     ])
     log = Path(record["log"].replace("%j", record["job_id"]))
@@ -264,8 +270,10 @@ def test_inference_array_covers_every_series_once(slurm_cluster: SlurmCluster, m
     assert sorted(s.job_id for s in states) == [f"{record['job_id']}_{i}" for i in range(3)]
     assert all(s.state == "COMPLETED" for s in states), {i: p.read_text()[-1500:] for i, p in logs.items()}
     shards = _shard_keys(out)
-    assert sorted(shards) == [0, 1, 2] and all(shards.values())
+    assert sorted(shards) == [0, 1, 2]  # every task wrote its shard report, even one with no series
     every = [k for keys in shards.values() for k in keys]
+    # The fixture's CT series (fewer since ingest refuses uneven stacks): more than one task has work.
+    assert len(every) >= 2 and sum(1 for keys in shards.values() if keys) >= 2
     assert len(every) == len(set(every))  # no series in two shards
     assert sorted(_merged_keys(out)) == sorted(every)  # merged report: each series once
     assert _markers(out) == sorted(every)
