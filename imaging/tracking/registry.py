@@ -29,7 +29,7 @@ from mlflow.types.schema import Schema, TensorSpec
 from safetensors.torch import load_file, save_file
 
 from imaging.models.registry import build_network
-from imaging.tracking.store import client_for
+from imaging.tracking.store import activate, client_for
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,9 @@ def register_model(network: torch.nn.Module, *, network_config: dict[str, Any], 
         ``{"name", "version", "alias", "alias_version", "uri", "model_uri"}``: ``alias`` is
         ``None`` when it stayed on a better version (``alias_version``).
     """
+    # The registry is the tracking store (as client_for below): a registry URI left by an
+    # earlier run in this process must not receive this version.
+    activate(mlflow.get_tracking_uri())
     roi = [int(s) for s in preprocessing["roi_size"]]
     channels = int(network_config.get("in_channels", 1))
     # Two input forms (imaging.tracking.pyfunc_model): raw NIfTI paths, or preprocessed

@@ -83,7 +83,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                "strides": [2], "num_res_units": 0}
     with mlflow.start_run(experiment_id=exp):
         register_model(constant_liver(net_cfg), network_config=net_cfg, preprocessing=PRE, labels=LABELS,
-                       task="segmentation", name="tiny_sel", alias="champion", selection=rule)
+                       task="segmentation", name="tiny_sel", alias="champion", series_rule=rule)
     yield {"root": root, "manifest": manifest, "uri": uri}
     mlflow.set_tracking_uri(previous)
 
