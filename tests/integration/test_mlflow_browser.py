@@ -64,11 +64,16 @@ def test_reviewer_pages_render_lineage(tmp_path: Path, mlflow_pg_server: MlflowS
     dataset = make_train_dataset(tmp_path / "ds", subjects=6, shape=(24, 24, 12))
     trained = run(compose_train(tmp_path, dataset, f"tracking.uri={uri}", "trainer.max_epochs=2",
                                 "tracking.experiment_name=browser_seg"))
+    # One volume breaks after training: inference isolates it as the run's one failure (the
+    # catalog's own error row is a study without a match in studies.csv, not a failed series).
+    broken = dataset / "volumes" / "ser050.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:200])
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("infer", overrides=[
             "model_uri=models:/browser_seg@candidate", f"input={dataset}", f"output_dir={tmp_path / 'infer'}",
             f"paths.root_dir={tmp_path}", "demo_key=true", "seg.enabled=false", f"tracking.uri={uri}",
-            "tracking.experiment_name=browser_infer"])
+            "tracking.experiment_name=browser_infer",
+            "inference/select@select=any_series"])  # the test volumes carry no DICOM tags for the model's CT rule
     inferred = run_inference(cfg)
     assert inferred.exit_code == 0 and inferred.run_id
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
