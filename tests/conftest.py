@@ -9,6 +9,7 @@ see tests/skip_policy.py (``--opt-out=TIER`` leaves a tier out on purpose).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -30,14 +31,21 @@ pytest_plugins = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _mlflow_store_env_is_the_users(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts with the MLflow store variables the session started with: MLflow's
-    ``set_tracking_uri`` (in code under test or in MLflow itself) writes
-    ``MLFLOW_TRACKING_URI``, and a store left there by one test would be the next test's
-    store (imaging reads the variable, as the README says)."""
+def _restore_session_mlflow_env() -> None:
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         if name in _SESSION_ENV:
-            monkeypatch.setenv(name, _SESSION_ENV[name])
+            os.environ[name] = _SESSION_ENV[name]
         else:
-            monkeypatch.delenv(name, raising=False)
+            os.environ.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_store_env_is_the_users() -> Iterator[None]:
+    """Each test starts, and ends, with the MLflow store variables the session started with:
+    MLflow's ``set_tracking_uri`` (in code under test, in a test, or in MLflow itself) writes
+    ``MLFLOW_TRACKING_URI``, and a store left there by one test would be the next test's
+    store (imaging reads the variable, as the README says). Restored after the test too, not
+    only before: the next module's fixtures run before this fixture does."""
+    _restore_session_mlflow_env()
+    yield
+    _restore_session_mlflow_env()

@@ -13,12 +13,14 @@ a path or a patient identifier.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 import mlflow
 import pandas as pd
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.pandas_dataset import PandasDataset, from_pandas
+from mlflow.exceptions import MlflowException
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,14 @@ def input_tags(rows: list[dict[str, str]], catalog_sha256: str, labels: Iterable
     return tags
 
 
+_INPUT_ATTEMPTS = 4
+
+
+def _is_duplicate_key(exc: Exception) -> bool:
+    text = str(exc)
+    return any(m in text for m in ("UniqueViolation", "duplicate key", "UNIQUE constraint failed"))
+
+
 def log_dataset_input(rows: list[dict[str, str]], catalog_sha256: str, labels: Iterable[str], context: str,
                       extra: dict[str, object] | None = None) -> None:
     """Log the dataset of the active run as an MLflow input (``context``: training / inference).
@@ -59,8 +69,19 @@ def log_dataset_input(rows: list[dict[str, str]], catalog_sha256: str, labels: I
         mlflow.exceptions.MlflowException: the store refused the input.
     """
     labels = list(labels)
-    mlflow.log_input(catalog_dataset(rows, catalog_sha256), context=context,
-                     tags=input_tags(rows, catalog_sha256, labels, extra))
+    dataset, tags = catalog_dataset(rows, catalog_sha256), input_tags(rows, catalog_sha256, labels, extra)
+    for attempt in range(_INPUT_ATTEMPTS):
+        try:
+            mlflow.log_input(dataset, context=context, tags=tags)
+            break
+        except MlflowException as exc:
+            # The store inserts a dataset it did not find: array tasks logging the same dataset at
+            # the same moment race on its primary key (PostgreSQL's UniqueViolation, SQLite's
+            # UNIQUE constraint). The loser's retry finds the winner's row and only links it.
+            if attempt + 1 == _INPUT_ATTEMPTS or not _is_duplicate_key(exc):
+                raise
+            log.info("dataset %s was being logged by another job at once: retrying", dataset_name(catalog_sha256))
+            time.sleep(0.5 * (attempt + 1))
     log.info("logged dataset %s (%d series) as the run's %s input", dataset_name(catalog_sha256), len(rows), context)
 
 

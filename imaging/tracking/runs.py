@@ -127,6 +127,9 @@ class MlflowTracker:
     def start(self, run_id: str | None, run_name: str) -> str:
         """Reopen ``run_id`` (a resumed job) or start a new run; returns the run id."""
         exp_id = self._experiment_id()
+        # The process's active experiment may be another store's (a notebook's set_experiment, an
+        # earlier `imaging mlflow sync`); start_run(run_id) refuses a run outside it.
+        mlflow.set_experiment(experiment_id=exp_id)
         if run_id:
             try:
                 run = mlflow.start_run(run_id=run_id)
