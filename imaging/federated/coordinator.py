@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,6 +37,9 @@ CHECKPOINT = "global.pt"
 SUMMARY = "federation.json"
 # What a site must agree on with the others (derived from the one recipe and its labels).
 MUST_AGREE = ("task", "class_names", "network_config")
+# Error replies that mean "nobody is there", not "the site refused": Flower answers for a node whose
+# heartbeat stopped, or whose reply expired.
+GONE = (ErrorCode.NODE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE)
 
 
 @dataclass
@@ -79,17 +83,30 @@ def round_lr(cfg: DictConfig, rnd: int, rounds: int) -> float:
     return float(cfg.trainer.lr) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def _wait_for_sites(grid: Grid, n: int, timeout_s: float) -> list[int]:
-    deadline = time.monotonic() + timeout_s
+def _gather_sites(grid: Grid, recipe: str, n: int, connect_timeout_s: float,
+                  timeout_s: float) -> tuple[dict[int, dict[str, Any]], set[int]]:
+    """The plan summaries of ``n`` answering sites, or of those that answered within
+    ``connect_timeout_s`` (nodes the SuperLink lists but that do not answer do not count),
+    and the nodes asked."""
+    deadline = time.monotonic() + connect_timeout_s
+    summaries: dict[int, dict[str, Any]] = {}
+    asked: set[int] = set()
     while True:
-        nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= n or time.monotonic() > deadline:
-            return nodes
+        new = sorted(set(grid.get_node_ids()) - asked)
+        if new:
+            asked.update(new)
+            summaries.update(query_sites(grid, recipe, new, timeout_s,
+                                         next(iter(summaries.values())) if summaries else None, empty_ok=True))
+        if len(summaries) >= n or time.monotonic() > deadline:
+            break
         time.sleep(1.0)
+    if not summaries:
+        raise UsageError(f"no site answered within federation.connect_timeout_s={connect_timeout_s:g}")
+    return summaries, asked
 
 
 def query_sites(grid: Grid, recipe: str, node_ids: Iterable[int], timeout_s: float,
-                reference: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
+                reference: dict[str, Any] | None = None, empty_ok: bool = False) -> dict[int, dict[str, Any]]:
     """Ask every connected site for its plan summary; refuse sites that disagree.
 
     Raises:
@@ -100,12 +117,20 @@ def query_sites(grid: Grid, recipe: str, node_ids: Iterable[int], timeout_s: flo
                         message_type=MessageType.QUERY) for nid in node_ids]
     summaries: dict[int, dict[str, Any]] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout_s):
+        if reply.has_error() and reply.error.code in GONE:
+            # A node the SuperLink still lists but that stopped answering (a site that went
+            # away, or a node left over in a restarted SuperLink's database): not a config error.
+            log.warning("a node listed by the SuperLink did not answer the query (%s): leaving it out",
+                        reply.error.reason)
+            continue
         if reply.has_error():
             raise UsageError(f"a site could not prepare its data (node {reply.metadata.src_node_id}): "
                              f"{reply.error.reason}")
         summaries[reply.metadata.src_node_id] = json.loads(str(reply.content["summary"]["json"]))
-    if not summaries:
+    if not summaries and not empty_ok:
         raise UsageError("no site answered the query round")
+    if not summaries:
+        return summaries
     first = reference or next(iter(summaries.values()))
     for s in summaries.values():
         for key in MUST_AGREE:
@@ -129,11 +154,14 @@ def received(reply: Message, site: str) -> dict[str, Any]:
     return out
 
 
-def _rejoin(grid: Grid, names: dict[int, str], recipe: str, reference: dict[str, Any], timeout_s: float) -> None:
-    """Sites that connected since the last round (a hospital back online): ask who they are."""
-    new = [nid for nid in grid.get_node_ids() if nid not in names]
+def _rejoin(grid: Grid, names: dict[int, str], recipe: str, reference: dict[str, Any], timeout_s: float,
+            asked: set[int]) -> None:
+    """Sites that connected since the last round (a hospital back online): ask who they are.
+    ``asked``: nodes already queried (a node that did not answer is not asked every round)."""
+    new = [nid for nid in grid.get_node_ids() if nid not in names and nid not in asked]
+    asked.update(new)
     if new:
-        for nid, s in query_sites(grid, recipe, new, timeout_s, reference).items():
+        for nid, s in query_sites(grid, recipe, new, timeout_s, reference, empty_ok=True).items():
             names[nid] = s["site"]
             log.info("site %s joined (node %d)", s["site"], nid)
 
@@ -171,8 +199,7 @@ def run_federation(grid: Grid, cfg: DictConfig, tracker: Any | None = None) -> F
     n_sites = len(fed["sites"])
     timeout = float(fed["round_timeout_s"])
     recipe = recipe_yaml(cfg)
-    nodes = _wait_for_sites(grid, n_sites, float(fed["connect_timeout_s"]))
-    summaries = query_sites(grid, recipe, nodes, timeout)
+    summaries, asked = _gather_sites(grid, recipe, n_sites, float(fed["connect_timeout_s"]), timeout)
     names = {nid: s["site"] for nid, s in summaries.items()}
     log.info("federation of %d site(s): %s", len(names), ", ".join(sorted(names.values())))
     first = next(iter(summaries.values()))
@@ -202,7 +229,7 @@ def run_federation(grid: Grid, cfg: DictConfig, tracker: Any | None = None) -> F
                                  "lr": float(cfg.trainer.lr)}
     for rnd in range(result.rounds_done + 1, int(fed["rounds"]) + 1):
         start = time.perf_counter()
-        _rejoin(grid, names, recipe, first, timeout)
+        _rejoin(grid, names, recipe, first, timeout, asked)
         config = ConfigRecord({**train_cfg, "lr": round_lr(cfg, rnd, int(fed["rounds"]))})
         messages = list(strategy.configure_train(rnd, arrays, config, grid))
         replies = list(grid.send_and_receive(messages, timeout=timeout))

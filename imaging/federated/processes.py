@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -125,13 +126,46 @@ class LocalFederation:
         cmd = [_bin("flwr"), "run", str(APP_DIR), "local", "--stream",
                "--run-config", f"config={json.dumps(str(config_path))}"]
         log.info("$ %s", " ".join(cmd))
+        start = logfile.stat().st_size if logfile.is_file() else 0
         with logfile.open("ab") as out:
             try:
-                return subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
+                code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
                                       env={**self.env(), **self.coordinator_env},
                                       timeout=timeout_s, check=False).returncode
             except subprocess.TimeoutExpired:
                 return 124
+        if code != 0:
+            return code
+        # `flwr run --stream` exits 0 when the ServerApp raised (flwr 1.42): ask the SuperLink
+        # how the run ended.
+        with logfile.open("rb") as fh:
+            fh.seek(start)
+            found = re.search(rb"Successfully started run (\d+)", fh.read())
+        if found is None:
+            log.error("flwr run started no run; see %s", logfile)
+            return 1
+        status = self.run_status(int(found.group(1)))
+        if status != "finished:completed":
+            log.error("Flower run %s ended %s; see %s", found.group(1), status, logfile)
+            return 1
+        return 0
+
+    def run_status(self, run_id: int, timeout_s: float = 30.0) -> str:
+        """The SuperLink's status of ``run_id`` (``finished:completed``, ``finished:failed`` ...)."""
+        deadline = time.monotonic() + timeout_s
+        status = "unknown"
+        while time.monotonic() < deadline:
+            proc = subprocess.run([_bin("flwr"), "ls", "local", "--run-id", str(run_id), "--format", "json"],
+                                  capture_output=True, text=True, env=self.env(), timeout=60, check=False)
+            try:
+                runs = json.loads(proc.stdout).get("runs") or []
+                status = str(runs[0]["status"]) if runs else "unknown"
+            except (ValueError, KeyError, IndexError):
+                status = f"unknown ({(proc.stdout or proc.stderr).strip()[-200:]})"
+            if status.startswith("finished"):
+                return status
+            time.sleep(1.0)
+        return status
 
     def kill_site(self, site: str) -> None:
         """SIGKILL a site's SuperNode and its ClientApp processes (a hospital going away)."""

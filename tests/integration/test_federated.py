@@ -198,3 +198,23 @@ def test_a_stopped_coordinator_resumes_in_the_same_run(ran: Ran, sites: Sites) -
     assert again.summary["run_id"] == ran.summary["run_id"]
     client = MlflowClient(again.tracking_uri)
     assert [m.step for m in client.get_metric_history(again.summary["run_id"], "val_dice_mean")] == [1, 2, 3]
+
+
+def test_a_server_app_that_fails_is_a_failed_run(sites: Sites, tmp_path: Path) -> None:
+    """`flwr run --stream` exits 0 when the ServerApp raises: the SuperLink's run status decides."""
+    empty = tmp_path / "not-a-dataset"
+    empty.mkdir()
+    cfg = _config(tmp_path, 1, ("A",))
+    run_dir = Path(str(cfg.run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fed = LocalFederation(run_dir / "flower")
+    fed.work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fed.start_superlink()
+        fed.start_supernodes({"A": (empty, tmp_path / "site-work")})  # a site whose data cannot load
+        code = fed.run(write_server_config(cfg, run_dir), timeout_s=300)
+    finally:
+        fed.stop()
+    log = (run_dir / "flower" / "flwr-run.log").read_text()
+    assert "ServerApp raised an exception" in log
+    assert code == 1 and not (run_dir / SUMMARY).exists()
