@@ -183,7 +183,7 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
     model.options_key = options_key({
         # sw_batch_size and device change speed, not the masks: a re-run with another GPU reuses outputs
         "inference": {k: v for k, v in vars(options).items() if k not in ("device", "sw_batch_size")},
-        "seg": {k: v for k, v in OmegaConf.to_container(cfg.seg, resolve=True).items() if k != "push"},  # type: ignore[union-attr]
+        "seg": {k: v for k, v in OmegaConf.to_container(cfg.seg, resolve=True).items() if k not in ("push", "dimse")},  # type: ignore[union-attr]
         "overlay": bool(cfg.overlay),
         "segments": OmegaConf.to_container(cfg.segments, resolve=True),
         "labels": sorted(int(v) for v in labels),  # inference.labels: a subset changes the outputs
@@ -202,7 +202,7 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
     _finish(cfg, out, chosen, catalog, dataset, private, model, pseudo, settings.window)
     if cfg.seg.get("push", False):
         transfers += push_segs(cfg, out, shard_keys([r.series_key for r in catalog], index, count))
-    if remote:
+    if remote or transfers:
         write_transfers(out, transfers, f"{index}/{count}")
     run_id = None
     if cfg.tracking.get("enabled", True):

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from imaging.dicomweb.client import DicomwebError, DicomwebSettings, check_reachable
 from imaging.dicomweb.pull import Puller, PullQuery, find_studies
-from imaging.dicomweb.push import stow
+from imaging.dicomweb.push import PushResult, c_store, stow
 from imaging.errors import UsageError
 from imaging.fsutil import atomic_write_text
 from imaging.keys import Pseudonymizer
@@ -61,8 +61,19 @@ def check_push_config(cfg: DictConfig) -> None:
     """
     if not cfg.seg.get("push", False):
         return
-    if not is_url(cfg.input):
-        raise UsageError("seg.push=true: input must be the DICOMweb URL the SEGs go back to")
+    dimse = cfg.seg.get("dimse") or {}
+    if dimse.get("host"):
+        if not str(dimse.get("called_aet") or "").strip():
+            raise UsageError("seg.dimse.called_aet: the archive's AE title is needed for C-STORE")
+        try:
+            port = int(str(dimse.get("port")))
+        except (TypeError, ValueError):
+            port = 0
+        if not 0 < port < 65536:
+            raise UsageError(f"seg.dimse.port={dimse.get('port')}: a TCP port (1-65535)")
+    elif not is_url(cfg.input):
+        raise UsageError("seg.push=true: input must be the DICOMweb URL the SEGs go back to "
+                         "(or set seg.dimse.host for DIMSE C-STORE)")
     if str(cfg.seg.identity) != "source":
         raise UsageError("seg.push=true needs seg.identity=source (a de-identified SEG cannot attach to the "
                          "archive's study)")
@@ -96,14 +107,24 @@ def pull_for_inference(cfg: DictConfig, private: Path, pseudo: Pseudonymizer, mo
 
 
 def push_segs(cfg: DictConfig, out: Path, keys: Iterable[str]) -> list[TransferRow]:
-    """STOW-RS every ``OUT/<key>/seg.dcm`` of a done series; the archive is asked first (no duplicates)."""
-    client = settings_from_config(cfg).client()
+    """Store every ``OUT/<key>/seg.dcm`` of a done series: STOW-RS (the archive is asked first,
+    no duplicates), or DIMSE C-STORE when ``seg.dimse.host`` is set."""
+    dimse = cfg.seg.get("dimse") or {}
+    if dimse.get("host"):
+        def store(path: Path, what: str) -> PushResult:
+            return c_store(path, str(dimse["host"]), int(dimse["port"]), str(dimse["called_aet"]),
+                           str(dimse.get("calling_aet") or "IMAGING"), what=what)
+    else:
+        client = settings_from_config(cfg).client()
+
+        def store(path: Path, what: str) -> PushResult:
+            return stow(client, path, what)
     rows = []
     for key in keys:
         seg = out / key / "seg.dcm"
         if not (out / "done" / f"{key}.json").is_file() or not seg.is_file():
             continue
-        result = stow(client, seg, f"series {key}")
+        result = store(seg, f"series {key}")
         if result.status == "error":
             log.warning("%s", result.reason)
         rows.append(TransferRow(key, "push", "ok" if result.status == "stored" else result.status, result.reason))

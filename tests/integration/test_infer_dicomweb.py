@@ -25,6 +25,7 @@ import torch
 from dicomweb_client.api import DICOMwebClient
 from hydra import compose, initialize_config_dir
 
+from imaging.errors import UsageError
 from imaging.models.registry import build_network
 from imaging.pipelines.infer import run_inference
 from imaging.pipelines.remote import read_transfers
@@ -169,3 +170,31 @@ def _dcmqi_same_mask(seg: pydicom.Dataset, labels: np.ndarray, affine: np.ndarra
         ijk = np.rint(nib.affines.apply_affine(np.linalg.inv(affine), pts * [-1, -1, 1])).astype(int)
         assert len(ijk) and np.all(labels[tuple(ijk.T)] == value)
     return 1
+
+
+def test_dimse_push_from_a_folder_export(orthanc: Orthanc, env: dict, tmp_path: Path) -> None:
+    """An archive without DICOMweb: `infer input=FOLDER seg.push=true seg.dimse.host=...` C-STOREs each SEG."""
+    client = DICOMwebClient(orthanc.dicomweb)
+    for seg in _our_segs(client):  # the round trip's SEGs (same deterministic UIDs) out of the way
+        found = orthanc.request("POST", "/tools/lookup", str(seg.SOPInstanceUID).encode())
+        for item in found:  # type: ignore[attr-defined]
+            orthanc.request("DELETE", str(item["Path"]))
+    assert _our_segs(client) == []
+    out = tmp_path / "out"
+    cfg = _config(env, orthanc, out, "seg.dimse.host=127.0.0.1", f"seg.dimse.port={orthanc.dicom_port}",
+                  f"seg.dimse.called_aet={orthanc.aet}")
+    cfg.input = str(env["export"])  # a PACS export folder, not the archive's URL
+    outcome = run_inference(cfg)
+    pushed = [t for t in outcome.transfers if t.stage == "push"]
+    assert pushed and all(t.status == "ok" for t in pushed), pushed
+    segs = _our_segs(client)
+    assert len(segs) == len(pushed) == outcome.result.n_ok
+    assert {str(s.SOPInstanceUID) for s in segs} == {str(pydicom.dcmread(p).SOPInstanceUID)
+                                                     for p in out.glob("*/seg.dcm")}
+    rows = read_transfers(out / "transfers.shard-0-of-1.csv")
+    assert [r["stage"] for r in rows] == ["push"] * len(pushed)
+
+    bad = _config(env, orthanc, tmp_path / "bad", "seg.dimse.host=127.0.0.1", "seg.dimse.port=0")
+    bad.input = str(env["export"])
+    with pytest.raises(UsageError, match="seg.dimse.port"):
+        run_inference(bad)
