@@ -36,7 +36,7 @@ from imaging.tracking.inputs import (
 )
 from imaging.tracking.registry import register_model
 from imaging.tracking.review import case_dice, render_case
-from imaging.tracking.store import activate, embedded_uri
+from imaging.tracking.store import activate, embedded_uri, reopen_run
 
 __all__ = ["MlflowTracker", "embedded_uri", "flatten", "git_commit", "tracking_uri_from_config"]
 
@@ -127,12 +127,9 @@ class MlflowTracker:
     def start(self, run_id: str | None, run_name: str) -> str:
         """Reopen ``run_id`` (a resumed job) or start a new run; returns the run id."""
         exp_id = self._experiment_id()
-        # The process's active experiment may be another store's (a notebook's set_experiment, an
-        # earlier `imaging mlflow sync`); start_run(run_id) refuses a run outside it.
-        mlflow.set_experiment(experiment_id=exp_id)
         if run_id:
             try:
-                run = mlflow.start_run(run_id=run_id)
+                run = reopen_run(run_id, exp_id)
                 log.info("continuing MLflow run %s", run_id)
                 self.run_id = run.info.run_id
                 self._tag_job()

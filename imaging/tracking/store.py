@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -59,6 +59,19 @@ def activate(uri: str) -> None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+def reopen_run(run_id: str, experiment_id: str) -> Any:
+    """``mlflow.start_run(run_id=...)`` for a run of ``experiment_id`` in the active store.
+
+    MLflow refuses to reopen a run outside the process's active experiment, which may be
+    another store's (a notebook's ``set_experiment``, an earlier ``imaging mlflow sync``):
+    that experiment is made active first.
+    """
+    import mlflow
+
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return mlflow.start_run(run_id=run_id)
 
 
 def client_for(uri: str | None) -> MlflowClient:

@@ -17,7 +17,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 
@@ -124,7 +123,7 @@ def _sync_artifacts(src: MlflowClient, dst: MlflowClient, run_id: str, tid: str)
 
 def _sync_versions(src: MlflowClient, dst_uri: str, src_uri: str, report: SyncReport) -> None:
     from imaging.tracking.registry import client_for, load_bundle, register_model
-    from imaging.tracking.store import activate
+    from imaging.tracking.store import activate, reopen_run
     from imaging.tracking.summary import describe_model_version
 
     dst = client_for(dst_uri)
@@ -144,9 +143,7 @@ def _sync_versions(src: MlflowClient, dst_uri: str, src_uri: str, report: SyncRe
             activate(dst_uri)  # not via the environment: see imaging.tracking.store.activate
             target = dst.get_run(target_run)
             status = target.info.status
-            # start_run(run_id) refuses a run outside the process's active experiment.
-            mlflow.set_experiment(experiment_id=target.info.experiment_id)
-            with mlflow.start_run(run_id=target_run):
+            with reopen_run(target_run, target.info.experiment_id):
                 info = register_model(bundle.network, network_config=bundle.network_config,
                                       preprocessing=bundle.preprocessing, labels=bundle.labels, task=bundle.task,
                                       name=model.name, alias=aliases[0], tags=tags)
