@@ -6,7 +6,9 @@ Three message types, each answered with aggregates only:
   from the recipe, catalog hash and counts), so the coordinator can check that every
   site trains the same thing, without ever opening a site's data;
 - ``train``: start from the global weights, train ``local-epochs`` with our engine,
-  return the new weights and ``num-examples`` (FedAvg's weight);
+  return the new weights and ``num-examples`` (FedAvg's weight); with ``evaluate-first``
+  the received global weights are first evaluated on the validation split (record
+  ``evaluate``), which spares the previous round an evaluate message of its own;
 - ``evaluate``: the global weights' validation metrics on the site's held-out subjects.
 """
 
@@ -52,12 +54,15 @@ def train(msg: Message, context: Context) -> Message:
     site = _site(msg, context)
     cfg = msg.content.config_records["config"]
     state = msg.content.array_records["arrays"].to_torch_state_dict()
+    records: dict[str, MetricRecord] = {}
+    if bool(cfg.get("evaluate-first", False)):
+        records["evaluate"] = MetricRecord(dict(site.evaluate(state)))  # type: ignore[arg-type]
     new_state, metrics = site.train(state, epochs=int(cfg["local-epochs"]), lr=float(cfg["lr"]),  # type: ignore[arg-type]
                                     proximal_mu=float(cfg.get("proximal-mu", 0.0)))  # type: ignore[arg-type]
     log.info("site %s: round %s trained, loss %.4f", site.settings.name, cfg.get("server-round"),
              metrics["train_loss"])
     return Message(RecordDict({"arrays": ArrayRecord(torch_state_dict=new_state),
-                               "metrics": MetricRecord(dict(metrics))}), reply_to=msg)  # type: ignore[arg-type]
+                               "metrics": MetricRecord(dict(metrics)), **records}), reply_to=msg)  # type: ignore[arg-type]
 
 
 @app.evaluate()

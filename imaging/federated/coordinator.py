@@ -11,6 +11,7 @@ trained one. It never sees a site's data: only what the ClientApp returns.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -166,6 +167,24 @@ def _rejoin(grid: Grid, names: dict[int, str], recipe: str, reference: dict[str,
             log.info("site %s joined (node %d)", s["site"], nid)
 
 
+def split_evaluations(replies: list[Message]) -> list[Message]:
+    """Train replies that also carry the previous global model's evaluation (record
+    ``evaluate``): each reply keeps its ``arrays`` and ``metrics`` for the strategy's
+    ``aggregate_train`` (which wants one MetricRecord), and the evaluations come back as
+    evaluate-shaped replies (content replaced) for ``aggregate_evaluate``."""
+    evals = []
+    for r in replies:
+        content = r.content
+        if "evaluate" not in content:
+            continue
+        ev = content["evaluate"]
+        r.content = RecordDict({k: v for k, v in content.items() if k != "evaluate"})
+        shaped = copy.copy(r)  # same metadata (site, round), its own content
+        shaped.content = RecordDict({"metrics": ev})
+        evals.append(shaped)
+    return evals
+
+
 def _metrics_of(reply: Message) -> dict[str, float]:
     rec = next(iter(reply.content.metric_records.values()))
     return {k: float(v) for k, v in rec.items() if isinstance(v, int | float)}
@@ -227,13 +246,42 @@ def run_federation(grid: Grid, cfg: DictConfig, tracker: Any | None = None) -> F
     arrays = ArrayRecord(torch_state_dict={k: v.detach().cpu() for k, v in network.state_dict().items()})
     train_cfg: dict[str, Any] = {"recipe": recipe, "local-epochs": int(fed["local_epochs"]),
                                  "lr": float(cfg.trainer.lr)}
+    # The round whose global model still awaits its evaluation: sites evaluate it at the
+    # start of the next round's train message (one ClientApp process per site and round,
+    # not two: Flower starts a process per message, and importing torch+MONAI in it costs
+    # more than the evaluation itself), the last round by an evaluate message of its own.
+    pending = result.history[-1] if payload is not None and payload.get("pending_eval") and result.history else None
+    pending_state = payload["state"] if pending is not None and payload is not None else None
+
+    def complete(rec: RoundRecord, state: dict[str, torch.Tensor], evals: list[Message]) -> None:
+        nonlocal best_state
+        for r in evals:
+            rec.per_site.setdefault(_site_of(r, names), {}).update(
+                {f"val_{k}": v for k, v in _metrics_of(r).items()})
+        ev_metrics = strategy.aggregate_evaluate(rec.round, evals) if evals else None
+        rec.evaluate = {k: float(v) for k, v in (ev_metrics or {}).items() if isinstance(v, int | float)}
+        value = rec.evaluate.get(monitor, math.nan)
+        if not math.isnan(value) and (result.best_round == 0 or value > result.best_metric):
+            result.best_round, result.best_metric, best_state = rec.round, value, state
+        log.info("round %d/%d: %s=%.4f (sites %s%s)", rec.round, fed["rounds"], monitor, value,
+                 ", ".join(rec.sites_trained), f"; lost {', '.join(rec.sites_failed)}" if rec.sites_failed else "")
+
+    def save(rnd: int, state: dict[str, torch.Tensor], pending_eval: bool) -> None:
+        _save_checkpoint(run_dir, {"round": rnd, "state": state, "recipe": recipe, "run_id": result.run_id,
+                                   "history": [asdict(h) for h in result.history], "best_round": result.best_round,
+                                   "best_metric": result.best_metric, "best_state": best_state,
+                                   "pending_eval": pending_eval})
+
     for rnd in range(result.rounds_done + 1, int(fed["rounds"]) + 1):
         start = time.perf_counter()
         _rejoin(grid, names, recipe, first, timeout, asked)
-        config = ConfigRecord({**train_cfg, "lr": round_lr(cfg, rnd, int(fed["rounds"]))})
+        config = ConfigRecord({**train_cfg, "lr": round_lr(cfg, rnd, int(fed["rounds"])),
+                               "evaluate-first": pending is not None})
         messages = list(strategy.configure_train(rnd, arrays, config, grid))
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         ok = [r for r in replies if not r.has_error()]
+        wire = [received(r, _site_of(r, names)) for r in ok]
+        evals = split_evaluations(ok)
         trained = sorted(_site_of(r, names) for r in ok)
         # Lost: every site of the federation that returned no update this round (its node
         # timed out, failed, or is gone from the SuperLink).
@@ -245,34 +293,33 @@ def run_federation(grid: Grid, cfg: DictConfig, tracker: Any | None = None) -> F
         if new_arrays is None:
             raise RuntimeError(f"round {rnd}: no site returned an update (failed: {failed})")
         arrays = new_arrays
+        done_before = pending
+        if pending is not None and pending_state is not None:
+            complete(pending, pending_state, evals)
         per_site: dict[str, dict[str, float]] = {}
         for r in ok:
             per_site.setdefault(_site_of(r, names), {}).update(
                 {f"train_{k}" if not k.startswith("train_") else k: v for k, v in _metrics_of(r).items()})
-        ev_replies = list(grid.send_and_receive(
-            strategy.configure_evaluate(rnd, arrays, ConfigRecord({"recipe": recipe}), grid), timeout=timeout))
-        ev_ok = [r for r in ev_replies if not r.has_error()]
-        for r in ev_ok:
-            per_site.setdefault(_site_of(r, names), {}).update({f"val_{k}": v for k, v in _metrics_of(r).items()})
-        ev_metrics = strategy.aggregate_evaluate(rnd, ev_ok) if ev_ok else None
-        evaluate = {k: float(v) for k, v in (ev_metrics or {}).items() if isinstance(v, int | float)}
         rec = RoundRecord(rnd, trained, failed, {k: float(v) for k, v in (train_metrics or {}).items()
-                                                 if isinstance(v, int | float)}, evaluate, per_site,
-                          round(time.perf_counter() - start, 2),
-                          [received(r, _site_of(r, names)) for r in ok + ev_ok])
+                                                 if isinstance(v, int | float)}, {}, per_site,
+                          round(time.perf_counter() - start, 2), wire)
         result.history.append(rec)
-        state = arrays.to_torch_state_dict()
-        value = evaluate.get(monitor, math.nan)
-        if not math.isnan(value) and (result.best_round == 0 or value > result.best_metric):
-            result.best_round, result.best_metric, best_state = rnd, value, state
+        pending, pending_state = rec, arrays.to_torch_state_dict()
         result.rounds_done = rnd
-        _save_checkpoint(run_dir, {"round": rnd, "state": state, "recipe": recipe, "run_id": result.run_id,
-                                   "history": [asdict(h) for h in result.history], "best_round": result.best_round,
-                                   "best_metric": result.best_metric, "best_state": best_state})
+        save(rnd, pending_state, pending_eval=True)
+        if tracker is not None and done_before is not None:
+            tracker.log_round(done_before, monitor, result.best_metric)
+    if pending is not None and pending_state is not None:
+        # The last round's global model: one evaluate message per site.
+        ev_replies = list(grid.send_and_receive(
+            strategy.configure_evaluate(pending.round, arrays, ConfigRecord({"recipe": recipe}), grid),
+            timeout=timeout))
+        ev_ok = [r for r in ev_replies if not r.has_error()]
+        pending.received.extend(received(r, _site_of(r, names)) for r in ev_ok)
+        complete(pending, pending_state, ev_ok)
+        save(pending.round, pending_state, pending_eval=False)
         if tracker is not None:
-            tracker.log_round(rec, monitor, result.best_metric)
-        log.info("round %d/%d: %s=%.4f (sites %s%s)", rnd, fed["rounds"], monitor, value, ", ".join(trained),
-                 f"; lost {', '.join(failed)}" if failed else "")
+            tracker.log_round(pending, monitor, result.best_metric)
     final = best_state if best_state is not None else arrays.to_torch_state_dict()
     network.load_state_dict(final)
     if tracker is not None:
