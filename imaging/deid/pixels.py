@@ -11,10 +11,12 @@ does not remove them from the pixel data.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydicom.dataset import Dataset
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
 

@@ -27,9 +27,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydicom.dataset import Dataset
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 SECONDARY_CAPTURE_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.7",
@@ -164,8 +165,14 @@ def read_policy_header(path: str) -> dict[str, Any]:
     """The attributes :func:`check` (and the subject key) need, read from one file's header.
 
     A file that cannot be read gives ``{}``: its own error row (from the scan or the
-    volume) says why; the policy then decides on the index columns alone.
+    volume) says why; the policy then decides on the index columns alone. The fast header
+    reader answers for plain files (pydicom is not even imported); pydicom for the rest.
     """
+    from imaging.dicom.header import fast_attributes
+
+    attrs = fast_attributes(path)
+    if attrs is not None:
+        return {kw: attrs[kw] for kw in POLICY_KEYWORDS if attrs.get(kw) is not None}
     import pydicom
 
     try:

@@ -62,6 +62,10 @@ WANTED: dict[int, tuple[str, str]] = {
     0x00280120: ("PixelPaddingValue", "us"), 0x00280121: ("PixelPaddingRangeLimit", "us"),
     # Philips private scale slope (2005,100E) FL, valid only under creator (2005,0010).
     0x20050010: ("PhilipsCreator", "s"), 0x2005100E: ("PhilipsScaleSlope", "fl"),
+    # What the withhold policy reads (imaging.deid.withhold.POLICY_KEYWORDS), so a plain export
+    # never needs pydicom for it.
+    0x0008103E: ("SeriesDescription", "s"), 0x00100021: ("IssuerOfPatientID", "s"),
+    0x00280301: ("BurnedInAnnotation", "s"), 0x00280302: ("RecognizableVisualFeatures", "s"),
 }
 WANTED.update(EXTRA_WANTED)  # dimension tags: diffusion, vendor private, CSA (fd n-values, fl, raw kinds)
 

@@ -20,7 +20,7 @@ from imaging.deid.apply import DeidOptions, DeidStats, deidentify_dataset, withh
 from imaging.deid.export import deidentify_export
 from imaging.deid.options import SafePrivate
 from imaging.deid.values import clean_text
-from imaging.deid.withhold import RULES, WithholdPolicy, check
+from imaging.deid.withhold import POLICY_KEYWORDS, RULES, WithholdPolicy, check, read_policy_header
 from imaging.keys import Pseudonymizer, subject_identity
 from imaging.pipelines.ingest import ingest
 from tests.fixtures.datasets import stack_positions, write_slices
@@ -99,6 +99,26 @@ def test_ingest_applies_the_same_policy(tmp_path: Path) -> None:
     released = ingest(src, tmp_path / "ds2", PSEUDO, private_dir=tmp_path / "p2", workers=1, progress=False,
                       withhold=WithholdPolicy(allow_rules=frozenset({"burned-in-annotation"})))
     assert released.counts == {"ok": 2}
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+def test_policy_header_fast_reader_matches_pydicom(tmp_path: Path, syntax: str) -> None:
+    """The fast header reader (plain files) and pydicom give the policy the same attributes."""
+    ds = ct_dataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.BurnedInAnnotation, ds.RecognizableVisualFeatures = "YES", "NO"
+    ds.SeriesDescription, ds.IssuerOfPatientID = "Dose Report", "HOSP^A"
+    ds.ImageType = ["DERIVED", "SECONDARY", "SCREEN SAVE"]
+    path = tmp_path / "x.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    fast = read_policy_header(str(path))
+    ref = pydicom.dcmread(path, stop_before_pixels=True)
+    assert set(fast) == set(POLICY_KEYWORDS)
+    for kw in POLICY_KEYWORDS:
+        value = ref.get(kw)
+        assert (list(fast[kw]) if isinstance(fast[kw], list) else fast[kw]) == \
+            (list(value) if isinstance(value, pydicom.multival.MultiValue) else value), kw
+    assert check(fast) == check(ref)
 
 
 def test_overlay_bits_in_pixel_data_are_removed(tmp_path: Path) -> None:
@@ -216,3 +236,12 @@ def test_clean_descriptors_drop_bare_digit_tokens() -> None:
     assert clean_text("CT ABDOMEN 12 05 23") == "CT ABDOMEN"
     assert clean_text("T1 SAG 3.0 5mm 512x512 b800") == "T1 SAG 3.0 5mm 512x512 b800"
     assert clean_text("CHEST 12.05.23 4711") == "CHEST"
+
+
+def test_transfer_syntax_names_without_pydicom_are_pydicoms() -> None:
+    from pydicom.uid import UID
+
+    from imaging.dicom.header import _TS_NAMES, ts_name
+
+    assert all(ts_name(uid) == UID(uid).name for uid in _TS_NAMES)
+    assert ts_name("1.2.840.10008.1.2.4.80") == UID("1.2.840.10008.1.2.4.80").name and ts_name(None) == "missing"
