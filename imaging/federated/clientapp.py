@@ -10,63 +10,70 @@ Three message types, each answered with aggregates only:
   the received global weights are first evaluated on the validation split (record
   ``evaluate``), which spares the previous round an evaluate message of its own;
 - ``evaluate``: the global weights' validation metrics on the site's held-out subjects.
+
+The SuperNode starts this app in a new process for every message, so the work runs in
+the site's warm worker (:mod:`imaging.federated.worker`: torch, MONAI and the loaded
+volumes kept between messages) and this module imports neither torch nor MONAI. With
+``--node-config 'worker="false"'`` the work runs here, in the message's own process.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import os
+from pathlib import Path
+from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-
-from imaging.federated.site import Site, SiteSettings, plan_summary, site_config
 
 log = logging.getLogger(__name__)
 
 app = ClientApp()
 
-# One Site per (recipe, settings) in this process: a SuperNode may run several messages
-# in one ClientApp process, and building loaders (reading the volumes) is the slow part.
-_SITES: dict[str, Site] = {}
+
+def _run(op: str, msg: Message, context: Context, **payload: Any) -> Any:
+    node_config = {str(k): v for k, v in context.node_config.items()}
+    payload["recipe"] = str(msg.content.config_records["config"]["recipe"])
+    payload["node_config"] = node_config
+    work_dir = str(node_config.get("work-dir", "")).strip()
+    if work_dir and str(node_config.get("worker", "true")).lower() not in ("false", "0", "no"):
+        from imaging.federated.worker import call
+
+        return call(Path(work_dir), os.getppid(), op, payload)
+    from imaging.federated.worker import in_process
+
+    return in_process(op, payload)
 
 
-def _site(msg: Message, context: Context) -> Site:
-    settings = SiteSettings.from_node_config(dict(context.node_config))
-    recipe = str(msg.content.config_records["config"]["recipe"])
-    key = hashlib.sha256(f"{recipe}\n{settings}".encode()).hexdigest()
-    if key not in _SITES:
-        _SITES.clear()
-        _SITES[key] = Site(site_config(recipe, settings), settings)
-    return _SITES[key]
+def _state(msg: Message) -> dict[str, Any]:
+    return {k: a.numpy() for k, a in msg.content.array_records["arrays"].items()}
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    site = _site(msg, context)
-    summary = {"site": site.settings.name, **plan_summary(site.plan)}
+    import json
+
+    summary = _run("query", msg, context)
     return Message(RecordDict({"summary": ConfigRecord({"json": json.dumps(summary)})}), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    site = _site(msg, context)
     cfg = msg.content.config_records["config"]
-    state = msg.content.array_records["arrays"].to_torch_state_dict()
-    records: dict[str, MetricRecord] = {}
-    if bool(cfg.get("evaluate-first", False)):
-        records["evaluate"] = MetricRecord(dict(site.evaluate(state)))  # type: ignore[arg-type]
-    new_state, metrics = site.train(state, epochs=int(cfg["local-epochs"]), lr=float(cfg["lr"]),  # type: ignore[arg-type]
-                                    proximal_mu=float(cfg.get("proximal-mu", 0.0)))  # type: ignore[arg-type]
-    log.info("site %s: round %s trained, loss %.4f", site.settings.name, cfg.get("server-round"),
-             metrics["train_loss"])
-    return Message(RecordDict({"arrays": ArrayRecord(torch_state_dict=new_state),
-                               "metrics": MetricRecord(dict(metrics)), **records}), reply_to=msg)  # type: ignore[arg-type]
+    out = _run("train", msg, context, state=_state(msg), epochs=int(cfg["local-epochs"]),  # type: ignore[arg-type]
+               lr=float(cfg["lr"]), proximal_mu=float(cfg.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
+               evaluate_first=bool(cfg.get("evaluate-first", False)))
+    log.info("round %s trained, loss %.4f", cfg.get("server-round"), out["metrics"]["train_loss"])
+    records: dict[str, ArrayRecord | MetricRecord] = {
+        "arrays": ArrayRecord(array_dict={k: Array(ndarray=v) for k, v in out["state"].items()}),
+        "metrics": MetricRecord(dict(out["metrics"]))}
+    if out["evaluate"] is not None:
+        records["evaluate"] = MetricRecord(dict(out["evaluate"]))
+    return Message(RecordDict(records), reply_to=msg)  # type: ignore[arg-type]
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    site = _site(msg, context)
-    metrics = site.evaluate(msg.content.array_records["arrays"].to_torch_state_dict())
-    return Message(RecordDict({"metrics": MetricRecord(dict(metrics))}), reply_to=msg)  # type: ignore[arg-type]
+    metrics = _run("evaluate", msg, context, state=_state(msg))
+    return Message(RecordDict({"metrics": MetricRecord(dict(metrics))}), reply_to=msg)
