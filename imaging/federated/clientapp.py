@@ -14,7 +14,9 @@ Three message types, each answered with aggregates only:
 The SuperNode starts this app in a new process for every message, so the work runs in
 the site's warm worker (:mod:`imaging.federated.worker`: torch, MONAI and the loaded
 volumes kept between messages) and this module imports neither torch nor MONAI. With
-``--node-config 'worker="false"'`` the work runs here, in the message's own process.
+``--node-config 'worker="false"'`` the work runs here, in the message's own process;
+``worker-idle-s=600`` ends an idle worker sooner than the default 30 minutes (it holds the
+model, the loaded volumes and, on a GPU, their device memory).
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ def _run(op: str, msg: Message, context: Context, **payload: Any) -> Any:
     payload["node_config"] = node_config
     work_dir = str(node_config.get("work-dir", "")).strip()
     if work_dir and str(node_config.get("worker", "true")).lower() not in ("false", "0", "no"):
-        from imaging.federated.worker import call
+        from imaging.federated.worker import IDLE_S, call
 
-        return call(Path(work_dir), os.getppid(), op, payload)
+        return call(Path(work_dir), os.getppid(), op, payload,
+                    idle_s=float(node_config.get("worker-idle-s", IDLE_S)))  # type: ignore[arg-type]
     from imaging.federated.worker import in_process
 
     return in_process(op, payload)

@@ -80,7 +80,8 @@ def _connect(work_dir: Path) -> Connection | None:
         return None
 
 
-def ensure_worker(work_dir: Path, supernode_pid: int, timeout_s: float = START_TIMEOUT_S) -> Connection:
+def ensure_worker(work_dir: Path, supernode_pid: int, timeout_s: float = START_TIMEOUT_S,
+                  idle_s: float = IDLE_S) -> Connection:
     """A connection to the site's worker, starting one if none answers.
 
     Raises:
@@ -102,7 +103,7 @@ def ensure_worker(work_dir: Path, supernode_pid: int, timeout_s: float = START_T
         logfile = work_dir / LOG_FILE
         with open(logfile, "ab") as out:
             proc = subprocess.Popen([sys.executable, "-m", "imaging.federated.worker", "--work-dir", str(work_dir),
-                                     "--supernode-pid", str(supernode_pid)], stdout=out, stderr=subprocess.STDOUT,
+                                     "--supernode-pid", str(supernode_pid), "--idle-s", str(idle_s)], stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -124,13 +125,13 @@ def _tail(path: Path, n: int = 2000) -> str:
         return "(no log)"
 
 
-def call(work_dir: Path, supernode_pid: int, op: str, payload: dict[str, Any]) -> Any:
+def call(work_dir: Path, supernode_pid: int, op: str, payload: dict[str, Any], idle_s: float = IDLE_S) -> Any:
     """Run ``op`` (query, train, evaluate) in the site's worker; its result.
 
     Raises:
         WorkerError: the operation raised in the worker, or the worker died during it.
     """
-    conn = ensure_worker(work_dir, supernode_pid)
+    conn = ensure_worker(work_dir, supernode_pid, idle_s=idle_s)
     try:
         conn.send((op, payload))
         status, result = conn.recv()
@@ -157,7 +158,13 @@ class _Handler:
         from imaging.federated.site import Site, SiteSettings, site_config
 
         settings = SiteSettings.from_node_config(node_config)
-        key = hashlib.sha256(f"{recipe}\n{settings}".encode()).hexdigest()
+        # A re-ingested dataset (new catalog) is a new Site: the loaded volumes are not reused.
+        try:
+            stamp = (settings.dataset_dir / "catalog.csv").stat()
+            version = f"{stamp.st_mtime_ns}:{stamp.st_size}"
+        except OSError:
+            version = "no catalog"
+        key = hashlib.sha256(f"{recipe}\n{settings}\n{version}".encode()).hexdigest()
         if key not in self.sites:
             self.sites.clear()
             self.sites[key] = Site(site_config(recipe, settings), settings)

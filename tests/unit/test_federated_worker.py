@@ -54,3 +54,18 @@ def test_a_site_without_data_is_a_config_error_from_the_worker(tmp_path: Path) -
     finally:
         supernode.kill()
         supernode.wait()
+
+
+def test_an_idle_worker_exits_and_the_next_message_starts_another(tmp_path: Path) -> None:
+    supernode = subprocess.Popen(["sleep", "120"])
+    try:
+        first = call(tmp_path, supernode.pid, "ping", {}, idle_s=1.0)
+        deadline = time.monotonic() + 15
+        while _alive(first) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(first), "an idle worker must let go of its memory"
+        second = call(tmp_path, supernode.pid, "ping", {}, idle_s=1.0)
+        assert second != first
+    finally:
+        supernode.kill()
+        supernode.wait()
