@@ -13,8 +13,8 @@ standard library.
   socket is an abstract Unix socket named from the work folder (no file to clean up, no
   path-length limit), and every connection authenticates with a random key kept in the
   work folder (mode 0600).
-- It exits when the SuperNode that started it is gone, after ``idle_s`` without a
-  message, or when asked. A message to a dead worker starts a new one.
+- It exits when the SuperNode that started it is gone or after ``idle_s`` without a
+  message. A message to a dead worker starts a new one.
 - Nothing leaves the site: the worker runs on the site's machine, as the site's user, on
   the site's data, exactly as the in-process ClientApp did.
 """
@@ -49,7 +49,8 @@ START_TIMEOUT_S = 300.0
 
 
 class WorkerError(RuntimeError):
-    """The worker raised: its traceback text is the message."""
+    """The worker could not be reached, or the operation raised in it: ``Type: message``
+    (the traceback stays in the site's ``worker.log``)."""
 
 
 def address(work_dir: Path) -> str:
@@ -239,9 +240,6 @@ def serve(work_dir: Path, supernode_pid: int, idle_s: float = IDLE_S) -> None:
                 except (EOFError, OSError):
                     continue
                 last[0] = time.monotonic()
-                if op == "stop":
-                    conn.send(("ok", None))
-                    return
                 t0 = time.perf_counter()
                 try:
                     reply: tuple[str, Any] = ("ok", handler(op, payload))
