@@ -173,10 +173,16 @@ class _Context:
         self.dummy_text = False  # inside a sequence whose action is D
 
     def uid(self, value: str) -> str:
-        value = str(value).strip()
-        if not value or value in UID_dictionary or self.options.retain_uids:
-            return value
-        return self.pseudo.uid(value)
+        return map_uid(value, self.pseudo, self.options)
+
+
+def map_uid(value: str, pseudonymizer: Pseudonymizer, options: DeidOptions | None = None) -> str:
+    """The UID the de-identification writes for ``value``: the keyed pseudonym UID, except
+    well-known UIDs (transfer syntaxes, SOP classes...) and under ``retain_uids``."""
+    value = str(value).strip()
+    if not value or value in UID_dictionary or (options is not None and options.retain_uids):
+        return value
+    return pseudonymizer.uid(value)
 
 
 def deidentify_dataset(

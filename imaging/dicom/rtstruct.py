@@ -40,7 +40,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
-from imaging.dicom.seg import FrameGeometry, SourceSeries, deidentified_header, sample_labels
+from imaging.dicom.seg import FrameGeometry, SourceSeries, deidentified_headers, sample_labels
 from imaging.fsutil import atomic_path
 from imaging.keys import Pseudonymizer
 
@@ -161,7 +161,7 @@ def write_rtstruct(
     if identity == "deidentified":
         assert pseudonymizer is not None
         # The same de-identified header as the SEG's (same options): same pseudonyms in both.
-        headers = [deidentified_header(h, pseudonymizer, deid_options) for h in headers]
+        headers = deidentified_headers(headers, pseudonymizer, deid_options)
     first = headers[0]
     multi = source.is_multiframe
     seed = f"rtstruct:{first.SeriesInstanceUID}:{algorithm_name}:{algorithm_version}"

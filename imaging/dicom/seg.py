@@ -31,6 +31,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from highdicom.seg import SegmentationTypeValues
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
@@ -235,7 +236,7 @@ def deidentified_header(ds: Dataset, pseudo: Pseudonymizer, options: DeidOptions
     keyed IDs and UIDs here, with every other patient/study attribute dropped.
     ``options`` are the configured ``deid.options`` (the same as ``imaging deid``'s).
     """
-    from imaging.deid.apply import deidentify_dataset, shift_da, truncate_tm
+    from imaging.deid.apply import deidentify_dataset, map_uid, shift_da, truncate_tm
     from imaging.keys import subject_identity
 
     header = copy.deepcopy(ds)  # deid works in place; the source header stays as read
@@ -254,9 +255,48 @@ def deidentified_header(ds: Dataset, pseudo: Pseudonymizer, options: DeidOptions
         out.StudyTime = truncate_tm(str(ds.get("StudyTime", "")))
         for kw in _UID_KEYWORDS:
             if kw in ds:
-                setattr(out, kw, pseudo.uid(str(ds.get(kw))))
+                setattr(out, kw, map_uid(str(ds.get(kw)), pseudo, options))
         out.PatientIdentityRemoved = "YES"
-    return with_type2(out)
+    return _fill_type2(out)  # ``out`` is a copy already: filled in place
+
+
+# What highdicom reads from each source image after the first (the first gives the patient,
+# study and equipment modules): the instance, its series and frame of reference, its plane
+# (PS3.3 C.7.6.2) and size. Geometry is kept by the de-identification; the UIDs are mapped.
+_PER_IMAGE_KEPT = ("SOPClassUID", "Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient",
+                   "PixelSpacing", "SliceThickness", "SpacingBetweenSlices")
+_PER_IMAGE_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+
+
+def deidentified_headers(headers: Sequence[Dataset], pseudo: Pseudonymizer,
+                         options: DeidOptions | None = None) -> list[Dataset]:
+    """:func:`deidentified_header` of every source header as highdicom reads them, fast.
+
+    The first header is de-identified whole (the SEG copies its patient and study
+    modules). Of the others highdicom reads only the instance, series and plane:
+    those attributes are copied and their UIDs mapped by the de-identification's own
+    :func:`~imaging.deid.apply.map_uid`. De-identifying each slice's whole header was
+    half of a SEG's writing time (a deep copy and a walk of every element per slice);
+    ``tests/unit/test_deid_seg_header.py`` checks the SEG and RTSTRUCT are the same.
+    """
+    if not headers:
+        return []
+    return [deidentified_header(headers[0], pseudo, options)] + [
+        _per_image_deidentified(h, pseudo, options) for h in headers[1:]]
+
+
+def _per_image_deidentified(ds: Dataset, pseudo: Pseudonymizer, options: DeidOptions | None) -> Dataset:
+    from imaging.deid.apply import map_uid
+
+    out = Dataset()
+    for kw in _PER_IMAGE_KEPT:
+        if kw in ds:
+            elem = ds[kw]  # flat values (no sequences): a new element, a copied value
+            out.add(DataElement(elem.tag, elem.VR, copy.copy(elem.value)))
+    for kw in _PER_IMAGE_UIDS:
+        if kw in ds:
+            setattr(out, kw, map_uid(str(ds[kw].value), pseudo, options))
+    return out
 
 
 def with_type2(ds: Dataset) -> Dataset:
@@ -265,13 +305,16 @@ def with_type2(ds: Dataset) -> Dataset:
     Anonymised exports often drop e.g. PatientBirthDate; type 2 means "present, may be
     empty", and highdicom reads them as attributes of the first source image.
     """
-    missing = [kw for kw in _TYPE2 if kw not in ds]
-    if not missing:
+    if all(kw in ds for kw in _TYPE2):
         return ds
-    out = copy.deepcopy(ds)  # headers hold no pixels; the source header stays as read
-    for kw in missing:
-        setattr(out, kw, "")
-    return out
+    return _fill_type2(copy.deepcopy(ds))  # headers hold no pixels; the source header stays as read
+
+
+def _fill_type2(ds: Dataset) -> Dataset:
+    for kw in _TYPE2:
+        if kw not in ds:
+            setattr(ds, kw, "")
+    return ds
 
 
 @dataclass
@@ -334,7 +377,7 @@ def write_seg(
 
     if identity == "deidentified":
         assert pseudonymizer is not None
-        headers = [deidentified_header(h, pseudonymizer, deid_options) for h in source.headers]
+        headers = deidentified_headers(source.headers, pseudonymizer, deid_options)
     else:
         headers = [with_type2(h) for h in source.headers]
     algorithm = hd.AlgorithmIdentificationSequence(

@@ -6,9 +6,12 @@ grow with the number of series):
 1. *prefetch*: read + preprocess the next series on a pool of threads sized from
    the CPUs the job has (``prefetch_workers``), handed on in order;
 2. *model*: sliding-window inference (the main thread: it owns the GPU);
-3. *writer*: invert the probabilities to the source grid (linear) and take the argmax,
-   write ``seg.nii.gz``, ``seg.dcm``, ``overlay.png``, then the ``done/<series_key>.json``
-   marker, last and atomically, while the model already runs the next series.
+3. *writer*: invert the probabilities to the source grid (linear) and take the argmax
+   (a thread: torch releases the GIL), then hand the label volume to writer *processes*
+   (:mod:`imaging.engine.writer`: pydicom/highdicom hold the GIL, and a thread writing
+   SEGs slowed the model by half) for ``seg.nii.gz``, ``seg.dcm``, ``overlay.png``; then
+   the ``done/<series_key>.json`` marker, last and atomically, while the model already
+   runs the next series.
 
 Done markers hold the model version and a hash of the options that change the
 outputs (``ModelInfo.options_key``): other options, other outputs. Before a series is
@@ -46,14 +49,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from imaging.dicom.catalog import CatalogRow
-from imaging.dicom.seg import load_source, write_seg
-from imaging.engine.predict import Prepared, SeriesPredictor, load_nifti, save_mask
-from imaging.engine.report import ReportRow, label_volumes, overlay_montage, write_report
+from imaging.engine.predict import Prepared, SeriesPredictor
+from imaging.engine.report import ReportRow, label_volumes, write_report
+from imaging.engine.writer import (
+    SegSettings,
+    SeriesError,
+    WriteJob,
+    WriteOutcome,
+    WriterPool,
+    reemit,
+    write_workers_from_cpus,
+)
 from imaging.fsutil import atomic_write_json
 from imaging.keys import Pseudonymizer
 
@@ -85,6 +95,7 @@ class BatchSettings:
     shard_count: int = 1
     prefetch: int = 2  # prepared series queued ahead of the model
     prefetch_workers: int = 0  # threads reading + preprocessing in parallel; 0: from the CPUs the job has
+    write_workers: int = 0  # processes writing NIfTI/SEG/overlay; 0: from the CPUs the job has
     write_seg: bool = True
     seg_identity: str = "deidentified"
     seg_deid_options: Any = None  # DeidOptions of the de-identified SEG header (None: defaults)
@@ -246,12 +257,20 @@ def prefetch_workers_from_cpus() -> int:
     return max(1, min(8, cpus - 1))
 
 
-class SeriesError(Exception):
-    """A series failed at a known stage; the message is the report's reason as is."""
-
-
 class _Stop:
     """Queue sentinel: the producer is finished."""
+
+
+@dataclass
+class _Writing:
+    """A series handed to the writer processes, waiting for its outcome."""
+
+    job: WriteJob
+    future: Future[WriteOutcome]
+    t_load: float
+    t_preprocess: float
+    t_infer: float
+    t_invert: float
 
 
 def _drop_stale_temps(folder: Path) -> None:
@@ -325,68 +344,64 @@ class BatchRunner:
             return SeriesError(f"read/preprocess {cat.volume_path}: {type(exc).__name__}: {exc}")
 
     # -- stage 3 ---------------------------------------------------------------------
-    def _write(self, cat: CatalogRow, prepared: Prepared, probs: torch.Tensor,
-               t_infer: float) -> tuple[ReportRow, list[str]]:
+    def _submit(self, cat: CatalogRow, payload: Any, pool: WriterPool) -> _Writing | BaseException:
+        """Invert here (torch), write in a writer process. An exception is the series' error."""
+        if isinstance(payload, BaseException):
+            return payload
+        prepared, probs, t_infer = payload
         t0 = time.perf_counter()
+        try:
+            labels, affine = self.predictor.invert(prepared, probs)
+        except Exception as exc:
+            return exc
         folder = self.out / cat.series_key
         folder.mkdir(parents=True, exist_ok=True)
         _drop_stale_temps(folder)
-        labels, affine = self.predictor.invert(prepared, probs)
-        save_mask(folder / "seg.nii.gz", labels, prepared.source_path)
-        files, remarks, seg_frames = ["seg.nii.gz"], [], 0
-        if self.s.write_seg:
-            seg_frames, remark = self._write_seg(cat.series_key, folder, labels, affine)
-            files += ["seg.dcm"] if seg_frames else []
-            remarks += [remark] if remark else []
-        if self.s.overlay:
-            image = np.asarray(load_nifti(prepared.source_path).dataobj)
-            image = image[..., 0] if image.ndim == 4 else image
-            overlay_montage(folder / "overlay.png", image, labels, affine, self.names, self.s.window,
-                            title=f"{cat.series_key}  {self.model.name} v{self.model.version}")
-            files.append("overlay.png")
-        voxels, ml = label_volumes(labels, affine, self.names)
-        return self._row(cat, "ok", "; ".join(remarks), t_load=round(prepared.t_load, 4),
-                         t_preprocess=round(prepared.t_preprocess, 4), t_infer=round(t_infer, 4),
-                         t_write=round(time.perf_counter() - t0, 4), seg_frames=seg_frames,
-                         voxels=voxels, volume_ml=ml), files
+        s = self.s
+        job = WriteJob(cat.series_key, folder, prepared.source_path, labels, affine, self.names, s.private_dir,
+                       SegSettings(s.write_seg, s.seg_identity, s.seg_deid_options, s.seg_type, s.seg_geometry,
+                                   dict(s.segments)),
+                       s.overlay, s.window, f"{cat.series_key}  {self.model.name} v{self.model.version}",
+                       self.model.name, str(self.model.version), self.pseudo)
+        return _Writing(job, pool.submit(job), prepared.t_load, prepared.t_preprocess, t_infer,
+                        time.perf_counter() - t0)
 
-    def _write_seg(self, key: str, folder: Path, labels: np.ndarray, affine: np.ndarray) -> tuple[int, str]:
-        private = self.s.private_dir
-        src_json = private / "sources" / f"{key}.json" if private else None
-        if src_json is None or not src_json.is_file():
-            return 0, "no DICOM SEG: the private sources index for this series is missing"
-        try:
-            source = load_source(src_json)
-        except (OSError, ValueError, KeyError) as exc:
-            # The message names private source paths: the log (hospital side) gets it, the report not.
-            log.warning("%s: source DICOM unreadable: %s", key, exc)
-            raise SeriesError(f"seg: the source DICOM of this series is missing or unreadable "
-                              f"({type(exc).__name__}; details in the log)") from exc
-        result = write_seg(folder / "seg.dcm", source, labels, affine, self.names, self.s.segments,
-                           algorithm_name=self.model.name, algorithm_version=str(self.model.version),
-                           pseudonymizer=self.pseudo, identity=self.s.seg_identity, deid_options=self.s.seg_deid_options,
-                           segmentation_type=self.s.seg_type, geometry=self.s.seg_geometry)
-        if result is None:
-            (folder / "seg.dcm").unlink(missing_ok=True)  # a stale SEG from an earlier model must go
-            return 0, "no foreground: no DICOM SEG written"
-        return result.n_frames, ""
+    def _written(self, cat: CatalogRow, writing: _Writing | BaseException, pool: WriterPool,
+                 result: BatchResult, bar: tqdm) -> None:
+        """Wait for a series' outputs and record its row (done/ marker last) or its error."""
+        if isinstance(writing, _Writing):
+            outcome = pool.result(writing.future, writing.job)
+            reemit(outcome.records)
+            exc: BaseException | None = SeriesError(outcome.error) if outcome.error else None
+        else:
+            exc = writing
+        if exc is None:
+            assert isinstance(writing, _Writing)
+            job = writing.job
+            voxels, ml = label_volumes(job.labels, job.affine, self.names)
+            row = self._row(cat, "ok", "; ".join(outcome.remarks), t_load=round(writing.t_load, 4),
+                            t_preprocess=round(writing.t_preprocess, 4), t_infer=round(writing.t_infer, 4),
+                            t_write=round(writing.t_invert + outcome.seconds, 4), seg_frames=outcome.seg_frames,
+                            voxels=voxels, volume_ml=ml)
+            _record(self.out, row, outcome.files, self.model.options_key)
+            result.n_ok += 1
+        else:
+            reason = str(exc) if isinstance(exc, SeriesError) else f"{type(exc).__name__}: {exc}"
+            log.warning("%s: %s", cat.series_key, reason)
+            _record(self.out, self._row(cat, "error", reason))
+            result.n_error += 1
+        bar.update(1)
 
-    def _writer(self, q: queue.Queue[Any], result: BatchResult, bar: tqdm) -> None:
+    def _writer(self, q: queue.Queue[Any], result: BatchResult, bar: tqdm, pool: WriterPool) -> None:
+        in_flight: deque[tuple[CatalogRow, _Writing | BaseException]] = deque()
         try:
             while not isinstance(item := q.get(), _Stop):
                 cat, payload = item
-                try:
-                    if isinstance(payload, BaseException):
-                        raise payload
-                    row, files = self._write(cat, *payload)
-                    _record(self.out, row, files, self.model.options_key)
-                    result.n_ok += 1
-                except Exception as exc:
-                    reason = str(exc) if isinstance(exc, SeriesError) else f"{type(exc).__name__}: {exc}"
-                    log.warning("%s: %s", cat.series_key, reason)
-                    _record(self.out, self._row(cat, "error", reason))
-                    result.n_error += 1
-                bar.update(1)
+                in_flight.append((cat, self._submit(cat, payload, pool)))
+                while len(in_flight) > pool.workers:  # one queued per process: memory stays bounded
+                    self._written(*in_flight.popleft(), pool, result, bar)
+            while in_flight:
+                self._written(*in_flight.popleft(), pool, result, bar)
         except BaseException as exc:  # e.g. the output disk is full: stop the batch, say why
             self._fatal = exc
             raise
@@ -424,27 +439,34 @@ class BatchRunner:
         prefetched: queue.Queue[Any] = queue.Queue(maxsize=max(1, self.s.prefetch))
         to_write: queue.Queue[Any] = queue.Queue(maxsize=2)
         bar = tqdm(total=len(todo), unit="series", desc=f"infer shard {self.shard}", dynamic_ncols=True)
+        pool = WriterPool(self.s.write_workers or write_workers_from_cpus())
+        if todo:
+            pool.start()  # the processes' imports overlap the first series' reading and model time
         reader = threading.Thread(target=self._prefetch, args=(todo, prefetched), daemon=True, name="prefetch")
-        writer = threading.Thread(target=self._writer, args=(to_write, result, bar), daemon=True, name="writer")
+        writer = threading.Thread(target=self._writer, args=(to_write, result, bar, pool), daemon=True,
+                                  name="writer")
         reader.start()
         writer.start()
-        while not isinstance(item := prefetched.get(), _Stop):
-            cat, prepared = item
-            if isinstance(prepared, BaseException):
-                self._put(to_write, (cat, prepared), writer)
-                continue
-            t0 = time.perf_counter()
-            try:
-                out: Any = (prepared, self.predictor.forward(prepared), time.perf_counter() - t0)
-            except torch.cuda.OutOfMemoryError as exc:
-                torch.cuda.empty_cache()
-                out = SeriesError(f"infer: out of memory on {self.predictor.device}: {exc}")
-            except Exception as exc:
-                out = SeriesError(f"infer: {type(exc).__name__}: {exc}")
-            self._put(to_write, (cat, out), writer)
-        self._put(to_write, _Stop(), writer)
-        writer.join()
-        reader.join()
+        try:
+            while not isinstance(item := prefetched.get(), _Stop):
+                cat, prepared = item
+                if isinstance(prepared, BaseException):
+                    self._put(to_write, (cat, prepared), writer)
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    out: Any = (prepared, self.predictor.forward(prepared), time.perf_counter() - t0)
+                except torch.cuda.OutOfMemoryError as exc:
+                    torch.cuda.empty_cache()
+                    out = SeriesError(f"infer: out of memory on {self.predictor.device}: {exc}")
+                except Exception as exc:
+                    out = SeriesError(f"infer: {type(exc).__name__}: {exc}")
+                self._put(to_write, (cat, out), writer)
+            self._put(to_write, _Stop(), writer)
+            writer.join()
+            reader.join()
+        finally:
+            pool.close()
         bar.close()
         if self._fatal is not None:
             raise RuntimeError(f"batch stopped: {self._fatal!r}") from self._fatal

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
@@ -28,7 +27,7 @@ from monai.transforms import Compose, Invertd
 from scipy import ndimage
 
 from imaging.data.transforms import build_inference_transforms
-from imaging.fsutil import atomic_path
+from imaging.engine.writer import load_nifti, save_mask  # noqa: F401  (re-exported: their old home)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +44,7 @@ class InferenceOptions:
     largest_component: bool = False
     roi_size: Sequence[int] | None = None  # None: the model's training patch size
     device: str = "auto"
+    threads: int | None = None  # CPU threads of the model (torch.set_num_threads); None: torch's default
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> InferenceOptions:
@@ -61,18 +61,6 @@ class Prepared:
     t_load: float = 0.0
     t_preprocess: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def load_nifti(path: str | os.PathLike[str]) -> nib.Nifti1Image:
-    """Open a NIfTI file (header now, voxels lazily).
-
-    Raises:
-        ValueError: the file is not NIfTI-1/2 (names the file).
-    """
-    img = nib.load(str(path))
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise ValueError(f"'{path}' is not a NIfTI image ({type(img).__name__})")
-    return img
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -110,6 +98,9 @@ class SeriesPredictor:
             raise ValueError("no ROI size: the model's preprocessing has no 'roi_size' and inference.roi_size is unset")
         self.roi_size = tuple(int(r) for r in roi)
         self.device = resolve_device(self.options.device)
+        if self.device.type == "cpu" and self.options.threads:
+            # e.g. cpus-per-task less one: the prefetch and writer threads keep a core of their own
+            torch.set_num_threads(int(self.options.threads))
         self.network = network.to(self.device).eval()
         self.transforms = transforms or build_inference_transforms(preprocessing)
         steps = list(self.transforms.transforms)
@@ -195,14 +186,3 @@ def keep_largest_component(labels: np.ndarray) -> np.ndarray:
             sizes[0] = 0
             out[(comps != 0) & (comps != int(np.argmax(sizes)))] = 0
     return out
-
-
-def save_mask(path: str | os.PathLike[str], labels: np.ndarray, source_volume: str | os.PathLike[str]) -> None:
-    """Write ``labels`` as NIfTI with the source volume's header geometry (atomically)."""
-    src = load_nifti(source_volume)
-    img = nib.Nifti1Image(labels.astype(np.uint8), src.affine)
-    img.set_qform(src.affine, code=int(src.header["qform_code"]) or 1)
-    img.set_sform(src.affine, code=int(src.header["sform_code"]) or 1)
-    img.header.set_xyzt_units(*src.header.get_xyzt_units())
-    with atomic_path(path, suffix=".nii.gz") as tmp:
-        nib.save(img, str(tmp))

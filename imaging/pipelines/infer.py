@@ -181,8 +181,8 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
     catalog, chosen = _catalog(cfg, dataset, private, bundle, rule)
     options = InferenceOptions.from_config(OmegaConf.to_container(cfg.inference, resolve=True))  # type: ignore[arg-type]
     model.options_key = options_key({
-        # sw_batch_size and device change speed, not the masks: a re-run with another GPU reuses outputs
-        "inference": {k: v for k, v in vars(options).items() if k not in ("device", "sw_batch_size")},
+        # sw_batch_size, device and threads change speed, not the masks: a re-run with another GPU reuses outputs
+        "inference": {k: v for k, v in vars(options).items() if k not in ("device", "sw_batch_size", "threads")},
         "seg": {k: v for k, v in OmegaConf.to_container(cfg.seg, resolve=True).items() if k not in ("push", "dimse")},  # type: ignore[union-attr]
         "overlay": bool(cfg.overlay),
         "segments": OmegaConf.to_container(cfg.segments, resolve=True),
@@ -193,7 +193,8 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
         predictor = selection_hook.LabelSubsetPredictor(predictor, list(labels))
     settings = BatchSettings(
         dataset_dir=dataset, output_dir=out, private_dir=private, shard_index=index, shard_count=count,
-        prefetch=int(cfg.prefetch), prefetch_workers=int(cfg.get("prefetch_workers", 0) or 0), write_seg=bool(cfg.seg.enabled), seg_identity=str(cfg.seg.identity),
+        prefetch=int(cfg.prefetch), prefetch_workers=int(cfg.get("prefetch_workers", 0) or 0),
+        write_workers=int(cfg.get("write_workers", 0) or 0), write_seg=bool(cfg.seg.enabled), seg_identity=str(cfg.seg.identity),
         seg_type=str(cfg.seg.type), seg_geometry=str(cfg.seg.get("geometry", "source")), segments=OmegaConf.to_container(cfg.segments, resolve=True),  # type: ignore[arg-type]
         overlay=bool(cfg.overlay), window=_window(bundle.preprocessing),
         seg_deid_options=_seg_deid_options(cfg),

@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import pydicom
+import pytest
 from hydra import compose, initialize_config_dir
 
 from imaging.deid.apply import deidentify_dataset
@@ -48,3 +49,54 @@ def test_infer_config_carries_the_deid_options() -> None:
     opts = _seg_deid_options(infer)
     assert isinstance(opts, DeidOptions) and opts.keep_age_90_plus
     assert DeidOptions.from_mapping(dict(deid.deid.options)) == DeidOptions.from_mapping(dict(ingest.deid_options))
+
+
+_WHEN = {"ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime", "StructureSetDate",
+         "StructureSetTime", "SeriesDate", "SeriesTime"}
+
+
+# Made fresh by highdicom at each write: a time stamp, a random organisation UID.
+_FRESH = _WHEN | {"ContributionDateTime", "DimensionOrganizationUID"}
+
+
+def _strip(obj):
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items()
+                if not (len(k) == 8 and pydicom.datadict.keyword_for_tag(int(k, 16)) in _FRESH)}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def _content(path: Path) -> dict:
+    return _strip(pydicom.dcmread(path).to_json_dict())
+
+
+@pytest.mark.parametrize("options", [None, DeidOptions(retain_uids=True)], ids=["default", "retain_uids"])
+def test_seg_and_rtstruct_from_per_image_headers_equal_whole_header_deid(tmp_path: Path, monkeypatch,
+                                                                          options) -> None:
+    """Slices after the first: only what highdicom reads, UIDs mapped as deid maps them; the same objects
+    as with each slice's whole header de-identified, with default options and with retain_uids."""
+    import imaging.dicom.seg as seg_mod
+    from imaging.dicom.rtstruct import write_rtstruct
+
+    source = load_source(write_source(tmp_path / "src", "axial", patient="CANARYxPHI"))
+    labels, affine = nifti_mask()
+    names = {1: "liver", 3: "spleen"}
+    for flavour in ("fast", "whole"):
+        if flavour == "whole":
+            monkeypatch.setattr(seg_mod, "_per_image_deidentified", seg_mod.deidentified_header)
+        write_seg(tmp_path / f"{flavour}.dcm", source, labels, affine, names, CODES, algorithm_name="unet",
+                  algorithm_version="3", pseudonymizer=PSEUDO, deid_options=options)
+        write_rtstruct(tmp_path / f"{flavour}-rt.dcm", source, labels, affine, names, algorithm_name="unet",
+                       algorithm_version="3", pseudonymizer=PSEUDO, deid_options=options)
+    assert len(source.headers) > 2
+    fast, whole = _content(tmp_path / "fast.dcm"), _content(tmp_path / "whole.dcm")
+    assert fast == whole
+    assert _content(tmp_path / "fast-rt.dcm") == _content(tmp_path / "whole-rt.dcm")
+    # and the references are to the de-identified instances (the source's under retain_uids)
+    refs = pydicom.dcmread(tmp_path / "fast.dcm").ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    src_uids = {str(h.SOPInstanceUID) for h in source.headers}
+    assert len(refs) == len(source.headers)
+    expected = src_uids if options is not None else {PSEUDO.uid(u) for u in src_uids}
+    assert {str(r.ReferencedSOPInstanceUID) for r in refs} == expected

@@ -89,6 +89,42 @@ def test_overlay_png(tmp_path: Path) -> None:
     assert (tmp_path / "o.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_overlay_panels_radiological_view_whatever_the_voxel_order() -> None:
+    """A label at the patient's right-anterior lands top-left in every panel, in its palette colour,
+    whether the volume is stored LPS (DICOM order) or RAS; pixels are square in millimetres."""
+    from imaging.engine.report import overlay_panels
+    from imaging.palette import label_colour
+
+    # world (RAS, mm): a 12 x 12 mm box at x in [6, 18) (right), y in [6, 18) (anterior), z in [0, 8)
+    shape, zoom = (40, 20, 10), (1.0, 2.0, 2.0)  # 40 x 40 mm in plane, anisotropic voxels
+    ras = np.diag([*zoom, 1.0])
+    ras[:3, 3] = [-20.0, -20.0, -10.0]
+    lps = ras.copy()
+    lps[:2, :2] *= -1
+    lps[:2, 3] = [20.0 - zoom[0], 20.0 - zoom[1]]  # voxel 0 at the other end: the same world box
+
+    def volume(affine):
+        idx = np.indices(shape).reshape(3, -1).T
+        xyz = idx * np.diag(affine)[:3] + affine[:3, 3]
+        inside = np.all((xyz >= [6, 6, 0]) & (xyz < [18, 18, 8]), axis=1)
+        return inside.reshape(shape).astype(np.uint8)
+
+    results = []
+    for affine in (ras, lps):
+        labels = volume(affine)
+        ks, panels, present = overlay_panels(np.zeros(shape), labels, affine, {1: "liver"}, window=(0, 1))
+        assert present == ["liver"] and len(panels) == len(ks) >= 1
+        panel = panels[0]
+        assert panel.shape[0] == panel.shape[1]  # 40 x 40 mm: square, though voxels are 1 x 2 mm
+        on = np.argwhere(panel.any(axis=2))
+        h = panel.shape[0]
+        assert on[:, 0].max() < h / 2 and on[:, 1].max() < h / 2  # top (anterior), left (patient right)
+        colour = np.array([int(label_colour(1)[i:i + 2], 16) for i in (1, 3, 5)])
+        assert np.allclose(panel[tuple(on[0])], 0.45 * colour, atol=1.5)
+        results.append(panel)
+    assert np.array_equal(results[0], results[1])
+
+
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
     for kind in ("axial", "oblique", "feet_first", "tilt"):
@@ -133,7 +169,8 @@ def test_batch_shards_resume_and_isolate(dataset: Path, tmp_path: Path) -> None:
     assert not list((out / "errors").glob("*.json"))
 
 
-def test_missing_source_dicom_is_an_error_without_paths(dataset: Path, tmp_path: Path) -> None:
+def test_missing_source_dicom_is_an_error_without_paths(dataset: Path, tmp_path: Path, caplog) -> None:
+    caplog.set_level("WARNING")
     predictor = SeriesPredictor(threshold_net(), PRE, InferenceOptions(device="cpu", sw_batch_size=2))
     catalog = read_catalog(dataset)
     key = sorted(r.series_key for r in catalog)[0]
@@ -146,3 +183,6 @@ def test_missing_source_dicom_is_an_error_without_paths(dataset: Path, tmp_path:
     assert row["status"] == "error" and row["reason"].startswith("seg: the source DICOM")
     assert str(tmp_path) not in row["reason"]  # private source paths stay out of the public report
     assert not (out / "done" / f"{key}.json").exists()
+    # the details (private paths) reach this process's log from the writer process, and only the log
+    details = [r for r in caplog.records if "source DICOM unreadable" in r.getMessage()]
+    assert len(details) == 1 and details[0].name == "imaging.engine.writer" and spec["files"][0] in details[0].getMessage()
