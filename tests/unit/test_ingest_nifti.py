@@ -58,3 +58,27 @@ def test_4d_and_same_bytes_every_time(tmp_path: Path) -> None:
     img = nib.load(a)
     assert img.shape == (3, 3, 2, 2) and img.header["pixdim"][4] == pytest.approx(2.5)
     np.testing.assert_array_equal(np.asarray(img.dataobj), data)
+
+
+def test_large_volumes_deflate_on_threads_same_bytes_as_one(tmp_path: Path, monkeypatch) -> None:
+    """Above the threshold the gzip stream is written by several threads: nibabel and Python's
+    gzip read it, and the bytes do not depend on the number of threads."""
+    import gzip
+
+    import imaging.dicom.volume as volume
+
+    monkeypatch.setattr(volume, "THREADED_MIN_BYTES", 1 << 20)
+    monkeypatch.setattr(volume.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    grid = _grid(np.eye(3), (1.0, 1.0, 2.0), np.zeros(3), (128, 128, 48))
+    data = (np.random.default_rng(3).normal(0, 300, (128, 128, 48))).astype(np.int16)  # 1.5 MiB
+    assert volume.gzip_threads(data.nbytes) == 3 and volume.gzip_threads(data.nbytes // 4) == 0
+    threaded = write_nifti(data, grid, tmp_path / "t.nii.gz").read_bytes()
+    monkeypatch.setattr(volume, "THREADED_MIN_BYTES", 1 << 40)
+    single = write_nifti(data, grid, tmp_path / "s.nii.gz").read_bytes()
+    assert threaded[4:8] == b"\0\0\0\0" and not threaded[3] & 0x08  # mtime 0, no file name
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "t.nii.gz").dataobj), data)
+    assert gzip.decompress(threaded) == gzip.decompress(single)
+    monkeypatch.setattr(volume, "THREADED_MIN_BYTES", 1 << 20)
+    for cpus in ({0, 1}, {0}):  # the same bytes on any number of CPUs
+        monkeypatch.setattr(volume.os, "sched_getaffinity", lambda pid, cpus=cpus: cpus)
+        assert write_nifti(data, grid, tmp_path / "t2.nii.gz").read_bytes() == threaded

@@ -9,7 +9,13 @@ import torch
 from safetensors.torch import save_file
 
 from imaging.models.registry import build_network
-from imaging.tracking.registry import BUNDLE_FORMAT, BUNDLE_JSON, WEIGHTS, _download_bundle, read_bundle_dir
+from imaging.tracking.registry import (
+    BUNDLE_FORMAT,
+    BUNDLE_JSON,
+    WEIGHTS,
+    _download_bundle,
+    read_bundle_dir,
+)
 
 NET = {"name": "unet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8],
        "strides": [2], "num_res_units": 0}
