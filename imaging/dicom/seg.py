@@ -281,8 +281,10 @@ def deidentified_headers(headers: Sequence[Dataset], pseudo: Pseudonymizer,
     """
     if not headers:
         return []
-    return [deidentified_header(headers[0], pseudo, options)] + [
-        _per_image_deidentified(h, pseudo, options) for h in headers[1:]]
+    per_image = _per_image_deidentified
+    if options is not None and {kw for kw, _ in options.overrides} & {*_PER_IMAGE_KEPT, *_PER_IMAGE_UIDS}:
+        per_image = deidentified_header  # an override acts on these attributes: the whole path decides
+    return [deidentified_header(headers[0], pseudo, options)] + [per_image(h, pseudo, options) for h in headers[1:]]
 
 
 def _per_image_deidentified(ds: Dataset, pseudo: Pseudonymizer, options: DeidOptions | None) -> Dataset:

@@ -138,7 +138,9 @@ def overlay_panels(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, na
     ornt = nib.orientations.io_orientation(affine)
     img = nib.orientations.apply_orientation(image, ornt)
     lab = nib.orientations.apply_orientation(labels, ornt)
-    zooms = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)[ornt[:, 0].astype(int)]
+    # apply_orientation puts input axis argsort(ornt[:, 0])[j] at output axis j
+    voxel = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    zooms = voxel[np.argsort(ornt[:, 0])]
     zs = np.nonzero(lab.any(axis=(0, 1)))[0]
     lo_z, hi_z = (int(zs.min()), int(zs.max())) if len(zs) else (0, lab.shape[2] - 1)
     ks = [int(k) for k in np.unique(np.linspace(lo_z, hi_z, num=min(n_slices, hi_z - lo_z + 1)).round().astype(int))]
@@ -156,7 +158,7 @@ def overlay_panels(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, na
     panels = []
     for k in ks:
         # RAS slice (x, y) -> rows = y reversed (anterior up), columns = x reversed (patient right on the left)
-        grey = img[:, :, k].T[::-1, ::-1][np.ix_(rows, cols)].astype(np.float32)
+        grey = np.nan_to_num(img[:, :, k].T[::-1, ::-1][np.ix_(rows, cols)].astype(np.float32))
         grey = np.clip((grey - vmin) / max(vmax - vmin, 1e-6), 0.0, 1.0) * 255.0
         lk = lab[:, :, k].T[::-1, ::-1][np.ix_(rows, cols)].astype(np.intp)
         rgb = np.repeat(grey[..., None], 3, axis=2)

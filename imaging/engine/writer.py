@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -174,7 +175,11 @@ class _Collect(logging.Handler):
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        record.msg, record.args = record.getMessage(), None
+        try:
+            record.msg, record.args = record.getMessage(), None
+        except Exception:  # noqa: BLE001 - a malformed log call must not fail the series
+            self.handleError(record)
+            return
         record.exc_info = record.exc_text = None
         self.records.append(record)
 
@@ -200,16 +205,19 @@ class WriterPool:
     def __init__(self, workers: int) -> None:
         self.workers = max(1, int(workers))
         self._pool: ProcessPoolExecutor | None = None
+        self._closed = False
+        self._lock = threading.Lock()
 
     def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # spawn, not fork: the parent has torch and threads running
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init_child)
-        return self._pool
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the writer pool is closed")
+            if self._pool is None:
+                self._pool = _spawn_pool(self.workers)
+            return self._pool
 
     def start(self) -> None:
-        """Start the processes now (their imports overlap the first series' model time)."""
+        """Start the processes now (their imports overlap the first series' reading and model time)."""
         for _ in range(self.workers):
             self._executor().submit(_warm)
 
@@ -221,27 +229,42 @@ class WriterPool:
             return self._executor().submit(write_outputs, job)
 
     def result(self, future: Future[WriteOutcome], job: WriteJob) -> WriteOutcome:
-        """The outcome. When a writer process died, every series it had in flight is written
-        again, alone, in a fresh pool: the one that kills it twice fails, the others go through."""
+        """The outcome. When a writer process died, each series it had in flight is written
+        again in a process of its own: the one that kills it again fails, the others go through."""
         try:
             return future.result()
         except BrokenProcessPool:
-            pass  # the pool is marked broken: submit() starts a fresh one
+            self._reset()
+        except Exception as exc:  # noqa: BLE001 - e.g. the job did not pickle: this series' error
+            return WriteOutcome(error=f"write: {type(exc).__name__}: {exc}")
+        alone = _spawn_pool(1)
         try:
-            return self.submit(job).result()
+            return alone.submit(write_outputs, job).result()
         except BrokenProcessPool as exc:
             return WriteOutcome(error=f"write: the writer process died twice on this series "
                                       f"({type(exc).__name__})")
+        except Exception as exc:  # noqa: BLE001
+            return WriteOutcome(error=f"write: {type(exc).__name__}: {exc}")
+        finally:
+            alone.shutdown(wait=True)
 
     def _reset(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = None
+        with self._lock:
+            broken, self._pool = self._pool, None
+        if broken is not None:
+            broken.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+def _spawn_pool(workers: int) -> ProcessPoolExecutor:
+    # spawn, not fork: the parent has torch and threads running
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_child)
 
 
 def reemit(records: list[logging.LogRecord]) -> None:

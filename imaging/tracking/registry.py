@@ -233,14 +233,12 @@ def _download_bundle(source: str, tmp: Path, tracking_uri: str) -> Path:
     downloading it all took ~1.5 s of every ``imaging infer`` start. Models logged
     in another layout are downloaded whole.
     """
-    from mlflow.exceptions import MlflowException
-
     try:
         for name in (BUNDLE_JSON, WEIGHTS):
             mlflow.artifacts.download_artifacts(artifact_uri=f"{source.rstrip('/')}/artifacts/{name}",
                                                 dst_path=str(tmp / "bundle"), tracking_uri=tracking_uri)
         return tmp / "bundle"
-    except (MlflowException, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any store's "not found" (MLflow, OSError, S3/GCS/Azure clients)
         log.debug("model files not at artifacts/%s (%s): downloading the whole model", BUNDLE_JSON, exc)
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp / "whole"),
                                                     tracking_uri=tracking_uri))

@@ -72,7 +72,9 @@ def _content(path: Path) -> dict:
     return _strip(pydicom.dcmread(path).to_json_dict())
 
 
-@pytest.mark.parametrize("options", [None, DeidOptions(retain_uids=True)], ids=["default", "retain_uids"])
+@pytest.mark.parametrize("options", [None, DeidOptions(retain_uids=True),
+                                     DeidOptions(overrides=(("FrameOfReferenceUID", "K"),))],
+                         ids=["default", "retain_uids", "override"])
 def test_seg_and_rtstruct_from_per_image_headers_equal_whole_header_deid(tmp_path: Path, monkeypatch,
                                                                           options) -> None:
     """Slices after the first: only what highdicom reads, UIDs mapped as deid maps them; the same objects
@@ -98,5 +100,5 @@ def test_seg_and_rtstruct_from_per_image_headers_equal_whole_header_deid(tmp_pat
     refs = pydicom.dcmread(tmp_path / "fast.dcm").ReferencedSeriesSequence[0].ReferencedInstanceSequence
     src_uids = {str(h.SOPInstanceUID) for h in source.headers}
     assert len(refs) == len(source.headers)
-    expected = src_uids if options is not None else {PSEUDO.uid(u) for u in src_uids}
+    expected = src_uids if options is not None and options.retain_uids else {PSEUDO.uid(u) for u in src_uids}
     assert {str(r.ReferencedSOPInstanceUID) for r in refs} == expected

@@ -186,3 +186,20 @@ def test_missing_source_dicom_is_an_error_without_paths(dataset: Path, tmp_path:
     # the details (private paths) reach this process's log from the writer process, and only the log
     details = [r for r in caplog.records if "source DICOM unreadable" in r.getMessage()]
     assert len(details) == 1 and details[0].name == "imaging.engine.writer" and spec["files"][0] in details[0].getMessage()
+
+
+def test_overlay_panels_of_a_sagittal_volume_keep_millimetre_proportions() -> None:
+    """Voxel axes i->A, j->S, k->R (a sagittal stack, a 3-cycle of the RAS axes): the axial
+    panel is 20 mm (R-L) by 40 mm (A-P), so its width is half its height."""
+    from imaging.engine.report import overlay_panels
+
+    shape = (40, 30, 10)  # i: A-P, 40 x 1 mm; j: S-I, 30 x 1 mm; k: R-L, 10 x 2 mm
+    affine = np.zeros((4, 4))
+    affine[0, 2], affine[1, 0], affine[2, 1], affine[3, 3] = 2.0, 1.0, 1.0, 1.0
+    labels = np.zeros(shape, np.uint8)
+    labels[30:, 10:20, 8:] = 1  # anterior (high i), right (high k: +x is R)
+    ks, panels, _ = overlay_panels(np.zeros(shape), labels, affine, {1: "liver"}, window=(0, 1))
+    h, w = panels[0].shape[:2]
+    assert (h, w) == (224, 112)
+    on = np.argwhere(panels[0].any(axis=2))
+    assert on[:, 0].max() < h / 2 and on[:, 1].max() < w / 2  # top (anterior), left (patient right)
