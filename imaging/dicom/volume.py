@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from imaging.cpus import usable_cpus
 from imaging.deid.pixels import clear_unused_bits
 from imaging.dicom.geometry import Grid
 from imaging.dicom.nifti import nifti1_header
@@ -51,8 +52,7 @@ def gzip_threads(nbytes: int) -> int:
     this process may use, 1 to 4 (block-wise: the bytes are the same for any number of threads)."""
     if _gzip_threaded is None or nbytes < THREADED_MIN_BYTES:
         return 0
-    return max(1, min(MAX_GZIP_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else (os.cpu_count() or 1)))
+    return max(1, min(MAX_GZIP_THREADS, usable_cpus()))
 
 
 def assemble(plan: VolumePlan, input_dir: str) -> np.ndarray:

@@ -52,6 +52,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from imaging.cpus import usable_cpus
 from imaging.dicom.catalog import CatalogRow
 from imaging.engine.predict import Prepared, SeriesPredictor
 from imaging.engine.report import ReportRow, label_volumes, write_report
@@ -250,11 +251,7 @@ def resolve_input(input_path: str | Path, output_dir: Path, pseudonymizer: Pseud
 
 def prefetch_workers_from_cpus() -> int:
     """Prefetch threads: the CPUs this job may use (Slurm's cgroup/affinity), less one for the model loop."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(8, cpus - 1))
+    return max(1, min(8, usable_cpus() - 1))
 
 
 class _Stop:
@@ -306,6 +303,9 @@ class BatchRunner:
         self.out = settings.output_dir
         self.shard = f"{settings.shard_index}/{settings.shard_count}"
         self.names = {int(k): str(v) for k, v in model.labels.items()}
+        s = settings
+        self._seg = SegSettings(s.write_seg, s.seg_identity, s.seg_deid_options, s.seg_type, s.seg_geometry,
+                                dict(s.segments))  # what a writer process needs of the settings
         self._fatal: BaseException | None = None
 
     def _row(self, cat: CatalogRow, status: str, reason: str = "", **kw: Any) -> ReportRow:
@@ -359,9 +359,7 @@ class BatchRunner:
         _drop_stale_temps(folder)
         s = self.s
         job = WriteJob(cat.series_key, folder, prepared.source_path, labels, affine, self.names, s.private_dir,
-                       SegSettings(s.write_seg, s.seg_identity, s.seg_deid_options, s.seg_type, s.seg_geometry,
-                                   dict(s.segments)),
-                       s.overlay, s.window, f"{cat.series_key}  {self.model.name} v{self.model.version}",
+                       self._seg, s.overlay, s.window, f"{cat.series_key}  {self.model.name} v{self.model.version}",
                        self.model.name, str(self.model.version), self.pseudo)
         return _Writing(job, pool.submit(job), prepared.t_load, prepared.t_preprocess, t_infer,
                         time.perf_counter() - t0)
@@ -369,23 +367,22 @@ class BatchRunner:
     def _written(self, cat: CatalogRow, writing: _Writing | BaseException, pool: WriterPool,
                  result: BatchResult, bar: tqdm) -> None:
         """Wait for a series' outputs and record its row (done/ marker last) or its error."""
+        exc = writing if isinstance(writing, BaseException) else None
         if isinstance(writing, _Writing):
             outcome = pool.result(writing.future, writing.job)
             reemit(outcome.records)
-            exc: BaseException | None = SeriesError(outcome.error) if outcome.error else None
-        else:
-            exc = writing
-        if exc is None:
-            assert isinstance(writing, _Writing)
-            job = writing.job
-            voxels, ml = label_volumes(job.labels, job.affine, self.names)
-            row = self._row(cat, "ok", "; ".join(outcome.remarks), t_load=round(writing.t_load, 4),
-                            t_preprocess=round(writing.t_preprocess, 4), t_infer=round(writing.t_infer, 4),
-                            t_write=round(writing.t_invert + outcome.seconds, 4), seg_frames=outcome.seg_frames,
-                            voxels=voxels, volume_ml=ml)
-            _record(self.out, row, outcome.files, self.model.options_key)
-            result.n_ok += 1
-        else:
+            if outcome.error:
+                exc = SeriesError(outcome.error)
+            else:
+                job = writing.job
+                voxels, ml = label_volumes(job.labels, job.affine, self.names)
+                row = self._row(cat, "ok", "; ".join(outcome.remarks), t_load=round(writing.t_load, 4),
+                                t_preprocess=round(writing.t_preprocess, 4), t_infer=round(writing.t_infer, 4),
+                                t_write=round(writing.t_invert + outcome.seconds, 4),
+                                seg_frames=outcome.seg_frames, voxels=voxels, volume_ml=ml)
+                _record(self.out, row, outcome.files, self.model.options_key)
+                result.n_ok += 1
+        if exc is not None:
             reason = str(exc) if isinstance(exc, SeriesError) else f"{type(exc).__name__}: {exc}"
             log.warning("%s: %s", cat.series_key, reason)
             _record(self.out, self._row(cat, "error", reason))

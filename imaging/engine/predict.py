@@ -27,7 +27,7 @@ from monai.transforms import Compose, Invertd
 from scipy import ndimage
 
 from imaging.data.transforms import build_inference_transforms
-from imaging.engine.writer import load_nifti, save_mask  # noqa: F401  (re-exported: their old home)
+from imaging.engine.writer import load_nifti
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from imaging.cpus import usable_cpus
 from imaging.fsutil import atomic_path
 from imaging.keys import Pseudonymizer
 
@@ -192,11 +193,7 @@ def _init_child() -> None:
 
 def write_workers_from_cpus() -> int:
     """Writer processes: a quarter of the job's CPUs, 1 to 4 (the model and prefetch have the rest)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(4, cpus // 4))
+    return max(1, min(4, usable_cpus() // 4))
 
 
 class WriterPool:

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imaging.cpus import usable_cpus
+
 log = logging.getLogger(__name__)
 
 APP_DIR = Path(__file__).with_name("app")
@@ -100,7 +102,7 @@ class LocalFederation:
         if not self.threads_per_site:
             # Three sites' torch thread pools on two cores spin against each other: a round
             # took twice as long as with one thread each.
-            self.threads_per_site = max(1, len(os.sched_getaffinity(0)) // max(len(sites), 1))
+            self.threads_per_site = max(1, usable_cpus() // max(len(sites), 1))
         waits = [self._spawn_supernode(site, dataset, work) for site, (dataset, work) in sites.items()]
         for port, proc, what, logfile in waits:
             _wait_port(port, proc, timeout_s, what, logfile)

@@ -68,7 +68,7 @@ def test_large_volumes_deflate_on_threads_same_bytes_as_one(tmp_path: Path, monk
     import imaging.dicom.volume as volume
 
     monkeypatch.setattr(volume, "THREADED_MIN_BYTES", 1 << 20)
-    monkeypatch.setattr(volume.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(volume, "usable_cpus", lambda: 3)
     grid = _grid(np.eye(3), (1.0, 1.0, 2.0), np.zeros(3), (128, 128, 48))
     data = (np.random.default_rng(3).normal(0, 300, (128, 128, 48))).astype(np.int16)  # 1.5 MiB
     assert volume.gzip_threads(data.nbytes) == 3 and volume.gzip_threads(data.nbytes // 4) == 0
@@ -80,5 +80,5 @@ def test_large_volumes_deflate_on_threads_same_bytes_as_one(tmp_path: Path, monk
     assert gzip.decompress(threaded) == gzip.decompress(single)
     monkeypatch.setattr(volume, "THREADED_MIN_BYTES", 1 << 20)
     for cpus in ({0, 1}, {0}):  # the same bytes on any number of CPUs
-        monkeypatch.setattr(volume.os, "sched_getaffinity", lambda pid, cpus=cpus: cpus)
+        monkeypatch.setattr(volume, "usable_cpus", lambda cpus=cpus: len(cpus))
         assert write_nifti(data, grid, tmp_path / "t2.nii.gz").read_bytes() == threaded
