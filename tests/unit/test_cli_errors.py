@@ -142,3 +142,31 @@ def test_where_from_a_subfolder_names_the_root_store(project: Path) -> None:
 
 def test_unparsable_override(project: Path) -> None:
     assert_one_line(imaging(["train", "experiment=demo_sgе"], project), "cannot parse the override")
+
+
+def test_config_composed_once_and_multirun_still_sweeps(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hydra._internal.hydra import Hydra
+
+    from imaging import cli
+
+    export = project / "export"
+    export.mkdir()
+    monkeypatch.setattr(Hydra, "get_mode", Hydra.get_mode)  # restored after the test
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    calls: list[str] = []
+    compose = Hydra.compose_config
+
+    def counting(self: Hydra, *args: object, **kwargs: object) -> object:
+        calls.append(str(kwargs.get("run_mode")))
+        return compose(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Hydra, "compose_config", counting)
+    monkeypatch.chdir(project)
+    assert cli.main(["ingest", f"input_dir={export}", f"output_dir={project}/one", "demo_key=true",
+                     "progress=false", f"paths.root_dir={project}"]) == 0
+    assert calls == ["RunMode.RUN"] and (project / "one" / "catalog.csv").exists()
+    # A sweep (-m) is still a sweep: one dataset per value.
+    proc = imaging(["ingest", "-m", f"input_dir={export}", f"output_dir={project}/a,{project}/b", "demo_key=true",
+                    "progress=false", f"paths.root_dir={project}"], project)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (project / "a" / "catalog.csv").exists() and (project / "b" / "catalog.csv").exists()
