@@ -2,14 +2,17 @@
 
 (a) one 512x512x300 CT series; (b) 2,000+ small MR files in many series;
 (c) scale: (b)'s export and one 4x as large, ours only: time per file and peak
-memory (resident set of the whole process tree) must stay flat.
+memory (resident set of the whole process tree) must stay flat; (d) a ~7,000-file
+MR export of 4D series (classic DWI from four vendors' tags, GE fMRI without
+temporal tags), 10 volumes.
 Both tools run as fresh processes (start-up included), writing gzip NIfTI at the
 same zlib level (ours: 1; dcm2niix ``-z i -1``); dcm2niix at its default level
 6 is printed too. The number of volumes each tool wrote is printed beside its
 time: a ratio only counts when both wrote every volume. Goals (issue 12):
-ratio <= 1.0 on (a) and (b); time per file and peak memory ratios ~1.0 on (c).
+ratio <= 1.0 on (a), (b) and (d); time per file and peak memory ratios ~1.0 on (c).
 
-    .venv/bin/python benchmarks/ingest.py [--workdir DIR] [--slices 300] [--files 2000] [--repeat 1]
+    .venv/bin/python benchmarks/ingest.py [--workdir DIR] [--slices 300] [--files 2000] [--mr-files 7000]
+        [--repeat 1] [--only a|b|c|d]
 """
 
 from __future__ import annotations
@@ -107,14 +110,31 @@ def scale(small: Path, large: Path, work: Path, workers: int) -> None:
           f"peak memory x{m4 / m1:.2f}  (goal: flat, ~1.0)")
 
 
+def write_mr_4d_export(root: Path, n_files: int) -> None:
+    """Subjects with one classic DWI (30 slices x 7 directions, a vendor's own tags) and one GE
+    fMRI (30 slices x 40 time points, no temporal tags): 1,410 files each, 2 volumes each.
+
+    The series come from the test fixtures that dcm2niix checks (tests/fixtures/vendor_mr.py).
+    """
+    sys.path.insert(0, str(ROOT))
+    from tests.fixtures.vendor_mr import write_dwi, write_ge_fmri
+
+    vendors = ("siemens", "ge", "philips", "canon")
+    for i in range(max(1, round(n_files / 1410))):
+        sub = root / f"subject{i:02d}"
+        write_dwi(sub / "dwi", vendors[i % len(vendors)], n_slices=30, shape=(96, 96), seed=i)
+        write_ge_fmri(sub / "fmri", n_slices=30, n_time=40, shape=(64, 64), seed=100 + i)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--mr-files", type=int, default=7000)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", choices=("a", "b", "c"), default=None)
+    parser.add_argument("--only", choices=("a", "b", "c", "d"), default=None)
     args = parser.parse_args(argv)
     from imaging.synth import write_ct_series, write_many_small_series
 
@@ -131,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
             if not mr.exists():
                 write_many_small_series(mr, n_files=args.files)
             bench("b", mr, work, args.repeat, args.workers, 1.0)
+        if args.only in (None, "d"):
+            mr4d = work / "mr4d-export"
+            if not mr4d.exists():
+                write_mr_4d_export(mr4d, args.mr_files)
+            bench("d", mr4d, work, args.repeat, args.workers, 1.0)
         if args.only in (None, "c"):
             small, large = work / "mr-export", work / "mr-export-4x"
             if not small.exists():
