@@ -304,10 +304,10 @@ def _split_dimension(
     group: list[Slice], split_4d: bool, remarks: list[str]
 ) -> list[tuple[list[list[Slice]], str | None, str]]:
     """Split slices sharing positions by their real dimensions (see :mod:`imaging.dicom.dims`)."""
-    positions = {_pos_key(s) for s in group}
-    if len(positions) == len(group):
+    keys = {id(s): _pos_key(s) for s in group}  # rounded once: the split asks for each slice's many times
+    if len(set(keys.values())) == len(group):
         return [([group], None, "")]
-    parts = split_dimensions(group, _pos_key)
+    parts = split_dimensions(group, lambda s: keys[id(s)])
     if parts is None:  # positions repeat and nothing tells the copies apart: volume.py compares pixels
         return [([group], None, "")]
     out: list[tuple[list[list[Slice]], str | None, str]] = []

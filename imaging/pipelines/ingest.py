@@ -213,7 +213,10 @@ def _run_series(uids: list[str], ctx: SeriesContext, workers: int, progress: boo
             ctx.table.frozen = True
             try:
                 with ProcessPoolExecutor(max_workers=workers) as pool:
-                    futures = {pool.submit(process_batch, b, ctx): len(b) for b in _batches(uids, SERIES_PER_TASK)}
+                    # At least ~4 tasks per worker: a few big series (4D, 1,000+ files) in batches of
+                    # SERIES_PER_TASK would leave one worker finishing alone.
+                    per_task = max(1, min(SERIES_PER_TASK, len(uids) // (4 * workers)))
+                    futures = {pool.submit(process_batch, b, ctx): len(b) for b in _batches(uids, per_task)}
                     for fut in as_completed(futures):
                         total.merge(fut.result())
                         bar.update(futures[fut])
