@@ -153,6 +153,8 @@ def test_config_composed_once_and_multirun_still_sweeps(project: Path, monkeypat
     export.mkdir()
     monkeypatch.setattr(Hydra, "get_mode", Hydra.get_mode)  # restored after the test
     monkeypatch.setattr(sys, "argv", list(sys.argv))
+    for name in ("HYDRA_MAIN_MODULE", "HYDRA_FULL_ERROR"):  # set by the dispatcher: restored after the test
+        monkeypatch.setenv(name, os.environ.get(name, ""))
     calls: list[str] = []
     compose = Hydra.compose_config
 
