@@ -33,7 +33,7 @@ from imaging.dicom.catalog import CATALOG_NAME, CatalogRow, write_catalog
 from imaging.dicom.labels import LabelTable, read_nifti_label_names
 from imaging.dicom.scan import ScanStats, open_index, scan
 from imaging.dicom.series import SEG_CLASSES
-from imaging.fsutil import atomic_open, atomic_write_json
+from imaging.fsutil import atomic_open, atomic_write_json, sync_filesystems
 from imaging.keys import Pseudonymizer, Redactor, write_private_names
 from imaging.pipelines.ingest_series import BatchResult, SeriesContext, process_batch
 
@@ -183,8 +183,9 @@ def _ingest(src: Path, out: Path, private: Path, lab_dir: Path, pseudonymizer: P
         "SELECT DISTINCT series_uid FROM files WHERE kind='dicom' AND series_uid IS NOT NULL ORDER BY series_uid")]
     con.close()
     result = _run_series(uids, ctx, workers, progress)
-    # Volumes were written without a per-file fsync: one sync before the files that refer to them.
-    os.sync()
+    # Volumes and sources were written without a per-file fsync: one flush of their filesystems
+    # before the files that refer to them.
+    sync_filesystems(out, private)
     summary.rows.extend(result.rows)
     summary.n_written, summary.n_reused, summary.label_errors = result.n_written, result.n_reused, result.label_errors
     write_catalog(summary.rows, summary.catalog_path)
