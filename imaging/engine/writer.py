@@ -46,6 +46,7 @@ def load_nifti(path: str | os.PathLike[str]) -> nib.Nifti1Image:
     """Open a NIfTI file (header now, voxels lazily).
 
     Raises:
+        FileNotFoundError: no such file.
         ValueError: the file is not NIfTI-1/2 (names the file).
     """
     img = nib.load(str(path))

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from imaging.dicom.catalog import COLUMNS, read_catalog
+from imaging.engine.writer import load_nifti
 
 # Reasons name the offending file and value; for a summary they are grouped without them.
 # Today reasons name files by key (``file file-<hex>``); older catalogs by quoted path.
@@ -107,19 +108,6 @@ class Volume:
     label: np.ndarray | None  # same grid, integers
     spacing: tuple[float, float, float]  # mm along x, y, z
     origin: tuple[float, float, float]  # mm, world position of voxel (0, 0, 0)
-
-
-def load_nifti(path: str | os.PathLike[str]) -> nib.Nifti1Image:
-    """Open a NIfTI file (voxels read lazily).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is not NIfTI-1/2 (names the file).
-    """
-    img = nib.load(str(path))
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise ValueError(f"'{path}' is not a NIfTI image ({type(img).__name__})")
-    return img
 
 
 def _canonical(path: Path) -> nib.Nifti1Image:
