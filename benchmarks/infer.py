@@ -48,8 +48,8 @@ def setup(work: Path, n_series: int) -> Path:
     from imaging.synth import generate
     from imaging.tracking.registry import register_model
 
-    subjects = 1
-    while True:  # each synthetic subject has two CT series
+    subjects = max(1, -(-n_series // 2))
+    while True:  # each synthetic subject has two CT series (one more subject until there are enough)
         export = work / f"export{subjects}"
         if not export.exists():
             generate(export, subjects=subjects, seed=1, cases="none", dicomdir=False)

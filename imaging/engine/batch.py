@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from imaging.cpus import usable_cpus
+from imaging.cpus import run_in_background, usable_cpus
 from imaging.dicom.catalog import CatalogRow
 from imaging.engine.predict import Prepared, SeriesPredictor
 from imaging.engine.report import ReportRow, label_volumes, write_report
@@ -318,7 +318,7 @@ class BatchRunner:
         workers = self.s.prefetch_workers or prefetch_workers_from_cpus()
         window = workers + max(1, self.s.prefetch)  # series in flight: bounds memory
         try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="prefetch") as pool:
+            with ThreadPoolExecutor(workers, thread_name_prefix="prefetch", initializer=run_in_background) as pool:
                 pending: deque[tuple[CatalogRow, Future[Prepared | SeriesError]]] = deque()
                 for cat in todo:
                     pending.append((cat, pool.submit(self._prepare, cat)))
@@ -391,6 +391,7 @@ class BatchRunner:
 
     def _writer(self, q: queue.Queue[Any], result: BatchResult, bar: tqdm, pool: WriterPool) -> None:
         in_flight: deque[tuple[CatalogRow, _Writing | BaseException]] = deque()
+        run_in_background()
         try:
             while not isinstance(item := q.get(), _Stop):
                 cat, payload = item

@@ -31,7 +31,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from imaging.cpus import usable_cpus
+from imaging.cpus import run_in_background, usable_cpus
 from imaging.fsutil import atomic_path
 from imaging.keys import Pseudonymizer
 
@@ -187,6 +187,7 @@ class _Collect(logging.Handler):
 
 
 def _init_child() -> None:
+    run_in_background()  # the model's thread comes first when the cores are oversubscribed
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every copied module at INFO
     logging.lastResort = None  # records go back to the batch, not to this process's stderr
