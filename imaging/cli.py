@@ -123,7 +123,7 @@ def _quiet_hydra_job_error() -> None:
 
 
 def _skip_hydra_mode_probe(args: list[str]) -> None:
-    """Compose the config once per command, not twice (~0.15-0.2 s of every start-up).
+    """Compose the config once per command, not twice (~0.1 s of every start-up).
 
     hydra-core 1.3.8 (pinned) composes the whole config a first time only to read
     ``hydra.mode``, then again to run. None of our configs sets ``hydra.mode``, so
