@@ -60,10 +60,11 @@ def clear_unused_bits(arr: np.ndarray, bits_stored: Any, high_bit: Any = None, s
     native = arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
     work = native.view(np.dtype(f"u{n}"))  # bit pattern kept, no copy
     mask = np.array(stored_mask(stored, high), dtype=work.dtype)
-    if high == stored - 1 and _in_stored_range(work, stored, signed):
+    usual = high == stored - 1  # the stored field from bit 0: a range check says if anything is to clear
+    if usual and _in_stored_range(work, stored, signed):
         return arr
     if not signed:
-        if not np.any(work & ~mask):
+        if not usual and not np.any(work & ~mask):
             return arr
         return (work & mask).astype(arr.dtype)
     # Signed: keep the stored field and fill the bits above with its sign (two's complement).
@@ -71,7 +72,7 @@ def clear_unused_bits(arr: np.ndarray, bits_stored: Any, high_bit: Any = None, s
     low = high - stored + 1
     lifted = (work << np.array(shift, dtype=work.dtype)).view(np.dtype(f"i{n}"))
     out = (lifted >> np.array(shift + low, dtype=lifted.dtype)) << np.array(low, dtype=lifted.dtype)
-    if np.array_equal(out.view(work.dtype), work):
+    if not usual and np.array_equal(out.view(work.dtype), work):
         return arr
     return out.view(work.dtype).astype(arr.dtype) if arr.dtype.kind == "u" else out.astype(arr.dtype)
 
