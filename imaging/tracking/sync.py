@@ -20,6 +20,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 
+from imaging.errors import UsageError
 from imaging.tracking.connect import OFFLINE_DIR, file_store_uri, load_token
 from imaging.tracking.summary import NOTE_TAG
 
@@ -48,14 +49,16 @@ def find_stores(run_dir: Path) -> list[Path]:
     """The offline stores under ``run_dir`` (``.../mlflow-offline/<name>`` folders).
 
     Raises:
-        FileNotFoundError: ``run_dir`` does not exist or holds no offline store (names it).
+        UsageError: ``run_dir`` does not exist or holds no offline store (names it): a bad
+            argument, nothing was done (exit 2), not an internal error.
     """
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run dir '{run_dir}' does not exist")
+        raise UsageError(f"run dir '{run_dir}': no such folder")
     stores = sorted(p for d in [run_dir, *run_dir.rglob(OFFLINE_DIR)] if d.name == OFFLINE_DIR
                     for p in d.iterdir() if p.is_dir())
     if not stores:
-        raise FileNotFoundError(f"no offline MLflow store ({OFFLINE_DIR}/) under '{run_dir}'")
+        raise UsageError(f"run dir '{run_dir}': no offline MLflow store ({OFFLINE_DIR}/<store>) under it; "
+                         "nothing to sync (the job logged to the server directly, or this is not its run dir)")
     return stores
 
 
@@ -189,14 +192,14 @@ def sync_run_dir(run_dir: Path, target_uri: str | None = None, tracking: dict | 
     """Sync every offline store under ``run_dir`` into ``target_uri`` (default: the server it was meant for).
 
     Raises:
-        FileNotFoundError: no run dir / offline store.
-        ValueError: no target server given nor recorded.
+        UsageError: no run dir / offline store, or no target server given nor recorded (checked
+            for every store before the first upload, so nothing is half done).
     """
     load_token(tracking or {})
-    reports = []
-    for store in find_stores(run_dir):
-        target = target_uri or server_of(store)
+    stores = find_stores(run_dir)
+    targets = [target_uri or server_of(store) for store in stores]
+    for store, target in zip(stores, targets):
         if not target:
-            raise ValueError(f"no server for offline store '{store}': pass --tracking-uri")
-        reports.append(sync_store(store, target))
-    return reports
+            raise UsageError(f"offline store '{store}' records no server: pass --tracking-uri URL "
+                             "(or set MLFLOW_TRACKING_URI)")
+    return [sync_store(store, str(target)) for store, target in zip(stores, targets)]
