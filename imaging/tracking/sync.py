@@ -198,8 +198,8 @@ def sync_run_dir(run_dir: Path, target_uri: str | None = None, tracking: dict | 
     load_token(tracking or {})
     stores = find_stores(run_dir)
     targets = [target_uri or server_of(store) for store in stores]
-    for store, target in zip(stores, targets):
+    for store, target in zip(stores, targets, strict=True):
         if not target:
             raise UsageError(f"offline store '{store}' records no server: pass --tracking-uri URL "
                              "(or set MLFLOW_TRACKING_URI)")
-    return [sync_store(store, str(target)) for store, target in zip(stores, targets)]
+    return [sync_store(store, str(target)) for store, target in zip(stores, targets, strict=True)]
