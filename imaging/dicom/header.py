@@ -56,6 +56,7 @@ PARAM_KEYWORDS = [
     "BodyPartExamined", "ImageType", "ScanningSequence", "SequenceVariant", "MRAcquisitionType",
     "ImagingFrequency", "EchoTrainLength", "PixelBandwidth", "GantryDetectorTilt",
     "PhotometricInterpretation", "SeriesNumber", "PatientAge", "PatientSex",
+    "InPlanePhaseEncodingDirection",
 ]
 _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 

@@ -4,18 +4,74 @@ Only an allow-list of technical attributes read by the scan is copied; names,
 IDs, dates, UIDs, descriptions and institution never reach the index's
 ``params`` column in the first place, and patient age/sex only pass when
 ``keep_patient_characteristics`` is set.
+
+Keys that BIDS defines are written under the BIDS name in BIDS units, as
+dcm2niix's sidecar (``-b y``) does: fMRIPrep or QSIPrep read ``EchoTime`` in
+seconds, and a DICOM value in ms under that name is a 1000x error. Times are
+converted here (DICOM stores ms); keys BIDS does not define keep DICOM's name
+and unit.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import imaging
 from imaging.dicom.diffusion import per_volume
 from imaging.dicom.geometry import Grid
 from imaging.dicom.header import ts_name
 from imaging.dicom.series import KEY_TAGS, SeriesPlan, VolumePlan
 
 PATIENT_CHARACTERISTICS = ("PatientAge", "PatientSex")
+# DICOM keyword (ms) -> BIDS key (s).
+MS_TO_S = {"EchoTime": "EchoTime", "RepetitionTime": "RepetitionTime", "InversionTime": "InversionTime",
+           "EchoTimes": "EchoTimes"}
+# DICOM keyword -> BIDS key, same unit.
+RENAMED = {"ManufacturerModelName": "ManufacturersModelName"}
+
+
+def _seconds(value: Any) -> Any:
+    """ms -> s, rounded as dcm2niix prints (6 significant digits); lists element-wise."""
+    if isinstance(value, (list, tuple)):
+        return [_seconds(v) for v in value]
+    if value is None or isinstance(value, str):
+        return value
+    return float(f"{float(value) / 1000.0:.6g}")
+
+
+def bids_keys(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with BIDS-defined keys renamed and converted to BIDS units."""
+    out = dict(params)
+    for dicom, bids in MS_TO_S.items():
+        if dicom in out:
+            out[bids] = _seconds(out.pop(dicom))
+    for dicom, bids in RENAMED.items():
+        if dicom in out:
+            out[bids] = out.pop(dicom)
+    return out
+
+
+def phase_encoding_axis(grid: Grid, affine_ras: Any, direction: Any) -> str | None:
+    """BIDS ``PhaseEncodingAxis`` (``i``/``j``/``k``) of the written volume, or None.
+
+    (0018,1312) InPlanePhaseEncodingDirection says ``ROW`` (along a row: DICOM's row
+    direction cosine) or ``COL`` (down a column). The voxel axis of the output whose
+    direction is parallel to that world direction is the answer, whatever order the
+    volume's axes were written in. The polarity (``j`` vs ``j-``) is not in the
+    standard header (only in vendor private data), so only the axis is claimed.
+    """
+    import numpy as np
+
+    text = str(direction or "").strip().upper()
+    if text not in ("ROW", "COL", "COLUMN"):
+        return None
+    lps = np.asarray(grid.row_dir if text == "ROW" else grid.col_dir, float)
+    ras = lps * np.array([-1.0, -1.0, 1.0])
+    m = np.asarray(affine_ras, float)[:3, :3]
+    cols = m / np.linalg.norm(m, axis=0)
+    cos = np.abs(ras @ cols)
+    axis = int(np.argmax(cos))
+    return "ijk"[axis] if cos[axis] > 0.9 else None
 
 
 def axis_codes(affine: Any) -> str:
@@ -49,7 +105,10 @@ def build_sidecar(
               if keep_patient_characteristics or k not in PATIENT_CHARACTERISTICS}
     grid: Grid = vol.grid
     ts = params.pop("TransferSyntaxUID", None)
-    out: dict[str, Any] = dict(sorted(params.items()))
+    pe_axis = phase_encoding_axis(grid, grid.affine_ras, params.get("InPlanePhaseEncodingDirection"))
+    out: dict[str, Any] = dict(sorted(bids_keys(params).items()))
+    if pe_axis:
+        out["PhaseEncodingAxis"] = pe_axis
     out.update({
         "TransferSyntax": ts_name(ts) if ts else None,
         "NumberOfInstances": vol.n_instances,
@@ -61,7 +120,9 @@ def build_sidecar(
         "Resampled": grid.resampled,
         "Remarks": vol.remarks,
         "FourthAxis": KEY_TAGS[vol.t_key] if vol.t_key else None,
-        **per_volume(vol),
+        **bids_keys(per_volume(vol)),
+        "ConversionSoftware": "imaging",
+        "ConversionSoftwareVersion": imaging.__version__,
         "Coordinates": "NIfTI RAS+ (sform/qform code 1 = scanner), converted from DICOM LPS",
     })
     return out

@@ -173,7 +173,7 @@ def test_magnitude_phase_dual_echo_gives_four_volumes(tmp_path: Path, vendor: st
         if vendor == "siemens":
             assert ("component P" in r.reason) == ("P" in sidecar["ImageType"])
     assert len(used) == 4  # each of dcm2niix's volumes matched by exactly one of ours
-    assert sorted(tes) == [4.92, 4.92, 7.38, 7.38]  # each volume's own parameters
+    assert sorted(tes) == [0.00492, 0.00492, 0.00738, 0.00738]  # each volume's own parameters, BIDS seconds
 
 
 def test_mosaic_time_series_from_real_csa_matches_dcm2niix(tmp_path: Path) -> None:
