@@ -66,7 +66,9 @@ def train(msg: Message, context: Context) -> Message:
     cfg = msg.content.config_records["config"]
     out = _run("train", msg, context, state=_state(msg), epochs=int(cfg["local-epochs"]),  # type: ignore[arg-type]
                lr=float(cfg["lr"]), proximal_mu=float(cfg.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
-               evaluate_first=bool(cfg.get("evaluate-first", False)))
+               evaluate_first=bool(cfg.get("evaluate-first", False)),
+               # Flower's configure_train puts the round in every train message's config.
+               server_round=int(cfg.get("server-round", 1)))  # type: ignore[arg-type]
     log.info("round %s trained, loss %.4f", cfg.get("server-round"), out["metrics"]["train_loss"])
     records: dict[str, ArrayRecord | MetricRecord] = {
         "arrays": ArrayRecord(array_dict={k: Array(ndarray=v) for k, v in out["state"].items()}),

@@ -75,6 +75,17 @@ def plan_summary(plan: TrainPlan) -> dict[str, Any]:
             "n_subjects": len({i["subject_key"] for i in plan.items})}
 
 
+def epoch_index(server_round: int, local_epochs: int, local: int) -> int:
+    """The site's epoch number of local epoch ``local`` (0-based) in ``server_round`` (1-based).
+
+    Counting on from round to round (not 0..n-1 again) is what makes each round draw
+    new patches: the loader seeds its draws by (seed, rank, epoch, index).
+    """
+    if server_round < 1 or not 0 <= local < local_epochs:
+        raise ValueError(f"server_round={server_round} (>= 1), local epoch {local} of {local_epochs}")
+    return (server_round - 1) * local_epochs + local
+
+
 class Site:
     """The site's model, loaders and optimizer settings for one federated run."""
 
@@ -109,12 +120,15 @@ class Site:
     def state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
 
-    def train(self, state: dict[str, torch.Tensor], *, epochs: int, lr: float,
-              proximal_mu: float = 0.0) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def train(self, state: dict[str, torch.Tensor], *, epochs: int, lr: float, proximal_mu: float = 0.0,
+              server_round: int = 1) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Start from the global ``state``, train ``epochs`` local epochs; new weights + metrics.
 
         ``proximal_mu > 0`` adds FedProx's term ``mu/2 * ||w - w_global||^2`` to the loss
         (the value Flower's FedProx strategy sends in the round's config).
+        ``server_round`` (1-based) places the local epochs on the site's epoch axis
+        (:func:`epoch_index`): the loader's draws are a function of the epoch index, so
+        every round sees new crops, flips and noise, and a resumed round the same ones.
         """
         self.load(state)
         t = self.cfg.trainer
@@ -131,8 +145,9 @@ class Site:
                 return self.loss(logits, target) + 0.5 * proximal_mu * prox  # type: ignore[operator]
 
         losses, steps = [], 0
-        for epoch in range(epochs):
-            res = train_one_epoch(model=self.network, loader=self.train_loader, epoch=epoch, optimizer=optimizer,
+        for local in range(epochs):
+            res = train_one_epoch(model=self.network, loader=self.train_loader,
+                                  epoch=epoch_index(server_round, epochs, local), optimizer=optimizer,
                                   scheduler=scheduler, scaler=scaler, loss_fn=loss_fn, d=self.d, amp=False,
                                   accumulate=int(t.accumulate_grad_batches), skip_batches=0,
                                   should_stop=lambda: False, max_steps=t.get("limit_train_batches"),

@@ -185,7 +185,8 @@ class _Handler:
             return site.evaluate(to_torch(p["state"]))
         state = to_torch(p["state"])
         evaluation = site.evaluate(state) if p.get("evaluate_first") else None
-        new_state, metrics = site.train(state, epochs=p["epochs"], lr=p["lr"], proximal_mu=p["proximal_mu"])
+        new_state, metrics = site.train(state, epochs=p["epochs"], lr=p["lr"], proximal_mu=p["proximal_mu"],
+                                        server_round=int(p.get("server_round", 1)))
         return {"state": {k: v.numpy() for k, v in new_state.items()}, "metrics": metrics,
                 "evaluate": evaluation}
 
