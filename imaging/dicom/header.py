@@ -25,6 +25,9 @@ DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+# Per-instance attributes of the withholding rules (imaging.deid.withhold): every file's own
+# values are indexed, so one instance with burned-in text withholds its series.
+POLICY_TAGS = ("BurnedInAnnotation", "RecognizableVisualFeatures", "SeriesDescription")
 # Only these attributes are parsed (pydicom seeks over everything else).
 HEADER_TAGS: list[str | int] = [
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID",
@@ -42,6 +45,7 @@ HEADER_TAGS: list[str | int] = [
     "SharedFunctionalGroupsSequence", "ReferencedSeriesSequence", "SegmentSequence",
     "SegmentationType", "DimensionIndexSequence", "HighBit", "PixelPaddingValue", "PixelPaddingRangeLimit",
     "FrameOfReferenceUID", "RealWorldValueMappingSequence", 0x20050010, 0x2005100E, "PixelData",
+    *POLICY_TAGS,
 ]
 # Dimension attributes (diffusion, vendor private tags, CSA), by tag: see imaging.dicom.dims.
 HEADER_TAG_NUMBERS: list[int | str] = [*HEADER_TAGS, *EXTRA_WANTED]
@@ -294,6 +298,8 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
         row[col] = get(kw)
     for col, kw in (("padding", "PixelPaddingValue"), ("padding_limit", "PixelPaddingRangeLimit")):
         row[col] = _as_stored(get(kw), row["bits_alloc"], row["pixel_rep"])
+    policy = {kw: get(kw) for kw in POLICY_TAGS}
+    row["policy"] = {k: str(v) for k, v in policy.items() if v not in (None, "")}
     scale = get("PhilipsScaleSlope") if get("PhilipsCreator") == PHILIPS_CREATOR else None
     row["philips_ss"] = float(scale) if isinstance(scale, (int, float)) and scale else None
     if isinstance(row["image_type"], str):

@@ -26,14 +26,14 @@ from imaging.dicom.header import HEADER_TAGS, header_row
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # 2: tkey holds diffusion, component, acquisition time and mosaic entries; 3: + pixel format, padding, FoR, Philips scale
+SCHEMA_VERSION = 4  # 2: tkey holds diffusion, component, acquisition time and mosaic entries; 3: + pixel format, padding, FoR, Philips scale; 4: + policy
 COLUMNS = [
     "path", "size", "mtime", "kind", "error", "sop_class", "sop_uid", "study_uid", "series_uid",
     "patient_id", "modality", "ts", "rows", "cols", "n_frames", "iop", "ipp", "spacing",
     "image_type", "instance_number", "tkey", "slope", "intercept", "bits_alloc", "bits_stored",
     "pixel_rep", "samples", "photometric", "pixel_offset", "pixel_length", "frames", "params",
     "ref_series_uid", "segments", "high_bit", "padding", "padding_limit", "for_uid", "philips_ss", "rwvm",
-    "seen",
+    "policy", "seen",
 ]
 # Files per task sent to a worker: big enough to amortise inter-process traffic.
 CHUNK = 64
@@ -242,7 +242,7 @@ def _chunks(it: Iterator[os.DirEntry[str]], n: int) -> Iterator[list[os.DirEntry
 def decode_row(row: sqlite3.Row) -> dict[str, Any]:
     """An index row as a dict with the JSON columns decoded."""
     out = dict(row)
-    for c in ("iop", "ipp", "spacing", "image_type", "tkey", "frames", "params", "segments", "rwvm"):
+    for c in ("iop", "ipp", "spacing", "image_type", "tkey", "frames", "params", "segments", "rwvm", "policy"):
         if out.get(c) is not None:
             out[c] = json.loads(out[c])
     return out

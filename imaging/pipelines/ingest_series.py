@@ -26,6 +26,7 @@ from imaging.dicom.catalog import CatalogRow
 from imaging.dicom.diffusion import diffusion_table, write_fsl
 from imaging.dicom.dims import TIME_AXES
 from imaging.dicom.geometry import PlanError, Slice, plan_grid, sparse_grid
+from imaging.dicom.header import POLICY_TAGS
 from imaging.dicom.labels import (
     LabelError,
     LabelTable,
@@ -161,22 +162,30 @@ def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: Batch
 def _withheld(rows: list[dict[str, Any]], head: dict[str, Any], ctx: SeriesContext) -> Withheld | None:
     """The withholding rule (the one policy ``imaging deid`` applies) that refuses this series.
 
-    The index gives every file's SOP class, modality and ImageType; the flags the
-    index does not hold (BurnedInAnnotation, RecognizableVisualFeatures,
-    SeriesDescription) come from the first file's header.
+    Every instance is checked with its own attributes: the index holds each file's SOP
+    class, modality, ImageType and the policy flags (BurnedInAnnotation,
+    RecognizableVisualFeatures, SeriesDescription), so one instance with burned-in
+    text withholds the whole series, as ``imaging deid`` withholds that instance.
+    ``head`` (the first file) answers only for an index written before the flags were.
     """
-    seen: set[tuple[Any, ...]] = set()
+    verdicts: dict[tuple[Any, ...], Withheld | None] = {}  # most series: one signature
+    hits: list[Withheld] = []
+    base = {k: v for k, v in head.items() if k not in POLICY_TAGS}  # the first file's flags are its own
     for r in rows:
         image_type = tuple(r.get("image_type") or ())
-        sig = (r.get("sop_class"), r.get("modality"), image_type)
-        if sig in seen:
-            continue
-        seen.add(sig)
-        attrs = {**head, "SOPClassUID": r.get("sop_class") or "", "Modality": r.get("modality") or "",
-                 "ImageType": list(image_type)}
-        if (found := check(attrs, ctx.withhold)) is not None:
-            return found
-    return None
+        policy = r.get("policy")
+        flags = policy if policy is not None else {k: head[k] for k in POLICY_TAGS if k in head}
+        sig = (r.get("sop_class"), r.get("modality"), image_type, tuple(sorted(flags.items())))
+        if sig not in verdicts:
+            verdicts[sig] = check({**base, **flags, "SOPClassUID": r.get("sop_class") or "",
+                                   "Modality": r.get("modality") or "", "ImageType": list(image_type)}, ctx.withhold)
+        if (found := verdicts[sig]) is not None:
+            hits.append(found)
+    if not hits:
+        return None
+    if len(hits) == len(rows):
+        return hits[0]
+    return Withheld(hits[0].rule, f"{hits[0].detail}; {len(hits)} of {len(rows)} instance(s) of the series")
 
 
 def _fingerprint(vol: VolumePlan, segs: list[dict[str, Any]], label_file: Path | None, options: dict[str, Any]) -> str:

@@ -101,6 +101,30 @@ def test_ingest_applies_the_same_policy(tmp_path: Path) -> None:
     assert released.counts == {"ok": 2}
 
 
+@pytest.mark.parametrize("position", [0, 3])
+@pytest.mark.parametrize("flags", [{"BurnedInAnnotation": "YES"}, {"RecognizableVisualFeatures": "YES"},
+                                   {"SeriesDescription": "Dose Report"}])
+def test_one_flagged_instance_withholds_its_series_in_ingest_and_deid(tmp_path: Path, position: int,
+                                                                       flags: dict[str, str]) -> None:
+    """Every instance's own flags count, not only the first file's (first and last tried)."""
+    src = tmp_path / "in"
+    extra: list[dict[str, object]] = [{"BurnedInAnnotation": "NO"} for _ in range(5)]
+    extra[position] = dict(flags)
+    write_slices(src / "mixed", stack_positions(5), extra=extra)
+    # the oracle: which files carry a flag, read back with pydicom
+    flagged = [f for f in sorted((src / "mixed").iterdir())
+               if any(str(pydicom.dcmread(f).get(k, "")) == v for k, v in flags.items())]
+    assert len(flagged) == 1
+    summary = ingest(src, tmp_path / "ds", PSEUDO, private_dir=tmp_path / "p", workers=1, progress=False)
+    (row,) = summary.rows
+    assert row.status == "skipped" and row.reason.startswith("withheld by rule "), row.reason
+    assert "1 of 5 instance(s)" in row.reason
+    assert not list((tmp_path / "ds" / "volumes").glob("*.nii.gz"))
+    stats = deidentify_export(src, tmp_path / "deid", PSEUDO, progress=False)
+    written = [f for f in (tmp_path / "deid").rglob("*") if f.is_file() and f.suffix in ("", ".dcm")]
+    assert len(written) == 4, stats  # deid releases the other four and withholds the flagged one
+
+
 @pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
 def test_policy_header_fast_reader_matches_pydicom(tmp_path: Path, syntax: str) -> None:
     """The fast header reader (plain files) and pydicom give the policy the same attributes."""
