@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from imaging.engine.loops import predict_volume
+from imaging.engine.metrics import voxel_spacing
 
 
 @dataclass
@@ -46,11 +47,5 @@ def review_cases(network: torch.nn.Module, loader: Any, n: int, roi_size: list[i
 
 
 def _spacing(image: Any) -> tuple[float, float, float]:
-    """Voxel size from a (batched) MetaTensor's affine; 1 mm when there is none."""
-    affine = getattr(image, "affine", None)
-    if affine is None:
-        return (1.0, 1.0, 1.0)
-    a = torch.as_tensor(affine).double()
-    a = a[0] if a.ndim == 3 else a
-    sx, sy, sz = (float(v) for v in torch.linalg.norm(a[:3, :3], dim=0))
-    return (sx, sy, sz)
+    """Voxel size of the first case of a (batched) MetaTensor; 1 mm when there is no affine."""
+    return voxel_spacing(image)[0]

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from imaging.data.datasets import TrainLoader
 from imaging.engine.distributed import Dist, all_reduce_sum, any_rank
-from imaging.engine.metrics import ClsMetricAccumulator, SegMetricAccumulator
+from imaging.engine.metrics import ClsMetricAccumulator, SegMetricAccumulator, voxel_spacing
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,8 @@ def validate(
             if should_stop():
                 stopped = True
                 break
-            seg.add(logits.argmax(1, keepdim=True), torch.as_tensor(target))
+            # HD95 in mm of the grid the metric sees (the resampled one), not in voxels.
+            seg.add(logits.argmax(1, keepdim=True), torch.as_tensor(target), voxel_spacing(batch["image"]))
         elif cls is not None:
             with torch.autocast(device_type=d.device.type, enabled=amp):
                 logits = model(image)
