@@ -28,13 +28,15 @@ from imaging.data.items import (
 from imaging.data.transforms import preprocessing_from_config
 from imaging.engine.identity import config_hash
 from imaging.engine.schema import check_schema
-from imaging.errors import UsageError
+from imaging.errors import UsageError, closest
 from imaging.models.registry import check_network_config, network_task
 
 TASKS = ("segmentation", "classification")
 CACHES = ("none", "memory", "disk")
 RESUME = ("auto", "never", "must")
-MONITOR_MODES = ("max", "min")
+MONITOR_MODES = ("auto", "max", "min")
+# Metrics where lower is better (distances); every other validation metric is maximised.
+LOWER_IS_BETTER = ("hd95_",)
 
 
 class ConfigError(UsageError):
@@ -57,6 +59,8 @@ class TrainPlan:
     preprocessing: dict[str, Any]
     run_dir: Path
     config_hash: str = ""                # imaging.engine.identity.config_hash: part of run_dir
+    monitor: str = "dice_mean"           # trainer.monitor, 'auto' resolved: a metric validate() returns
+    monitor_mode: str = "max"            # trainer.monitor_mode, 'auto' resolved from the metric
 
     @property
     def num_classes(self) -> int:
@@ -127,6 +131,44 @@ def _check_devices(cfg: DictConfig) -> None:
         raise ConfigError("trainer.amp_dtype", "bfloat16 is not supported by this GPU; use float16")
 
 
+def monitor_choices(task: str, names: Mapping[int, str], hd95: bool) -> list[str]:
+    """The metrics :func:`imaging.engine.loops.validate` returns for this run (what may be monitored)."""
+    if task == "classification":
+        return ["auc", "accuracy"]
+    labels = [name for index, name in sorted(names.items()) if index != 0]
+    out = ["dice_mean", *(f"dice_{n}" for n in labels)]
+    return out + (["hd95_mean", *(f"hd95_{n}" for n in labels)] if hd95 else [])
+
+
+def _monitor(monitor: str, mode: str, task: str, names: Mapping[int, str], hd95: bool) -> tuple[str, str]:
+    """Resolve ``trainer.monitor``/``monitor_mode`` (``auto``) and refuse what would never select an epoch.
+
+    A misspelt label (``dice_livr``) or ``hd95_*`` without ``trainer.hd95=true`` would read NaN
+    every epoch (no best.pt, the last epoch registered); ``max`` on a distance keeps the worst epoch.
+
+    Raises:
+        ConfigError: ``trainer.monitor`` is not a metric this run computes, or ``trainer.monitor_mode``
+            goes against the metric's direction.
+    """
+    if monitor == "auto":
+        monitor = "dice_mean" if task == "segmentation" else "auc"
+    choices = monitor_choices(task, names, hd95)
+    if monitor not in choices:
+        if not hd95 and monitor in monitor_choices(task, names, True):
+            raise ConfigError("trainer.monitor", f"'{monitor}' is computed only with trainer.hd95=true "
+                              "(set it, or monitor a Dice)")
+        hint = closest(monitor, choices)
+        raise ConfigError("trainer.monitor", f"'{monitor}' is not a validation metric of this {task} run"
+                          + (f" ({hint})" if hint and hint.startswith("did") else "")
+                          + f"; choices: {', '.join(choices)}")
+    natural = "min" if monitor.startswith(LOWER_IS_BETTER) else "max"
+    if mode not in ("auto", natural):
+        direction = "lower" if natural == "min" else "higher"
+        raise ConfigError("trainer.monitor_mode", f"'{mode}' would keep the worst epoch of {monitor} "
+                          f"({direction} is better): use trainer.monitor_mode={natural} or auto")
+    return monitor, natural
+
+
 def validate_config(cfg: DictConfig) -> TrainPlan:
     """Check ``cfg`` (the composed ``train`` config) and derive the plan.
 
@@ -135,6 +177,7 @@ def validate_config(cfg: DictConfig) -> TrainPlan:
             out of range (:mod:`imaging.engine.schema`), a GPU asked for but absent,
             missing dataset folder/catalog/dataset.json,
             labels not in ``dataset.json`` or not present in any catalog row,
+            a ``trainer.monitor`` this run does not compute or a ``monitor_mode`` against it,
             no usable items, unknown network or network argument, bad trainer values.
     """
     check_schema(cfg)
@@ -142,18 +185,13 @@ def validate_config(cfg: DictConfig) -> TrainPlan:
     task = _choice(cfg, "data.task", TASKS)
     _choice(cfg, "data.cache", CACHES)
     _choice(cfg, "trainer.resume", RESUME)
-    _choice(cfg, "trainer.monitor_mode", MONITOR_MODES)
+    mode = _choice(cfg, "trainer.monitor_mode", MONITOR_MODES)
     for key in ("trainer.max_epochs", "trainer.accumulate_grad_batches", "data.batch_size",
                 "trainer.val_every", "data.split.folds"):
         _positive(cfg, key)
     if _get(cfg, "data.num_workers") < 0:
         raise ConfigError("data.num_workers", "must be >= 0")
     monitor = str(_get(cfg, "trainer.monitor"))
-    seg_metric = monitor.startswith(("dice_", "hd95_"))
-    if monitor != "auto" and (seg_metric != (task == "segmentation") or
-                              (task == "classification" and monitor not in ("auc", "accuracy"))):
-        raise ConfigError("trainer.monitor", f"'{monitor}' is not a {task} metric "
-                          f"({'dice_mean, dice_<label>, hd95_<label>' if task == 'segmentation' else 'auc, accuracy'})")
     patch = list(_get(cfg, "data.patch_size"))
     if len(patch) != 3 or any(int(p) < 1 for p in patch):
         raise ConfigError("data.patch_size", f"must be three positive sizes, got {patch}")
@@ -199,6 +237,7 @@ def validate_config(cfg: DictConfig) -> TrainPlan:
     if not 0 <= int(cfg.data.split.fold) < int(cfg.data.split.folds):
         raise ConfigError("data.split.fold", f"must be in [0, {cfg.data.split.folds}), got {cfg.data.split.fold}")
 
+    monitor, mode = _monitor(monitor, mode, task, names, bool(cfg.trainer.get("hd95", False)))
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     try:
         pre = preprocessing_from_config(data_cfg, label_map)  # type: ignore[arg-type]
@@ -207,4 +246,5 @@ def validate_config(cfg: DictConfig) -> TrainPlan:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     net = _network_config(model_cfg, len(names), task)  # type: ignore[arg-type]
     return TrainPlan(task=task, dataset=info, items=items, class_names=names, network_config=net,
-                     preprocessing=pre, run_dir=Path(str(_get(cfg, "run_dir"))), config_hash=config_hash(cfg))
+                     preprocessing=pre, run_dir=Path(str(_get(cfg, "run_dir"))), config_hash=config_hash(cfg),
+                     monitor=monitor, monitor_mode=mode)

@@ -52,7 +52,7 @@ class TrainerSchema:
     scheduler: SchedulerSchema = field(default_factory=SchedulerSchema)
     val_every: int = _f(1, min=1)
     monitor: str = _f("auto")
-    monitor_mode: str = _f("max", choices=("max", "min"))
+    monitor_mode: str = _f("auto", choices=("auto", "max", "min"))
     sw_batch_size: int = _f(4, min=1)
     sw_overlap: float = _f(0.25, min=0.0, max=0.95)
     hd95: bool = _f(False)

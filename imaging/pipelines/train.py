@@ -242,8 +242,9 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
     if payload is not None:
         ckpt.restore(payload, model=network, optimizer=optimizer, scheduler=scheduler, scaler=scaler, rng=True)
 
-    maximize = str(t.monitor_mode) == "max"
-    monitor = str(t.monitor) if str(t.monitor) != "auto" else ("dice_mean" if plan.task == "segmentation" else "auc")
+    # Resolved and checked against the metrics validate() returns (imaging.engine.config._monitor).
+    maximize = plan.monitor_mode == "max"
+    monitor = plan.monitor
     last_val: dict[str, float] = dict(state.extra.get("last_val", {}))
     preempted = False
     skip = state.step_in_epoch
