@@ -7,7 +7,7 @@ nibabel, GE, Philips private tags), echo, image component (magnitude, phase,
 real, imaginary), temporal position, acquisition number and time.
 :func:`split_dimensions` then
 
-1. separates image components, echoes and ASL label/control into separate volumes;
+1. separates image components, echoes, ASL label/control and SeriesNumbers into separate volumes;
 2. finds the keys that are constant over a whole volume (each value covers every
    slice position): diffusion (b, direction), temporal position, trigger time,
    acquisition number;
@@ -265,15 +265,22 @@ def _value(s: Slice, key: str) -> Any:
 
 
 def _separate_key(s: Slice) -> tuple[Any, ...]:
-    """(image component, echo, ASL label/control): each value its own volume.
+    """(image component, echo, ASL label/control, SeriesNumber): each value its own volume.
 
     Without a known component, the ImageType values after ORIGINAL/PRIMARY stand in for it
-    (e.g. a Philips B0 map beside its magnitude images).
+    (e.g. a Philips B0 map beside its magnitude images). One SeriesInstanceUID under several
+    SeriesNumbers is several exports of an acquisition (a re-encoded copy, a re-send): each
+    number is a volume of its own, as dcm2niix writes it, never repeats to drop or a time axis.
     """
     t = s.t
     echo = t.get("echo") if t.get("echo") is not None else t.get("te")
     comp = t.get("comp") or "\\".join(str(v).upper() for v in (s.row.get("image_type") or [])[2:])
-    return (comp, _norm(echo), t.get("asl") or "")
+    number = (s.row.get("params") or {}).get("SeriesNumber")
+    return (comp, _norm(echo), t.get("asl") or "", _norm(number) if number is not None else "")
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) else 0.0
 
 
 def _order(s: Slice) -> tuple[Any, ...]:
@@ -298,11 +305,12 @@ def split_dimensions(
     separate: dict[tuple[Any, ...], list[Slice]] = defaultdict(list)
     for s in group:
         separate[_separate_key(s)].append(s)
-    varying = [i for i in range(3) if len({k[i] for k in separate}) > 1]
+    varying = [i for i in range(4) if len({k[i] for k in separate}) > 1]
     out: list[tuple[list[list[Slice]], str | None, str]] = []
-    for key in sorted(separate, key=lambda k: (str(k[0]), k[1] if isinstance(k[1], (int, float)) else 0, k[2])):
+    for key in sorted(separate, key=lambda k: (_num(k[3]), str(k[3]), str(k[0]), _num(k[1]), k[2])):
         part = separate[key]
         label = ", ".join(filter(None, [
+            f"(0020,0011) SeriesNumber {key[3] if key[3] != '' else 'absent'}" if 3 in varying else "",
             f"component {key[0] or 'none'}" if 0 in varying else "", f"echo {key[1]}" if 1 in varying else "",
             f"ASL {key[2].lower()}" if 2 in varying else ""]))
         positions = {pos_key(s) for s in part}

@@ -65,7 +65,8 @@ class Grid:
     out_d: np.ndarray  # normal coordinate of each output slice
     tilt_deg: float = 0.0
     uneven: bool = False
-    duplicates: list[tuple[Any, Any]] = field(default_factory=list)  # (kept, dropped) slices
+    # (kept, dropped) slices: dropped only once volume.py has found their pixel values identical
+    duplicates: list[tuple[Any, Any]] = field(default_factory=list)
     # Output voxel (i, j) of a slice is pixel (j + lattice[1], i + lattice[0]) of the first slice's plane.
     lattice: tuple[int, int] = (0, 0)
 
@@ -144,8 +145,6 @@ def plan_grid(
     rel = ipp - ipp[0]
     offsets = np.stack([rel @ r, rel @ c], axis=1)
     remarks: list[str] = []
-    if duplicates:
-        remarks.append(f"{len(duplicates)} duplicate slice position(s) dropped")
     tilt_deg = 0.0
     dx, dy = float(first.spacing[1]), float(first.spacing[0])
     nx, ny = int(first.row["cols"]), int(first.row["rows"])

@@ -11,6 +11,7 @@ two on the same files.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,13 @@ class PixelFormat:
         return np.dtype(f"<{'i' if self.signed else 'u'}{self.bits_alloc // 8}")
 
     @property
+    def stored_range(self) -> tuple[int, int]:
+        """Lowest and highest stored value this format can hold (PS3.5 8.1.1)."""
+        if self.signed:
+            return -(1 << (self.bits_stored - 1)), (1 << (self.bits_stored - 1)) - 1
+        return 0, (1 << self.bits_stored) - 1
+
+    @property
     def native(self) -> bool:
         """Readable straight from the file at the recorded offset."""
         return is_native(self.ts) and bool(self.offset) and self.bits_alloc in (8, 16, 32)
@@ -99,16 +107,38 @@ def to_stored(arr: np.ndarray, fmt: PixelFormat) -> np.ndarray:
     return arr
 
 
+# Integer types a volume's stored values are held in, smallest first.
+_HOLDERS = [np.dtype(t) for t in ("<u1", "<i1", "<u2", "<i2", "<u4", "<i4", "<i8")]
+
+
+def common_dtype(fmts: Iterable[PixelFormat]) -> np.dtype[Any]:
+    """The type that holds the stored values of every format: their own type when all agree,
+    else the smallest integer type covering every format's range (u12 beside s16: int16)."""
+    items = list(fmts)
+    types = {f.dtype for f in items}
+    if len(types) == 1:
+        return types.pop()
+    lo = min(f.stored_range[0] for f in items)
+    hi = max(f.stored_range[1] for f in items)
+    return next(t for t in _HOLDERS if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
+
+
 def read_native_into(dest: np.ndarray, path: str, fmt: PixelFormat, frame: int) -> bool:
-    """Read one uncompressed frame straight into ``dest`` as stored values; False when not possible."""
-    if not (fmt.native and dest.dtype == fmt.dtype and dest.shape == (fmt.rows, fmt.cols)
+    """Read one uncompressed frame straight into ``dest`` as stored values; False when not possible.
+
+    ``dest`` may be signed where the file is unsigned with unused high bits (12 of 16): its
+    stored values, masked in the file's own type, are the same numbers read as signed.
+    """
+    same = dest.dtype == fmt.dtype or (dest.dtype.itemsize == fmt.dtype.itemsize and dest.dtype.kind == "i"
+                                        and not fmt.signed and fmt.bits_stored < fmt.bits_alloc)
+    if not (fmt.native and same and dest.shape == (fmt.rows, fmt.cols)
             and (fmt.length or 0) >= dest.nbytes * fmt.n_frames):
         return False
     with open(path, "rb") as fh:
         fh.seek(int(fmt.offset or 0) + frame * dest.nbytes)
         if fh.readinto(dest.data.cast("B")) != dest.nbytes:
             return False
-    to_stored(dest, fmt)
+    to_stored(dest.view(fmt.dtype), fmt)
     return True
 
 
@@ -141,4 +171,9 @@ def read_file_frames(path: str, row: dict[str, Any], rel: str) -> np.ndarray:
             f"file '{rel}': cannot decode (7FE0,0010) PixelData with (0002,0010) TransferSyntaxUID = "
             f"'{fmt.ts}' ({ts_name(fmt.ts)}): {type(exc).__name__}: {str(exc)[:120]}"
         ) from exc
-    return arr.reshape(fmt.n_frames, fmt.rows, fmt.cols)
+    arr = arr.reshape(fmt.n_frames, fmt.rows, fmt.cols)
+    if arr.dtype.kind in "iu" and arr.dtype.itemsize * 8 == fmt.bits_alloc and fmt.bits_stored < fmt.bits_alloc:
+        # Whatever a decoder plugin leaves above BitsStored goes here, by this file's own format.
+        # (the decoded array is this call's own: masked in place unless it must change byte order)
+        arr = to_stored(arr.astype(arr.dtype.newbyteorder("<"), copy=False), fmt)
+    return arr

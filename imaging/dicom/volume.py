@@ -20,10 +20,15 @@ from typing import Any
 import numpy as np
 
 from imaging.cpus import usable_cpus
-from imaging.deid.pixels import clear_unused_bits
 from imaging.dicom.geometry import Grid
 from imaging.dicom.nifti import nifti1_header
-from imaging.dicom.pixels import PixelFormat, VolumeError, read_file_frames, read_native_into
+from imaging.dicom.pixels import (
+    PixelFormat,
+    VolumeError,
+    common_dtype,
+    read_file_frames,
+    read_native_into,
+)
 from imaging.dicom.series import Slice, VolumePlan
 from imaging.fsutil import atomic_path
 
@@ -45,6 +50,8 @@ WRITE_CHUNK = 1 << 22
 # CT (157 MB) took 0.95 s on one thread, 0.54 s on two. Smaller ones: one thread, no pool to start.
 THREADED_MIN_BYTES = 32 << 20
 MAX_GZIP_THREADS = 4
+# Dropped duplicates named in a remark (the rest counted): the source map lists every file kept.
+MAX_NAMED = 5
 
 
 def gzip_threads(nbytes: int) -> int:
@@ -63,10 +70,6 @@ def assemble(plan: VolumePlan, input_dir: str) -> np.ndarray:
     """
     grid = plan.grid
     nt, nk = len(plan.slices), len(plan.slices[0])
-    first = plan.slices[0][0]
-    fmt0 = PixelFormat.of(first.row)
-    ny, nx = fmt0.rows, fmt0.cols
-    raw = np.empty((nt, nk, ny, nx), dtype=fmt0.dtype)
     slots: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
     fmts: dict[str, PixelFormat] = {}
     rows: dict[str, dict[str, Any]] = {}
@@ -75,19 +78,21 @@ def assemble(plan: VolumePlan, input_dir: str) -> np.ndarray:
             slots[s.path].append((s.frame, t, k))
             rows[s.path] = s.row
             fmts[s.path] = PixelFormat.of(s.row)
+    fmt0 = fmts[plan.slices[0][0].path]
+    # Each file's stored values are decoded with its own format (exporters re-encode part of a
+    # series: unsigned 12-bit beside signed 16-bit); the volume's type holds every file's range.
+    raw = np.empty((nt, nk, fmt0.rows, fmt0.cols), dtype=common_dtype(fmts.values()))
     # Each file is read (decoded) once, whatever number of frames it holds.
     for path, where in slots.items():
         if (len(where) == 1 and not rows[path].get("mosaic")
                 and read_native_into(raw[where[0][1], where[0][2]], path, fmts[path], where[0][0])):
             continue  # the common case: straight from the file into the volume, no temporary
         frames = read_file_frames(path, rows[path], _rel(path, input_dir))
-        if frames.dtype != raw.dtype:
-            raw = raw.astype(np.result_type(raw.dtype, frames.dtype))
         for frame, t, k in where:
-            raw[t, k] = frames[frame]
-    # Bits above HighBit are not the pixel value: overlay planes (annotations, names) hide there.
-    raw = clear_unused_bits(raw, first.row.get("bits_stored"), signed=first.row.get("pixel_rep") == 1)
-    _check_duplicates(grid, input_dir)
+            raw[t, k] = frames[frame]  # stored values: each fits the common type, no wrap-around
+    remark = _check_duplicates(grid, input_dir)
+    if remark:
+        plan.remarks.append(remark)
     padding = _padding_mask(raw, plan.slices, fmts)
     data = _rescale(raw, plan.slices)
     if padding is not None:
@@ -104,18 +109,73 @@ def _rel(path: str, root: str) -> str:
     return os.path.relpath(path, root)
 
 
-def _check_duplicates(grid: Grid, input_dir: str) -> None:
+def _check_duplicates(grid: Grid, input_dir: str) -> str | None:
+    """Prove every dropped repeat of a position a true duplicate; the remark naming what was dropped.
+
+    A repeat is dropped only when its modality values (stored values decoded with its own
+    pixel format, times its own rescale) equal those of the slice kept, whatever its
+    SOPInstanceUID says: an exporter may re-encode an instance and keep its UID.
+
+    Raises:
+        VolumeError: a repeat with other values, naming the files and what differs.
+    """
+    frames: dict[str, np.ndarray] = {}
+    dropped_names: list[str] = []
     for kept, dropped in grid.duplicates:
-        if kept.sop_uid and kept.sop_uid == dropped.sop_uid:
-            continue
-        a = read_file_frames(kept.path, kept.row, _rel(kept.path, input_dir))[kept.frame]
-        b = read_file_frames(dropped.path, dropped.row, _rel(dropped.path, input_dir))[dropped.frame]
-        if a.shape != b.shape or not np.array_equal(a, b):
-            raise VolumeError(
-                f"duplicate slice position (0020,0032) ImagePositionPatient = {list(kept.ipp)} in files "
-                f"'{_rel(kept.path, input_dir)}' and '{_rel(dropped.path, input_dir)}' with different pixels "
-                "and no temporal/echo tag to separate them"
-            )
+        if (kept.path, kept.frame) != (dropped.path, dropped.frame):
+            a, b = _values(kept, frames, input_dir), _values(dropped, frames, input_dir)
+            if a.shape != b.shape or not np.array_equal(a, b):
+                raise VolumeError(_duplicate_problem(kept, dropped, a, b, input_dir))
+        dropped_names.append(_name(dropped, input_dir))
+    if not dropped_names:
+        return None
+    shown = ", ".join(dropped_names[:MAX_NAMED])
+    more = f" and {len(dropped_names) - MAX_NAMED} more" if len(dropped_names) > MAX_NAMED else ""
+    return (f"{len(dropped_names)} duplicate slice(s) at repeated positions (0020,0032) dropped, their "
+            f"pixel values identical to the slice kept: {shown}{more}")
+
+
+def _values(s: Slice, cache: dict[str, np.ndarray], input_dir: str) -> np.ndarray:
+    """Modality values of one slice (float64: exact for 32-bit stored values and any rescale)."""
+    if s.path not in cache:
+        if len(cache) >= 4:  # a few files at a time: duplicates come in position order
+            cache.clear()
+        cache[s.path] = read_file_frames(s.path, s.row, _rel(s.path, input_dir))
+    return cache[s.path][s.frame].astype(np.float64) * s.slope + s.intercept
+
+
+def _name(s: Slice, input_dir: str) -> str:
+    multi = int(s.row.get("n_frames") or 1) > 1 or bool(s.row.get("mosaic"))
+    return f"file '{_rel(s.path, input_dir)}'" + (f" frame {s.frame + 1}" if multi else "")
+
+
+# What may tell two instances at one position apart: (tag, how to read it from a slice).
+_DIFFERENCES: tuple[tuple[str, Any], ...] = (
+    ("(0020,0011) SeriesNumber", lambda s: (s.row.get("params") or {}).get("SeriesNumber")),
+    ("(0020,0012) AcquisitionNumber", lambda s: s.t.get("acq")),
+    ("(0020,0013) InstanceNumber", lambda s: s.row.get("instance_number")),
+    ("(0028,0100) BitsAllocated", lambda s: s.row.get("bits_alloc")),
+    ("(0028,0101) BitsStored", lambda s: s.row.get("bits_stored")),
+    ("(0028,0102) HighBit", lambda s: s.row.get("high_bit")),
+    ("(0028,0103) PixelRepresentation", lambda s: s.row.get("pixel_rep")),
+    ("(0028,1053) RescaleSlope", lambda s: s.slope),
+    ("(0028,1052) RescaleIntercept", lambda s: s.intercept),
+    ("(0002,0010) TransferSyntaxUID", lambda s: s.row.get("ts")),
+)
+
+
+def _duplicate_problem(kept: Slice, dropped: Slice, a: np.ndarray, b: np.ndarray, input_dir: str) -> str:
+    """The error for a repeated position whose values differ: files, what differs and how much."""
+    what = [f"{tag} {get(kept)} vs {get(dropped)}" for tag, get in _DIFFERENCES if get(kept) != get(dropped)]
+    if kept.sop_uid and kept.sop_uid == dropped.sop_uid:
+        what.append("the same (0008,0018) SOPInstanceUID")
+    if a.shape != b.shape:
+        values = f"pixel arrays {a.shape} vs {b.shape}"
+    else:
+        values = f"{int(np.count_nonzero(a != b))} of {a.size} pixel values differ"
+    return (f"duplicate slice position (0020,0032) ImagePositionPatient = {list(kept.ipp)} in "
+            f"{_name(kept, input_dir)} and {_name(dropped, input_dir)} with different pixels ({values}"
+            f"{'; ' + ', '.join(what) if what else ''}) and no temporal/echo tag to separate them")
 
 
 def _padding_mask(raw: np.ndarray, slices: list[list[Slice]], fmts: dict[str, PixelFormat]) -> np.ndarray | None:
