@@ -1,9 +1,13 @@
 """`imaging audit PATH... [--export DIR] [--mlflow URI] [--link-table CSV] [--manifest JSON] [--canary TOKEN]`.
 
-``--export DIR`` takes the source export's own folder names as needles (real
-exports name folders after patients); DICOM preambles, file names and folders of
-the scanned paths are scanned too. Hits say where (file and field or offset), and
-the value only masked.
+``--export DIR`` takes the source export's identities as needles: its folder
+names (real exports name folders after patients) and, from its DICOM headers,
+patient names (whole and by component), IDs, issuer, accession numbers, birth
+dates in the common written layouts, staff names, institution and addresses
+(:mod:`imaging.audit.identities`; kept in memory only). Every output is read
+decoded (gzip, JSON escapes, CSV, NIfTI header text, PNG text chunks, DICOM at any
+depth, zip members, file and folder names). Hits say where (file and field or
+offset) and which rule; a real value is never shown, only its length.
 
 Exit 0 when nothing was found, 1 on any hit (a table of where, which field, which
 rule, the value masked), 2 on a usage error.
@@ -52,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR",
-        help="the source PACS export: its folder names are looked for",
+        help="the source PACS export: its folder names and header identities are looked for",
     )
     p.add_argument(
         "--canary",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pydicom
 from pydicom.datadict import dictionary_VR
@@ -85,11 +86,11 @@ def scan_dataset(
             texts = _values(elem.value)
         for text in texts:
             for rule, found in needles.find(text):
-                yield Hit(where, name, rule, mask(found))
+                yield Hit(where, name, rule, mask(found, rule))
             if not patterns:
                 continue
             if elem.VR == "PN" and text.strip() and not _pseudonymous(text):
-                yield Hit(where, name, "person-name", mask(text))
+                yield Hit(where, name, "person-name", mask(text, "person-name"))
             elif (
                 elem.VR in ("DA", "DT")
                 and (
@@ -99,7 +100,7 @@ def scan_dataset(
                 and text.strip()
                 and text.strip() not in DUMMY_DATES
             ):
-                yield Hit(where, name, "date", mask(text))
+                yield Hit(where, name, "date", mask(text, "date"))
 
 
 def _pseudonymous(name: str) -> bool:
@@ -107,8 +108,8 @@ def _pseudonymous(name: str) -> bool:
     return bool(_PSEUDONYM.match(value)) or value.upper() in DUMMY_NAMES
 
 
-def scan_dicom(path: Path, needles: Needles, patterns: bool = True) -> Iterator[Hit]:
-    """Hits of one DICOM file (file meta included).
+def scan_dicom(path: Path | IO[bytes], needles: Needles, patterns: bool = True) -> Iterator[Hit]:
+    """Hits of one DICOM file or stream (file meta included).
 
     Raises:
         pydicom.errors.InvalidDicomError, OSError, ValueError: the file cannot be parsed

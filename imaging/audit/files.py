@@ -15,12 +15,14 @@ import io
 import json
 import logging
 import os
+import re
 import struct
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import unquote
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from tqdm import tqdm
@@ -32,12 +34,15 @@ from imaging.audit.dicom_scan import (
     _pseudonymous,
     scan_dicom,
 )
-from imaging.audit.needles import Hit, Needles, as_needles, mask
+from imaging.audit.needles import Hit, Needles, as_needles, mask, normalize
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 MAX_JSON_PARSE = 64 << 20
+MAX_DECODED = 256 << 20  # gzip content or a zip member up to this is decoded in memory
+GZIP_MAGIC = b"\x1f\x8b"
+_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})")
 TEXT_SUFFIXES = {
     ".txt",
     ".log",
@@ -83,72 +88,120 @@ def scan_paths(
     """
     needles = as_needles(needles)
     hits: list[Hit] = []
-    for path, rel in tqdm(_iter_files(paths), unit="file", desc="audit", disable=not progress):
+    for path, rel, is_file in tqdm(_iter_files(paths), unit="file", desc="audit", disable=not progress):
         # The file's own name and folders (below the scanned root) are output too.
-        hits.extend(Hit(str(path), "file path", rule, mask(found)) for rule, found in needles.find(rel))
-        hits.extend(scan_file(path, needles, patterns=patterns))
+        field = "file path" if is_file else "folder path"
+        hits.extend(Hit(str(path), field, rule, mask(found, rule)) for rule, found in needles.find(rel))
+        if is_file:
+            hits.extend(scan_file(path, needles, patterns=patterns))
     return hits
 
 
-def _iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path, str]]:
-    """(file, its path relative to the scanned root) for files and folders, in a stable order."""
+def _iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path, str, bool]]:
+    """(file, its path relative to the scanned root, True) for files and folders, in a stable
+    order; an empty folder comes as (folder, relative path, False): its name is output too."""
     for p in paths:
         path = Path(p)
         if not path.exists():
             raise FileNotFoundError(f"audit: path '{path}' does not exist")
         if path.is_file():
-            yield path, path.name
+            yield path, path.name, True
             continue
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames.sort()
+            if not dirnames and not filenames and Path(dirpath) != path:
+                yield Path(dirpath), Path(dirpath).relative_to(path).as_posix(), False
             for name in sorted(filenames):
                 full = Path(dirpath) / name
-                yield full, full.relative_to(path).as_posix()
+                yield full, full.relative_to(path).as_posix(), True
 
 
 def scan_file(
     path: Path, needles: Needles, *, patterns: bool = True, where: str | None = None
 ) -> Iterator[Hit]:
-    """Hits of one file, chosen by its content and suffix."""
+    """Hits of one file, read in its decoded form (chosen by content and suffix).
+
+    A gzip file is decompressed and read as what it holds (``x.json.gz`` as JSON);
+    a file whose structured read fails is scanned as raw bytes (decompressed for gzip).
+    """
     where = where or str(path)
     name = path.name.lower()
     with open(path, "rb") as fh:
         head = fh.read(132)
     try:
-        if (
-            head[128:132] == b"DICM"
-            or name.endswith(".dcm")
-            or name == "dicomdir"
-            or head[:2] in (b"\x08\x00", b"\x02\x00")
-        ):
-            yield from _preamble(head, needles, where)
-            yield from _relabel(scan_dicom(path, needles, patterns), where)
-        elif name.endswith((".nii", ".nii.gz", ".hdr")):
+        if name.endswith((".nii", ".nii.gz", ".hdr")):
             yield from _nifti(path, needles, where)
-        elif head.startswith(PNG_MAGIC):
-            yield from _png(path, needles, where)
-        elif name.endswith(".json"):
-            yield from _json(path, needles, where, patterns)
-        elif name.endswith(".csv"):
-            yield from _csv(path, needles, where)
-        elif name.endswith(tuple(TEXT_SUFFIXES)):
-            yield from _lines(path, needles, where)
-        elif head[:2] == b"\x1f\x8b":
-            with gzip.open(path, "rb") as gz:
-                yield from _raw(gz, needles, where, "gzip content")  # type: ignore[arg-type]
-        elif head[:4] == b"PK\x03\x04":
-            yield from _zip(path, needles, where)
+        elif head[:2] == GZIP_MAGIC:
+            yield from _gzip(path, name, needles, where, patterns)
         else:
             with open(path, "rb") as fh:
-                yield from _raw(fh, needles, where, "bytes")
+                yield from _content(name, head, fh, path.stat().st_size, needles, where, patterns)
     except Exception as exc:  # a damaged file must not hide its bytes from the audit
         log.info(
             "audit: structured read of %s failed (%s); scanning raw bytes",
             where,
             type(exc).__name__,
         )
-        with open(path, "rb") as fh:
-            yield from _raw(fh, needles, where, "bytes")
+        yield from _raw_fallback(path, head, needles, where)
+
+
+def _raw_fallback(path: Path, head: bytes, needles: Needles, where: str) -> Iterator[Hit]:
+    if head[:2] == GZIP_MAGIC:
+        try:
+            with gzip.open(path, "rb") as gz:
+                yield from _materialised(_raw(gz, needles, where, "gzip content"))  # type: ignore[arg-type]
+            return
+        except (OSError, EOFError, zlib.error):
+            pass  # not a readable gzip after all: its own bytes
+    with open(path, "rb") as fh:
+        yield from _raw(fh, needles, where, "bytes")
+
+
+def _materialised(hits: Iterator[Hit]) -> Iterator[Hit]:
+    """All or nothing: a stream that fails half-way yields no partial hits before the fallback."""
+    yield from list(hits)
+
+
+def _gzip(path: Path, name: str, needles: Needles, where: str, patterns: bool) -> Iterator[Hit]:
+    """A gzip file read as its content: ``.json.gz`` as JSON, ``.csv.gz`` as CSV, and so on."""
+    inner = name[:-3] if name.endswith(".gz") else name
+    with gzip.open(path, "rb") as gz:
+        data = gz.read(MAX_DECODED + 1)  # type: ignore[union-attr]
+    if len(data) > MAX_DECODED:  # too large to hold: stream its bytes
+        with gzip.open(path, "rb") as gz:
+            yield from _raw(gz, needles, where, "gzip content")  # type: ignore[arg-type]
+        return
+    yield from _materialised(
+        _content(inner, data[:132], io.BytesIO(data), len(data), needles, where, patterns)
+    )
+
+
+def _content(
+    name: str, head: bytes, fh: IO[bytes], size: int, needles: Needles, where: str, patterns: bool
+) -> Iterator[Hit]:
+    """Hits of one byte stream, dispatched by its first bytes and its (inner) name."""
+    if (
+        head[128:132] == b"DICM"
+        or name.endswith(".dcm")
+        or name == "dicomdir"
+        or head[:2] in (b"\x08\x00", b"\x02\x00")
+    ):
+        yield from _preamble(head, needles, where)
+        yield from _relabel(scan_dicom(fh, needles, patterns), where)
+    elif head.startswith(PNG_MAGIC):
+        yield from _png(fh, needles, where)
+    elif name.endswith(".json"):
+        yield from _json(fh, size, needles, where, patterns)
+    elif name.endswith(".jsonl"):
+        yield from _jsonl(fh, needles, where, patterns)
+    elif name.endswith(".csv"):
+        yield from _csv(fh, needles, where)
+    elif name.endswith(tuple(TEXT_SUFFIXES)):
+        yield from _lines(fh, needles, where)
+    elif head[:4] == b"PK\x03\x04":
+        yield from _zip(fh, needles, where, patterns)
+    else:
+        yield from _raw(fh, needles, where, "bytes")
 
 
 def _preamble(head: bytes, needles: Needles, where: str) -> Iterator[Hit]:
@@ -159,7 +212,7 @@ def _preamble(head: bytes, needles: Needles, where: str) -> Iterator[Hit]:
     for view in (text, text.replace("\x00", "")):
         for rule, found in needles.find(view):
             offset = text.lower().find(found.lower())
-            yield Hit(where, f"preamble @{offset if offset >= 0 else 0}", rule, mask(found))
+            yield Hit(where, f"preamble @{offset if offset >= 0 else 0}", rule, mask(found, rule))
         if "\x00" not in text:
             break
 
@@ -170,9 +223,28 @@ def _relabel(hits: Iterator[Hit], where: str) -> Iterator[Hit]:
         yield Hit(where, hit.field, hit.rule, hit.masked)
 
 
+def _views(text: str) -> Iterator[str]:
+    """``text`` and its decoded forms: ``\\u00fc``/``\\xfc`` escapes (logged reprs, JSON
+    embedded in text) and percent-encoding (URIs, artifact paths)."""
+    yield text
+    if "\\" in text:
+        unescaped = _ESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), text)
+        if unescaped != text:
+            yield unescaped
+    if "%" in text:
+        unquoted = unquote(text)
+        if unquoted != text:
+            yield unquoted
+
+
 def _text_hits(text: str, needles: Needles, where: str, field: str) -> Iterator[Hit]:
-    for rule, found in needles.find(text):
-        yield Hit(where, field, rule, mask(found))
+    seen: set[tuple[str, str]] = set()
+    for view in _views(text):
+        for rule, found in needles.find(view):
+            key = (rule, normalize(found))
+            if key not in seen:  # the same value seen in two views is one hit
+                seen.add(key)
+                yield Hit(where, field, rule, mask(found, rule))
 
 
 def _raw(fh: IO[bytes], needles: Needles, where: str, field: str) -> Iterator[Hit]:
@@ -183,41 +255,56 @@ def _raw(fh: IO[bytes], needles: Needles, where: str, field: str) -> Iterator[Hi
     while chunk := fh.read(CHUNK):
         text = tail + chunk.decode("latin-1")
         # UTF-16/32 strings (NumPy unicode arrays, Windows tools) match once NULs are dropped.
-        views = (text, text.replace("\x00", "")) if "\x00" in text else (text,)
+        views = [text, text.replace("\x00", "")] if "\x00" in text else [text]
+        if "\\" in text:
+            views.append(_ESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), text))
         for rule, found in (hit for view in views for hit in needles.find(view)):
-            key = (rule, found.lower())
+            key = (rule, normalize(found))
             if key not in seen:  # one hit per value and file: a checkpoint may repeat it
                 seen.add(key)
-                yield Hit(where, f"{field} @~{offset}", rule, mask(found))
+                yield Hit(where, f"{field} @~{offset}", rule, mask(found, rule))
         tail = text[-overlap:] if overlap else ""
         offset += len(chunk)
 
 
-def _lines(path: Path, needles: Needles, where: str) -> Iterator[Hit]:
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for n, line in enumerate(fh, 1):
-            yield from _text_hits(line, needles, where, f"line {n}")
+def _text_stream(fh: IO[bytes]) -> io.TextIOWrapper:
+    return io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline="")
 
 
-def _csv(path: Path, needles: Needles, where: str) -> Iterator[Hit]:
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, [])
-        for i, col in enumerate(header):
-            yield from _text_hits(col, needles, where, f"header column {i + 1}")
-        for n, row in enumerate(reader, 2):
-            for i, cell in enumerate(row):
-                col = header[i] if i < len(header) else f"column {i + 1}"
-                yield from _text_hits(cell, needles, where, f"line {n} {col}")
+def _lines(fh: IO[bytes], needles: Needles, where: str) -> Iterator[Hit]:
+    for n, line in enumerate(_text_stream(fh), 1):
+        yield from _text_hits(line, needles, where, f"line {n}")
 
 
-def _json(path: Path, needles: Needles, where: str, patterns: bool) -> Iterator[Hit]:
-    if path.stat().st_size > MAX_JSON_PARSE:
-        yield from _lines(path, needles, where)
+def _csv(fh: IO[bytes], needles: Needles, where: str) -> Iterator[Hit]:
+    reader = csv.reader(_text_stream(fh))
+    header = next(reader, [])
+    for i, col in enumerate(header):
+        yield from _text_hits(col, needles, where, f"header column {i + 1}")
+    for n, row in enumerate(reader, 2):
+        for i, cell in enumerate(row):
+            col = header[i] if i < len(header) else f"column {i + 1}"
+            yield from _text_hits(cell, needles, where, f"line {n} {col}")
+
+
+def _json(fh: IO[bytes], size: int, needles: Needles, where: str, patterns: bool) -> Iterator[Hit]:
+    """A JSON document parsed, so ``\\u00fc`` escapes are compared as the letters they are."""
+    if size > MAX_JSON_PARSE:
+        yield from _lines(fh, needles, where)
         return
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
+    data = json.loads(fh.read())
     yield from _walk_json(data, "$", needles, where, patterns)
+
+
+def _jsonl(fh: IO[bytes], needles: Needles, where: str, patterns: bool) -> Iterator[Hit]:
+    """JSON Lines: each line parsed (escapes resolved); a line that is not JSON read as text."""
+    for n, line in enumerate(_text_stream(fh), 1):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            yield from _text_hits(line, needles, where, f"line {n}")
+            continue
+        yield from _walk_json(data, f"line {n} $", needles, where, patterns)
 
 
 def _walk_json(data: Any, at: str, needles: Needles, where: str, patterns: bool) -> Iterator[Hit]:
@@ -241,13 +328,13 @@ def _keyword_rules(key: str, value: str, where: str, field: str) -> Iterator[Hit
         return
     vr = dictionary_VR(tag)
     if vr == "PN" and not _pseudonymous(value):
-        yield Hit(where, field, "person-name", mask(value))
+        yield Hit(where, field, "person-name", mask(value, "person-name"))
     elif (
         vr in ("DA", "DT")
         and int(tag) in PROFILE_DATE_TAGS | ALWAYS_DATE_TAGS
         and value.strip() not in DUMMY_DATES
     ):
-        yield Hit(where, field, "date", mask(value))
+        yield Hit(where, field, "date", mask(value, "date"))
 
 
 def _nifti(path: Path, needles: Needles, where: str) -> Iterator[Hit]:
@@ -264,23 +351,23 @@ def _nifti(path: Path, needles: Needles, where: str) -> Iterator[Hit]:
         yield from _raw(io.BytesIO(raw), needles, where, f"extension {i} (code {ext.get_code()})")
 
 
-def _png(path: Path, needles: Needles, where: str) -> Iterator[Hit]:
-    """PNG text chunks (tEXt, zTXt, iTXt) and EXIF, read chunk by chunk (pixels skipped)."""
-    with open(path, "rb") as fh:
-        fh.read(8)
-        while header := fh.read(8):
-            if len(header) < 8:
-                break
-            length, ctype = struct.unpack(">I4s", header)
-            if ctype in (b"tEXt", b"zTXt", b"iTXt", b"eXIf"):
-                data = fh.read(length)
-                fh.read(4)
-                text = _png_text(ctype, data)
-                yield from _text_hits(text, needles, where, f"PNG {ctype.decode()} chunk")
-            else:
-                fh.seek(length + 4, os.SEEK_CUR)
-            if ctype == b"IEND":
-                break
+def _png(fh: IO[bytes], needles: Needles, where: str) -> Iterator[Hit]:
+    """PNG text chunks (tEXt, zTXt, iTXt; compressed ones inflated) and EXIF, chunk by chunk
+    (pixels skipped)."""
+    fh.read(8)
+    while header := fh.read(8):
+        if len(header) < 8:
+            break
+        length, ctype = struct.unpack(">I4s", header)
+        if ctype in (b"tEXt", b"zTXt", b"iTXt", b"eXIf"):
+            data = fh.read(length)
+            fh.read(4)
+            text = _png_text(ctype, data)
+            yield from _text_hits(text, needles, where, f"PNG {ctype.decode()} chunk")
+        else:
+            fh.seek(length + 4, os.SEEK_CUR)
+        if ctype == b"IEND":
+            break
 
 
 def _png_text(ctype: bytes, data: bytes) -> str:
@@ -297,9 +384,22 @@ def _png_text(ctype: bytes, data: bytes) -> str:
     return data.decode("latin-1")
 
 
-def _zip(path: Path, needles: Needles, where: str) -> Iterator[Hit]:
-    with zipfile.ZipFile(path) as zf:
+def _zip(fh: IO[bytes], needles: Needles, where: str, patterns: bool) -> Iterator[Hit]:
+    """Each member by its name and as what it holds (a JSON member parsed, and so on)."""
+    with zipfile.ZipFile(fh) as zf:
         for info in zf.infolist():
-            yield from _text_hits(info.filename, needles, where, "zip member name")
-            with zf.open(info) as fh:
-                yield from _raw(fh, needles, where, f"zip member {info.filename}")
+            yield from _text_hits(info.filename, needles, where, f"zip member name {info.filename}")
+            if info.is_dir():
+                continue
+            at = f"zip member {info.filename}"
+            with zf.open(info) as member:
+                if info.file_size > MAX_DECODED:
+                    yield from _raw(member, needles, where, at)
+                    continue
+                data = member.read()
+            try:
+                found = list(_content(info.filename.lower(), data[:132], io.BytesIO(data),
+                                      len(data), needles, where, patterns))
+            except Exception:  # a member that does not parse: its bytes
+                found = list(_raw(io.BytesIO(data), needles, where, "bytes"))
+            yield from (Hit(where, f"{at}: {h.field}", h.rule, h.masked) for h in found)

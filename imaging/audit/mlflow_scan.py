@@ -56,7 +56,7 @@ def _kv(kind: str, mapping: Mapping[str, object] | None) -> list[tuple[str, str]
 
 def _texts(needles: Needles, where: str, items: list[tuple[str, str]]) -> list[Hit]:
     return [
-        Hit(where, field, rule, mask(found))
+        Hit(where, field, rule, mask(found, rule))
         for field, text in items
         for rule, found in needles.find(text)
     ]

@@ -4,7 +4,12 @@ Thousands of original values (a link table of a large export) are compiled into
 one trie-shaped regular expression, so a text is scanned once whatever the
 number of values. Matching is case-insensitive. Values that begin or end with a
 digit (IDs, UIDs, dates) only match as whole numbers: ``1.2.3.4`` does not hit
-inside ``1.2.3.45``, ``20190315`` not inside a longer digit run.
+inside ``1.2.3.45``, ``20190315`` not inside a longer digit run. Words may be
+separated by any run of spaces, ``^``, ``,``, ``_`` or ``-`` (DICOM writes
+``O'Brien^Seamus``, a report ``O'Brien, Seamus``, a file name ``OBRIEN_SEAMUS``).
+Identity values read from an export (``word`` needles) also need a boundary that
+is not a letter or digit on both sides, so a three-letter given name never hits
+inside a hex key or a longer word.
 """
 
 from __future__ import annotations
@@ -47,10 +52,24 @@ class Hit:
     masked: str
 
 
-def mask(value: str) -> str:
-    """``'ZZPHI^NAME'`` -> ``'ZZ********(10)'``: enough to recognise, never the value."""
+# Synthetic values (the canary token, a synth manifest) may show their first two
+# characters; a real identity (a name, an ID, a date) shows nothing but its length.
+_SHOWN_RULES = frozenset({"canary", "manifest"})
+_SEPARATORS = re.compile(r"[\s^,_\-]+")
+_SEPARATOR_CLASS = r"[\s^,_\-]+"
+
+
+def mask(value: str, rule: str = "canary") -> str:
+    """``'ZZPHI^NAME'`` -> ``'ZZ********(10)'`` for synthetic rules, ``'**********(10)'``
+    for real values: enough to count, never the value."""
     value = str(value)
-    return f"{value[:2]}{'*' * min(8, max(0, len(value) - 2))}({len(value)})"
+    shown = value[:2] if rule in _SHOWN_RULES else "*" * min(2, len(value))
+    return f"{shown}{'*' * min(8, max(0, len(value) - 2))}({len(value)})"
+
+
+def normalize(text: str) -> str:
+    """Lower case, every run of word separators one space: the form needles are kept in."""
+    return _SEPARATORS.sub(" ", str(text).lower()).strip()
 
 
 def default_canary() -> str:
@@ -71,7 +90,11 @@ def _trie_pattern(words: Iterable[str]) -> str:
         node[""] = {}
 
     def build(node: dict[str, dict]) -> str:
-        alts = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
+        alts = [
+            (_SEPARATOR_CLASS if ch == " " else re.escape(ch)) + build(child)
+            for ch, child in sorted(node.items())
+            if ch
+        ]
         if not alts:
             return ""
         body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
@@ -86,16 +109,31 @@ def _trie_pattern(words: Iterable[str]) -> str:
 class Needles:
     """Values to find, each with the rule that reports it."""
 
-    rules: dict[str, str] = field(default_factory=dict)  # lowercase value -> rule
+    rules: dict[str, str] = field(default_factory=dict)  # normalized value -> rule
+    words: set[str] = field(default_factory=set)  # values that match only as whole words
 
     def __post_init__(self) -> None:
         self._regex: re.Pattern[str] | None = None
 
-    def add(self, values: Iterable[str], rule: str) -> Needles:
+    def add(
+        self, values: Iterable[str], rule: str, *, min_len: int = MIN_TOKEN_LEN, word: bool = False
+    ) -> Needles:
+        """Add ``values`` under ``rule``; shorter than ``min_len`` (normalized) are dropped.
+
+        A value with non-ASCII letters is also added as its UTF-8 bytes read as Latin-1,
+        the form it has in a raw byte scan (checkpoints, unknown binaries).
+        """
         for value in values:
-            text = str(value).strip().lower()
-            if len(text) >= MIN_TOKEN_LEN:
-                self.rules.setdefault(text, rule)
+            text = normalize(value)
+            if len(text) < min_len:
+                continue
+            forms = [text]
+            if not text.isascii():
+                forms.append(normalize(text.encode("utf-8").decode("latin-1")))
+            for form in forms:
+                self.rules.setdefault(form, rule)
+                if word:
+                    self.words.add(form)
         self._regex = None
         return self
 
@@ -129,8 +167,13 @@ class Needles:
                 after = low[end : end + 2]
                 if after[0].isdigit() or (after[0] == "." and after[1:2].isdigit()):
                     continue
+            key = normalize(token)
+            if key in self.words and (
+                (start > 0 and low[start - 1].isalnum()) or (end < len(low) and low[end].isalnum())
+            ):
+                continue  # part of a longer word or key
             pos = end
-            yield self.rules[token], text[start:end]
+            yield self.rules.get(key, "canary"), text[start:end]
 
 
 def load_link_table(path: str | os.PathLike[str]) -> list[str]:
@@ -202,10 +245,15 @@ def build_needles(
     manifests: Iterable[str | os.PathLike[str]] = (),
     exports: Iterable[str | os.PathLike[str]] = (),
 ) -> Needles:
-    """One matcher for canary tokens, link-table originals, manifest values and export folder names."""
+    """One matcher for canary tokens, link-table originals, manifest values, and each export's
+    folder names and identities read from its headers (:mod:`imaging.audit.identities`)."""
+    from imaging.audit.identities import export_identities, identity_needles
+
     needles = Needles().add(canaries, "canary")
     for export in exports:
         needles.add(folder_names(export), "folder-name")
+        for value, rule, minimum in identity_needles(export_identities(export)):
+            needles.add([value], rule, min_len=minimum, word=True)
     for table in link_tables:
         needles.add(load_link_table(table), "link-table")
     for manifest in manifests:

@@ -51,4 +51,7 @@ def test_folder_name_found_in_text_preamble_and_path_never_shown(tmp_path: Path)
     (out / "catalog.csv").unlink()
     (out / "img.dcm").unlink()
     (out / f"x_{NAME}" / "notes.txt").unlink()
+    # An empty folder's name is output too.
+    assert [(h.field, h.rule) for h in scan_paths([out], needles)] == [("folder path", "folder-name")]
+    (out / f"x_{NAME}").rmdir()
     assert audit_main([str(out), "--export", str(export), "--canary", "ZZPHI"]) == 0
