@@ -18,6 +18,7 @@ keeps the original identifiers for writing back to the hospital PACS.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -388,9 +389,13 @@ def write_seg(
     names = [(n, label_names.get(v, f"label_{v}")) for n, v in enumerate(present, start=1)]
     # Deterministic SEG UIDs: a re-run of the same model on the same series rewrites the same object.
     # (a re-push to the archive then stores no duplicate). The geometry is part of the seed:
-    # the two SEGs of one series are different objects.
+    # the two SEGs of one series are different objects. So is the content: an option that changes
+    # the mask or its encoding (largest_component, tta_flip, inference.labels, seg.type, the segment
+    # codes...) gives a new object under a new UID; an archive holding the old UID
+    # would otherwise answer "present" and keep the stale mask (two objects, one UID).
     seed = f"seg:{headers[0].SeriesInstanceUID}:{algorithm_name}:{algorithm_version}"
     seed += ":regular" if geometry == "regular" else ""
+    seed += ":" + seg_content_digest(pixel_array, names, segmentation_type, coded)
 
     def uid_src(value: str) -> str:
         if pseudonymizer is not None:
@@ -428,6 +433,22 @@ def write_seg(
     with atomic_path(out, suffix=".dcm") as tmp:
         seg.save_as(tmp, enforce_file_format=True)
     return SegResult(out, dict(names), int(seg.NumberOfFrames), series_uid, sop_uid)
+
+
+def seg_content_digest(pixel_array: np.ndarray, names: Sequence[tuple[int, str]], segmentation_type: str,
+                       coded: Mapping[str, Mapping[str, Any]]) -> str:
+    """A digest of what a SEG encodes: its frames' pixels, segments, their codes and the SEG type.
+
+    Derived from the content rather than from the options that produced it, so every option
+    that changes the object changes its UID (options added later included), and one that does
+    not (largest_component on a one-piece mask) keeps it: the archive's "already present" stays true.
+    """
+    h = hashlib.sha256()
+    h.update(f"{segmentation_type}|{pixel_array.shape}|{pixel_array.dtype.str}|".encode())
+    used = {name: coded.get(name) for _, name in names}
+    h.update(json.dumps([list(names), used], sort_keys=True, default=str).encode())
+    h.update(np.ascontiguousarray(pixel_array).data)
+    return h.hexdigest()[:32]
 
 
 def _sampled_frames(source: SourceSeries, labels: np.ndarray, affine_ras: np.ndarray) -> np.ndarray:
