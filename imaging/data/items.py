@@ -104,12 +104,20 @@ def label_mapping(info: DatasetInfo, wanted: list[str] | None) -> tuple[dict[int
 
 
 def segmentation_items(info: DatasetInfo, modality: str | None) -> list[dict[str, Any]]:
-    """Items for every ok row with a label volume (and of ``modality`` when given)."""
-    items = []
+    """Items for every ok row with a label map (and of ``modality`` when given).
+
+    Rows whose labels are one-hot (``label_layout=onehot``: overlapping segments, 4D) are
+    left out with a warning naming them: the transforms read a label map, and a 4D label
+    read as one would train on channels as if they were classes.
+    """
+    items, onehot = [], []
     for row in info.ok_rows:
         if modality and row.modality.upper() != modality.upper():
             continue
         if not row.label_path or not row.volume_path:
+            continue
+        if row.label_layout not in ("", "labelmap"):
+            onehot.append(row.series_key)
             continue
         items.append({
             "image": str(info.root / row.volume_path),
@@ -117,6 +125,10 @@ def segmentation_items(info: DatasetInfo, modality: str | None) -> list[dict[str
             "series_key": row.series_key,
             "subject_key": row.subject_key,
         })
+    if onehot:
+        log.warning("%d series left out of segmentation training: their labels are one-hot (4D: overlapping "
+                    "segments, label_layout in %s), not a label map: %s", len(onehot), CATALOG_NAME,
+                    ", ".join(onehot))
     return items
 
 

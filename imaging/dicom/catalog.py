@@ -28,6 +28,9 @@ class CatalogRow:
     ``512x512x300`` and ``0.7x0.7x2.5``; ``orientation`` is the NIfTI axis code
     (``RAS``, ``LPS``...). ``reason`` is empty for ok rows without remarks;
     for ok rows it may carry remarks such as ``gantry tilt 15.0 deg resampled``.
+    ``label_layout`` says how ``label_path`` holds the labels: ``labelmap`` (3D, one
+    dataset label value per voxel) or ``onehot`` (4D (x, y, z, C), channel c = label
+    value c, channel 0 background: segments that overlap); empty without labels.
     """
 
     series_key: str
@@ -48,6 +51,7 @@ class CatalogRow:
     n_timepoints: int = 1
     tilt_deg: float = 0.0
     slice_spacing_uneven: bool = False
+    label_layout: str = ""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from imaging.deid.values import cap_age
 from imaging.deid.withhold import Withheld, WithholdPolicy, check, read_policy_header
 from imaging.dicom.catalog import CatalogRow
@@ -28,11 +26,14 @@ from imaging.dicom.dims import TIME_AXES
 from imaging.dicom.geometry import PlanError, Slice, plan_grid, sparse_grid
 from imaging.dicom.header import POLICY_TAGS
 from imaging.dicom.labels import (
+    LABELMAP,
     LabelError,
+    Labels,
     LabelTable,
     LabelTableFrozen,
     nifti_to_labels,
     seg_to_labels,
+    segs_to_labels,
 )
 from imaging.dicom.scan import decode_row
 from imaging.dicom.series import SEG_CLASSES, SeriesPlan, VolumePlan, plan_series
@@ -135,7 +136,7 @@ def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: Batch
               "series_number": str(plan.params.get("SeriesNumber", "")),
               "body_part": str(plan.params.get("BodyPartExamined", ""))}
     if plan.kind == "seg" and orphan_seg:
-        return [_write_orphan_seg(plan, base, ctx, result, common)]
+        return _write_orphan_seg(plan, base, ctx, result, common)
     if plan.kind == "seg":
         ref = rows[0].get("ref_series_uid")
         target = f" of series {ctx.ps.key(ref, 'series')}" if ref else " (no (0008,1115) ReferencedSeriesSequence)"
@@ -241,12 +242,13 @@ def _write_volume(plan: SeriesPlan, vol: VolumePlan, key: str, ctx: SeriesContex
         sidecar["PatientAge"] = cap_age(str(sidecar["PatientAge"]))
     atomic_write_json(ctx.output_dir / f"volumes/{key}.json", sidecar, fsync=False)
     if labels is not None:
-        write_nifti(labels, vol.grid, ctx.output_dir / lab_rel, fsync=False)
+        write_nifti(labels.data, vol.grid, ctx.output_dir / lab_rel, fsync=False)
     grid = vol.grid
     row = CatalogRow(
         key, status="ok", reason=reason, n_instances=vol.n_instances, shape="x".join(map(str, data.shape)),
         spacing="x".join(f"{v:.6g}" for v in (grid.dx, grid.dy, grid.dz)), orientation=axis_codes(grid.affine_ras),
         volume_path=vol_rel, label_path=lab_rel if labels is not None else "", n_timepoints=len(vol.slices),
+        label_layout=labels.layout if labels is not None else "",
         tilt_deg=grid.tilt_deg, slice_spacing_uneven=grid.uneven, **common,
     )
     files: list[str] = []
@@ -271,23 +273,40 @@ def _write_volume(plan: SeriesPlan, vol: VolumePlan, key: str, ctx: SeriesContex
 
 
 def _write_orphan_seg(plan: SeriesPlan, key: str, ctx: SeriesContext, result: BatchResult,
-                      common: dict[str, Any]) -> CatalogRow:
-    """A DICOM SEG whose source series is not in the export: its labels on the SEG's own frame grid.
+                      common: dict[str, Any]) -> list[CatalogRow]:
+    """A DICOM SEG series whose source series is not in the export: each instance its own label volume.
 
-    The grid comes from the SEG's frames (PlanePositionSequence, orientation, PixelSpacing,
-    Rows/Columns) like an image series' grid from its slices; frames at the same position
-    (one per segment) are one slice, and positions the SEG has no frame for are empty slices.
+    Instances of one SEG series may differ in frame size and position (one segmentation
+    stored several ways): each gets its own grid and row (``<key>_<n>`` in file order when
+    there are several), so none is dropped; an instance that cannot be rasterised is an
+    error row naming its file.
     """
     rows = sorted(plan.rows, key=lambda r: r["path"])
     ref = rows[0].get("ref_series_uid")
     what = (f"DICOM SEG whose source series {ctx.ps.key(ref, 'series')} is not in the export" if ref
             else "DICOM SEG without (0008,1115) ReferencedSeriesSequence")
-    seg = rows[0]
+    out = []
+    for n, seg in enumerate(rows, start=1):
+        inst_key = key if len(rows) == 1 else f"{key}_{n}"
+        if inst_key != key:
+            result.links.add(("volume", plan.series_uid, inst_key))
+        out.append(_write_orphan_instance(seg, inst_key, what, ctx, result, common))
+    return out
+
+
+def _write_orphan_instance(seg: dict[str, Any], key: str, what: str, ctx: SeriesContext, result: BatchResult,
+                           common: dict[str, Any]) -> CatalogRow:
+    """One SEG instance's labels on its own frame grid.
+
+    The grid comes from the SEG's frames (PlanePositionSequence, orientation, PixelSpacing,
+    Rows/Columns) like an image series' grid from its slices; frames at the same position
+    (one per segment) are one slice, and positions the SEG has no frame for are empty slices.
+    """
     rel = os.path.relpath(seg["path"], ctx.input_dir)
     slices = []
     for i, f in enumerate(seg.get("frames") or []):
         if f.get("ipp") is None or f.get("iop") is None or f.get("sp") is None:
-            return CatalogRow(key, status="error", n_instances=plan.n_instances, **common, reason=(
+            return CatalogRow(key, status="error", n_instances=1, **common, reason=(
                 f"{what}: file '{rel}' frame {i + 1}: missing (0020,0032)/(0020,0037)/(0028,0030) "
                 "in functional groups"))
         slices.append(Slice(path=seg["path"], frame=i, ipp=tuple(f["ipp"]), iop=tuple(f["iop"]),
@@ -299,29 +318,26 @@ def _write_orphan_seg(plan: SeriesPlan, key: str, ctx: SeriesContext, result: Ba
         grid = sparse_grid(plan_grid([slices], tilt=ctx.options["tilt"], uneven="resample")[0])
         labels = seg_to_labels(seg["path"], grid, ctx.table, rel)
     except (PlanError, LabelError) as exc:
-        return CatalogRow(key, status="error", reason=f"{what}: file '{rel}': {exc}",
-                          n_instances=plan.n_instances, **common)
+        return CatalogRow(key, status="error", reason=f"{what}: file '{rel}': {exc}", n_instances=1, **common)
     lab_rel = f"labels/{key}.nii.gz"
-    write_nifti(labels, grid, ctx.output_dir / lab_rel, fsync=False)
+    write_nifti(labels.data, grid, ctx.output_dir / lab_rel, fsync=False)
     result.n_written += 1
     return CatalogRow(
-        key, status="ok", n_instances=plan.n_instances, shape="x".join(map(str, labels.shape)),
-        reason=f"{what}: label volume in the SEG's own frame geometry (no image volume)",
+        key, status="ok", n_instances=1, shape="x".join(map(str, labels.data.shape)),
+        reason=f"{what}: file '{rel}': label volume in the SEG's own frame geometry (no image volume)",
         spacing="x".join(f"{v:.6g}" for v in (grid.dx, grid.dy, grid.dz)), orientation=axis_codes(grid.affine_ras),
-        label_path=lab_rel, tilt_deg=grid.tilt_deg, **common,
+        label_path=lab_rel, label_layout=labels.layout, tilt_deg=grid.tilt_deg, **common,
     )
 
 
 def _labels(plan: SeriesPlan, vol: VolumePlan, segs: list[dict[str, Any]], label_file: Path | None,
-            ctx: SeriesContext) -> np.ndarray | None:
+            ctx: SeriesContext) -> Labels | None:
     if segs:
-        out = None
-        for seg in sorted(segs, key=lambda r: r["path"]):
-            lab = seg_to_labels(seg["path"], vol.grid, ctx.table, os.path.relpath(seg["path"], ctx.input_dir))
-            out = lab if out is None else np.where(lab > 0, lab, out)
-        return out
+        # Every SEG instance of this series whole in one label volume, or a LabelError naming it.
+        return segs_to_labels([(r["path"], os.path.relpath(r["path"], ctx.input_dir)) for r in segs],
+                              vol.grid, ctx.table)
     if label_file is not None:
-        return nifti_to_labels(label_file, vol.grid, ctx.table, ctx.label_names)
+        return Labels(nifti_to_labels(label_file, vol.grid, ctx.table, ctx.label_names), LABELMAP)
     return None
 
 

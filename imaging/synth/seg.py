@@ -8,7 +8,9 @@ one segment per organ, SNOMED codes) references every source instance.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import highdicom as hd
 import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from imaging.fsutil import atomic_path
 from imaging.synth.canaries import SubjectPhi
@@ -136,3 +139,67 @@ def _segmentation(headers: Sequence[Dataset], label_frames: np.ndarray, series_u
         content_creator_name=phi.text["OperatorsName"],
         omit_empty_frames=False,
     )
+
+
+# Transfer syntaxes no installed encoder writes for a BINARY SEG (highdicom refuses RLE for
+# 1-bit frames; pydicom knows neither Deflated Image Frame Compression nor 1-bit RLE):
+# the synthetic export and the tests build them here from a native SEG's frames.
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+DEFLATED_IMAGE_FRAME = "1.2.840.10008.1.2.8.1"
+
+
+def encode_seg_frames(seg: Dataset, transfer_syntax: str) -> Dataset:
+    """A copy of a native (uncompressed) BINARY or LABELMAP SEG with every frame compressed.
+
+    RLE (PS3.5 Annex G): a 1-bit frame's pixels packed 8 to a byte (first pixel in the
+    lowest bit, as native 1-bit data), one PackBits segment per frame. Deflated Image Frame
+    Compression: one raw deflate stream (RFC 1951) of the packed frame per fragment.
+
+    Raises:
+        ValueError: ``transfer_syntax`` is neither of those two.
+    """
+    import zlib
+
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels.encoders.native import _encode_segment
+
+    frames = np.asarray(seg.pixel_array).reshape(int(seg.get("NumberOfFrames", 1)), seg.Rows, seg.Columns)
+    out = copy.deepcopy(seg)
+    encoded = []
+    for frame in frames:
+        if int(seg.BitsAllocated) == 1:
+            raw = np.packbits(frame.ravel().astype(np.uint8), bitorder="little").tobytes()
+        else:
+            raw = frame.astype(f"<u{int(seg.BitsAllocated) // 8}").tobytes()
+        if transfer_syntax == RLE_LOSSLESS:
+            body = _encode_segment(raw, len(raw))
+            encoded.append(struct.pack("<2L", 1, 64) + b"\x00" * 56 + bytes(body))
+        elif transfer_syntax == DEFLATED_IMAGE_FRAME:
+            packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+            encoded.append(packer.compress(raw) + packer.flush())
+        else:
+            raise ValueError(f"transfer syntax '{transfer_syntax}': only RLE Lossless and Deflated Image Frame "
+                             "Compression are built here")
+    out.PixelData = encapsulate(encoded)
+    out["PixelData"].VR = "OB"
+    out["PixelData"].is_undefined_length = True
+    out.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+    return out
+
+
+def save_encoded(seg: Dataset, path: Path) -> None:
+    """Write a SEG from :func:`encode_seg_frames` as a DICOM file (preamble, File Meta, explicit VR LE).
+
+    pydicom's ``save_as`` refuses a transfer syntax UID it does not know (Deflated Image Frame
+    Compression is newer than pydicom 3.0), so the parts are written here.
+    """
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".dcm") as tmp, open(tmp, "wb") as raw:
+        raw.write(b"\x00" * 128 + b"DICM")
+        fp = DicomFileLike(raw)
+        write_file_meta_info(fp, seg.file_meta, enforce_standard=True)
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_dataset(fp, seg)
