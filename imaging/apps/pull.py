@@ -1,7 +1,7 @@
 """`imaging pull url=URL output_dir=EXPORT [study=[UID,...]] [query.modality=CT ...]`.
 
 Thin: compose the config, query and pull with :mod:`imaging.dicomweb.pull`, print
-the summary. Exit 1 when a study failed (it is listed with the reason).
+the summary. Exit 1 when a study failed or is incomplete (it is listed with the reason).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main(cfg: DictConfig) -> None:
     from rich.table import Table
 
     from imaging.dicomweb.client import DicomwebError, DicomwebSettings, check_reachable
-    from imaging.dicomweb.pull import Puller, PullQuery, find_studies
+    from imaging.dicomweb.pull import Puller, PullQuery, as_uid_list, find_studies
     from imaging.errors import UsageError, require_writable_dir
     from imaging.keys import Pseudonymizer, SecretError
 
@@ -39,7 +39,7 @@ def main(cfg: DictConfig) -> None:
     with contextlib.suppress(SecretError):  # no secret: the UIDs (the export is hospital side)
         key = partial(Pseudonymizer.from_config(cfg.secret_file, bool(cfg.demo_key)).key, kind="study")
     query = PullQuery(str(cfg.query.modality or ""), str(cfg.query.date or ""), str(cfg.query.patient_id or ""))
-    studies = [str(s) for s in (cfg.study or [])] or find_studies(client, query)
+    studies = as_uid_list(cfg.study) or find_studies(client, query)
     puller = Puller(client, Path(str(cfg.output_dir)), study_key=key, workers=int(cfg.dicomweb.workers),
                     progress=bool(cfg.progress))
     summary = puller.pull(studies, modality=query.modality)

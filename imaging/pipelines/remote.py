@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from imaging.dicomweb.client import DicomwebError, DicomwebSettings, check_reachable
-from imaging.dicomweb.pull import Puller, PullQuery, find_studies
+from imaging.dicomweb.pull import Puller, PullQuery, as_uid_list, find_studies
 from imaging.dicomweb.push import PushResult, c_store, stow
 from imaging.errors import UsageError
 from imaging.fsutil import atomic_write_text
@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TransferRow:
-    """One study pulled or one SEG pushed: ``status`` ok | present | error, with why."""
+    """One study pulled or one SEG pushed: ``status`` ok | present | incomplete | error, with why.
+
+    ``incomplete``: the archive counts more instances than it served (the study stays out).
+    """
 
     key: str  # study key (pull) or series key (push)
     stage: str  # pull | push
@@ -94,7 +97,7 @@ def pull_for_inference(cfg: DictConfig, private: Path, pseudo: Pseudonymizer, mo
         raise UsageError(f"input={settings.url}: {exc}") from None
     q = cfg.get("query") or {}
     query = PullQuery(str(q.get("modality") or modality), str(q.get("date") or ""), str(q.get("patient_id") or ""))
-    studies = [str(s) for s in (cfg.get("study") or [])] or find_studies(client, query)
+    studies = as_uid_list(cfg.get("study")) or find_studies(client, query)
     export = private / "export"
     export.mkdir(parents=True, exist_ok=True)
     workers = int(cfg.dicomweb.get("workers", 4)) if "dicomweb" in cfg else 4
