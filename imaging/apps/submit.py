@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from imaging.apps.errors import describe
     from imaging.errors import UsageError
     from imaging.launch.checks import check_job, check_secrets
-    from imaging.launch.submit import Prepared, SubmitError, prepare, submit
+    from imaging.launch.submit import Prepared, SubmitError, pin_model, prepare, submit
     from imaging.launch.sweep import expand_sweep, point_suffix, swept_keys
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             if prep.cfg is not None:
                 try:
                     check_job(prep.kind, prep.cfg, produced)
+                    pin_model(prep, produced)  # infer: @alias -> the version it names now, for every task
                 except Exception:
                     if not dry:
                         raise
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"  script : {sub.script}")
         console.print(f"  logs   : {sub.log_for()}")
         console.print(f"  output : {sub.run_dir}")
+        if sub.model_pinned_from:
+            console.print(f"  model  : {sub.model_uri} ({sub.model_pinned_from} at submission)")
         if sub.tracking_uri:
             what = f"run '{sub.run_name}' in " if sub.run_name else ""
             console.print(f"  MLflow : {what}experiment '{sub.experiment_name}' at {sub.tracking_uri}")

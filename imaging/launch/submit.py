@@ -7,6 +7,8 @@ separately from ``conf/submit.yaml`` with the ``launcher*`` overrides, so the
 command inside the job carries exactly the user's overrides plus the few this
 module pins (``paths.root_dir`` so the job resolves the same directories,
 ``tracking.uri`` when the launcher names a server, ``trainer.resume=auto``).
+An inference job's ``models:/NAME@ALIAS`` is pinned to the version the alias names
+at submission (:func:`pin_model`): every task of the array runs that version.
 
 Per submission, ``<job dir>/<kind>.sbatch`` holds the script, ``slurm-*.out``
 the logs and ``job-<id>.json`` a record (also copied to
@@ -20,16 +22,17 @@ import logging
 import os
 import re
 import subprocess
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from imaging.errors import UsageError
 from imaging.fsutil import atomic_write_json, atomic_write_text
 from imaging.launch.render import JOB_KINDS, JobSpec, LauncherConfigError, render
-from imaging.tracking.store import embedded_uri
+from imaging.tracking.store import embedded_uri, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ class Prepared:
     launcher: dict[str, Any]
     tracking: dict[str, str | None] = field(default_factory=dict)
     cfg: DictConfig | None = None  # the job's composed config (checked before sbatch)
+    model: dict[str, str] = field(default_factory=dict)  # infer: {"uri", "pinned_from"} once pinned
 
     @property
     def log_pattern(self) -> str:
@@ -77,6 +81,8 @@ class Submission:
     array: str | None
     submitted_at: str
     dependency: str | None = None
+    model_uri: str | None = None  # infer: the model every task runs (models:/NAME/VERSION once pinned)
+    model_pinned_from: str | None = None  # infer: the models:/NAME@ALIAS it was resolved from at submission
 
     def log_for(self, task: int | None = None) -> str:
         """The log path with Slurm's ``%j`` / ``%A_%a`` patterns filled in."""
@@ -180,6 +186,68 @@ def prepare(kind: str, overrides: Sequence[str], *, cwd: Path | None = None,
                     launcher=launcher, tracking=_tracking(cfg, kind, launcher), cfg=cfg)
 
 
+def _registry_uri(prep: Prepared) -> str:
+    """The store the job will load its model from: as the job resolves it (``tracking.uri``,
+    then ``$MLFLOW_TRACKING_URI`` inherited through sbatch, then the embedded store)."""
+    assert prep.cfg is not None
+    explicit = prep.launcher.get("mlflow_tracking_uri") or prep.cfg.tracking.get("uri")
+    return tracking_uri(str(explicit) if explicit else None, str(prep.cfg.paths.mlflow_db))
+
+
+def pin_model(prep: Prepared, produced: Collection[str] = ()) -> str | None:
+    """Resolve an inference job's ``models:/NAME@ALIAS`` once, now, and render ``models:/NAME/VERSION``.
+
+    Each array task would otherwise resolve the alias when it starts: a promotion while the
+    array waits in the queue would put two versions into one report. ``prep`` is updated in
+    place (overrides, script, ``cfg.model_uri``, ``model``); returns the version (None when
+    there is nothing to pin: another job kind, a version already, or a model an earlier job of
+    the chain registers, named in ``produced``).
+
+    Raises
+    ------
+    UsageError
+        The registry has no such model or alias, or cannot be reached (names the key and the store).
+    """
+    if prep.kind != "infer" or prep.cfg is None or "model_uri" in produced:
+        return None
+    from imaging.tracking.registry import parse_model_uri
+
+    uri = str(prep.cfg.get("model_uri") or "")
+    name, alias, version = parse_model_uri(uri) if uri.startswith("models:/") else (uri, None, None)
+    if alias is None:
+        prep.model = {"uri": uri}
+        return version
+    mv = _resolve_alias(prep, uri, name, alias)
+    pinned = f"models:/{name}/{mv}"
+    overrides = [o for o in prep.spec.overrides if o.lstrip("+~").split("=", 1)[0] not in ("model_uri", "model")]
+    prep.spec = replace(prep.spec, overrides=[*overrides, f"model_uri={pinned}"])
+    prep.script = render(prep.launcher, prep.spec)
+    prep.cfg.model_uri = pinned
+    prep.model = {"uri": pinned, "pinned_from": uri}
+    log.info("%s is version %s now: the job runs %s", uri, mv, pinned)
+    return mv
+
+
+def _resolve_alias(prep: Prepared, uri: str, name: str, alias: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    from imaging.tracking.connect import load_token
+    from imaging.tracking.store import client_for
+
+    store = _registry_uri(prep)
+    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).is_file():
+        # MLflow would create an empty store here and then not find the model.
+        raise UsageError(f"model={uri}: no MLflow store at {store} to resolve '@{alias}' in "
+                         "(`imaging where` shows the store; set tracking.uri)")
+    assert prep.cfg is not None
+    load_token(prep.cfg.tracking)
+    try:
+        return str(client_for(store).get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UsageError(f"model={uri}: {first} (store: {store}; `imaging model list` shows its models)") from None
+
+
 def sbatch(script_path: Path, sbatch_exe: str = "sbatch", env: Mapping[str, str] | None = None,
            dependency: str | None = None) -> str:
     """Submit with ``sbatch --parsable``; return the job id.
@@ -219,6 +287,7 @@ def submit(prep: Prepared, *, dry_run: bool = False, env: Mapping[str, str] | No
         tracking_uri=prep.tracking.get("uri"), experiment_name=prep.tracking.get("experiment_name"),
         run_name=prep.tracking.get("run_name"), run_id_file=str(run_id_file) if run_id_file else None,
         array=None, submitted_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), dependency=dependency,
+        model_uri=prep.model.get("uri"), model_pinned_from=prep.model.get("pinned_from"),
     )
     if prep.kind == "infer":
         from imaging.launch.render import array_spec
