@@ -240,11 +240,14 @@ def date_forms(value: str) -> list[str]:
             f"{y}.{m}.{d}", f"{y}/{m}/{d}"]
 
 
+_GERMAN = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue"})
+
+
 def _variants(text: str) -> list[str]:
     out = [text]
     folded = _ascii_fold(text)
-    if folded != text:
-        out.append(folded)
+    if folded != text:  # Müller is also written Muller, and Mueller
+        out += [folded, text.translate(_GERMAN)] if text.translate(_GERMAN) != folded else [folded]
     if "'" in text or "\u2019" in text:  # O'Brien is also written OBrien and O’Brien
         out += [text.replace("'", "").replace("\u2019", ""), text.replace("'", "\u2019")]
     return out

@@ -4,8 +4,9 @@ Kept apart from the file scanners so that ``imaging.audit`` never imports mlflow
 unless a store is audited. Covered: experiment names and tags; run names, params
 (keys and values), tags, metric names, dataset inputs; every artifact file
 (downloaded one at a time into a temporary folder and scanned like any file);
-registered models and versions (names, descriptions, tags); logged models
-(names, params, tags, artifacts).
+registered models and versions (names, descriptions, aliases, tags); logged models
+(names, params, tags, artifacts). Run and experiment descriptions are the
+``mlflow.note.content`` tag, so they are read with the tags.
 """
 
 from __future__ import annotations
@@ -160,6 +161,7 @@ def _registry(client: MlflowClient, needles: Needles) -> list[Hit]:
         items = [("name", model.name), ("description", model.description or "")] + _kv(
             "tag", model.tags
         )
+        items += [("alias", str(alias)) for alias in (getattr(model, "aliases", None) or {})]
         hits += _texts(needles, where, items)
         for version in client.search_model_versions(f"name='{model.name}'"):
             items = [("description", version.description or ""), ("source", version.source or "")]
