@@ -272,6 +272,8 @@ def segs_to_labels(segs: list[tuple[str, str]], grid: Grid, table: LabelTable) -
     Raises:
         LabelError: an unreadable instance, or two instances that disagree (both named).
     """
+    if len(segs) == 1:  # the usual case: no comparisons, no second pass over the grid
+        return seg_to_labels(segs[0][0], grid, table, segs[0][1])
     canvas = LabelCanvas(grid.shape, table)
     seen: dict[int, tuple[str, np.ndarray]] = {}
     for path, rel in sorted(segs):
