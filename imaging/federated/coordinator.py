@@ -28,6 +28,7 @@ from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
 from imaging.errors import UsageError
+from imaging.federated.aggregate import aggregate_site_metrics
 from imaging.federated.strategy import build_strategy
 from imaging.fsutil import atomic_write_json
 from imaging.models.registry import build_network
@@ -54,6 +55,8 @@ class RoundRecord:
     seconds: float
     # What crossed the wire from each site: record names, their types and sizes.
     received: list[dict[str, Any]] = field(default_factory=list)
+    # With differential privacy: sites sampled/aggregated, noise std, epsilon at delta.
+    privacy: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -258,8 +261,9 @@ def run_federation(grid: Grid, cfg: DictConfig, tracker: Any | None = None) -> F
         for r in evals:
             rec.per_site.setdefault(_site_of(r, names), {}).update(
                 {f"val_{k}": v for k, v in _metrics_of(r).items()})
-        ev_metrics = strategy.aggregate_evaluate(rec.round, evals) if evals else None
-        rec.evaluate = {k: float(v) for k, v in (ev_metrics or {}).items() if isinstance(v, int | float)}
+        # Per metric over the sites that have it, NaN-aware (imaging.federated.aggregate), not
+        # Flower's weighted sum over every site.
+        rec.evaluate = aggregate_site_metrics([_metrics_of(r) for r in evals]) if evals else {}
         value = rec.evaluate.get(monitor, math.nan)
         if not math.isnan(value) and (result.best_round == 0 or value > result.best_metric):
             result.best_round, result.best_metric, best_state = rec.round, value, state
@@ -302,7 +306,8 @@ def run_federation(grid: Grid, cfg: DictConfig, tracker: Any | None = None) -> F
                 {f"train_{k}" if not k.startswith("train_") else k: v for k, v in _metrics_of(r).items()})
         rec = RoundRecord(rnd, trained, failed, {k: float(v) for k, v in (train_metrics or {}).items()
                                                  if isinstance(v, int | float)}, {}, per_site,
-                          round(time.perf_counter() - start, 2), wire)
+                          round(time.perf_counter() - start, 2), wire,
+                          dict(getattr(strategy, "last", {})))
         result.history.append(rec)
         pending, pending_state = rec, arrays.to_torch_state_dict()
         result.rounds_done = rnd

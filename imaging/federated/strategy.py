@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyServerSideFixedClipping,
-    FedAvg,
-    FedProx,
-    Strategy,
-)
+from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
 
 from imaging.errors import UsageError
+from imaging.federated.privacy import SiteLevelDP
 
 AGGREGATIONS = ("fedavg", "fedprox")
 DP_MODES = ("none", "server_fixed_clipping")
@@ -23,7 +19,8 @@ DP_MODES = ("none", "server_fixed_clipping")
 
 def build_strategy(fed: dict[str, Any], n_sites: int) -> Strategy:
     """FedAvg or FedProx with the federation's minimum-site rules, optionally wrapped in
-    Flower's central differential privacy (server-side fixed clipping).
+    Flower's central differential privacy (server-side fixed clipping) over equal site
+    weights (:class:`imaging.federated.privacy.SiteLevelDP`).
 
     Raises:
         UsageError: an unknown ``federation.strategy`` or ``federation.dp.mode``, or
@@ -44,9 +41,12 @@ def build_strategy(fed: dict[str, Any], n_sites: int) -> Strategy:
     if mode not in DP_MODES:
         raise UsageError(f"federation.dp.mode='{mode}': not one of {list(DP_MODES)}")
     if mode == "server_fixed_clipping":
-        # Clips each site's update to clipping_norm, then adds Gaussian noise of std
-        # noise_multiplier * clipping_norm / sampled sites to the aggregate (Flower's code).
-        strategy = DifferentialPrivacyServerSideFixedClipping(
-            strategy, noise_multiplier=float(dp.get("noise_multiplier", 1.0)),
-            clipping_norm=float(dp.get("clipping_norm", 1.0)), num_sampled_clients=n_sites)
+        # Clips each site's update to clipping_norm, averages them with equal weights, then
+        # adds Gaussian noise of std noise_multiplier * clipping_norm / sites aggregated.
+        try:
+            strategy = SiteLevelDP(strategy, noise_multiplier=float(dp.get("noise_multiplier", 1.0)),
+                                   clipping_norm=float(dp.get("clipping_norm", 1.0)), n_sites=n_sites,
+                                   delta=float(dp.get("delta", 1e-5)))
+        except ValueError as exc:
+            raise UsageError(f"federation.dp: {exc}") from exc
     return strategy

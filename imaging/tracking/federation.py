@@ -3,8 +3,10 @@
 Params are the resolved config; per site only its catalog hash and counts (never its
 data); per round the aggregated (``val_*``, ``train_*``) and per-site
 (``site.<name>.val_dice_mean``...) metrics, the number of sites that returned an update,
-and a ``federation/rounds.jsonl`` artifact that names the sites lost in a round. The
-final model is registered exactly like a centrally trained one.
+with differential privacy the round's ``dp_*`` figures (``dp_epsilon`` at ``dp_delta``),
+and a ``federation/rounds.jsonl`` artifact that names the sites lost in a round (kept
+across a resumed coordinator: read back from the run, one line per round). The final
+model is registered exactly like a centrally trained one.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from typing import Any
 
 import mlflow
 import torch
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from imaging.tracking.registry import register_model
 from imaging.tracking.runs import MlflowTracker, flatten, git_commit
 
 log = logging.getLogger(__name__)
+
+ROUNDS_ARTIFACT = "federation/rounds.jsonl"
 
 
 class FederationTracker:
@@ -31,12 +36,13 @@ class FederationTracker:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
         self.mlflow = MlflowTracker.from_config(cfg)
-        self.rounds: list[dict[str, Any]] = []
+        self.rounds: dict[int, dict[str, Any]] = {}  # round -> its record, as logged
 
     def start(self, run_id: str | None, cfg: DictConfig, sites: dict[str, dict[str, Any]]) -> str:
-        new = run_id is None
         rid = self.mlflow.start(run_id, str(cfg.tracking.run_name))
-        if new:
+        if rid == run_id:
+            self.rounds = _logged_rounds(rid)  # a resumed coordinator appends to what the run holds
+        else:  # a new run (also when the checkpoint's run could not be reopened)
             config = OmegaConf.to_container(cfg, resolve=True)
             assert isinstance(config, dict)
             params = flatten({k: v for k, v in config.items() if k not in ("hydra", "paths")})
@@ -60,11 +66,12 @@ class FederationTracker:
         for site, values in rec.per_site.items():
             metrics.update({f"site.{site}.{k}": v for k, v in values.items()
                             if not k.endswith(("num-examples", "steps"))})
+        metrics.update(getattr(rec, "privacy", {}) or {})
         if not math.isnan(best):
             metrics[f"best_val_{monitor}"] = best
         self.mlflow.log_metrics(metrics, step=rec.round)
-        self.rounds.append(asdict(rec))
-        mlflow.log_text("\n".join(json.dumps(r) for r in self.rounds) + "\n", "federation/rounds.jsonl")
+        self.rounds[int(rec.round)] = asdict(rec)  # a round logged again after a resume replaces its line
+        mlflow.log_text("".join(json.dumps(self.rounds[r]) + "\n" for r in sorted(self.rounds)), ROUNDS_ARTIFACT)
         if rec.sites_failed:
             mlflow.set_tag(f"federation.round{rec.round}.lost", ",".join(rec.sites_failed))
 
@@ -90,3 +97,14 @@ class FederationTracker:
 
     def fail(self) -> None:
         self.mlflow.end("FAILED")
+
+
+def _logged_rounds(run_id: str) -> dict[int, dict[str, Any]]:
+    """The round records a run already holds in ``federation/rounds.jsonl`` (none: empty)."""
+    try:
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/{ROUNDS_ARTIFACT}")
+    except (MlflowException, OSError) as exc:
+        log.info("run %s has no %s yet (%s)", run_id, ROUNDS_ARTIFACT, type(exc).__name__)
+        return {}
+    rounds = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return {int(r["round"]): r for r in rounds}

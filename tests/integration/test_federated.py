@@ -171,7 +171,7 @@ def test_the_coordinator_receives_weights_and_metrics_only(ran: Ran) -> None:
             assert types <= {"ArrayRecord", "MetricRecord"}, item
             for rec in item["records"].values():
                 if rec["type"] == "MetricRecord":
-                    assert all(k == "num-examples" or k.startswith(("train_", "dice_", "steps", "n_cases"))
+                    assert all(k == "num-examples" or k.startswith(("train_", "dice_", "steps", "n_cases", "missed_", "hd95_"))
                                for k in rec["keys"]), rec["keys"]
 
 
@@ -198,6 +198,10 @@ def test_a_stopped_coordinator_resumes_in_the_same_run(ran: Ran, sites: Sites) -
     assert again.summary["run_id"] == ran.summary["run_id"]
     client = MlflowClient(again.tracking_uri)
     assert [m.step for m in client.get_metric_history(again.summary["run_id"], "val_dice_mean")] == [1, 2, 3]
+    (ran.root / "dl").mkdir(exist_ok=True)
+    lines = client.download_artifacts(again.summary["run_id"], "federation/rounds.jsonl", str(ran.root / "dl"))
+    assert [json.loads(x)["round"] for x in Path(lines).read_text().splitlines()] == [1, 2, 3], \
+        "the resumed coordinator kept the rounds already logged"
 
 
 def test_a_server_app_that_fails_is_a_failed_run(sites: Sites, tmp_path: Path) -> None:
