@@ -89,7 +89,7 @@ def _main(cfg: DictConfig) -> None:
                       f"{sum(t.status == 'ok' for t in pushes)} SEGs stored, "
                       f"{sum(t.status == 'present' for t in pushes)} already on the server")
         for t in outcome.transfers:
-            if t.status == "error":
+            if t.failed:
                 console.print(f"  {t.stage} {t.key}: {t.reason}")
     if outcome.run_id:
         console.print(f"MLflow run {outcome.run_id} (experiment '{cfg.tracking.experiment_name}')")

@@ -176,7 +176,7 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
         if remote:
             write_transfers(out, transfers, "prepare")
         log.info("prepared %s (private side %s)", dataset, private)
-        failed = sum(t.status == "error" for t in transfers)
+        failed = sum(t.failed for t in transfers)
         return InferenceOutcome(BatchResult(), model, None, 1 if (cfg.fail_on_error and failed) else 0, transfers)
     catalog, chosen = _catalog(cfg, dataset, private, bundle, rule)
     options = InferenceOptions.from_config(OmegaConf.to_container(cfg.inference, resolve=True))  # type: ignore[arg-type]
@@ -209,7 +209,7 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
     if cfg.tracking.get("enabled", True):
         run_id = log_inference_run(uri, location, cfg, bundle, model, result, options,
                                    dataset_dir=dataset, catalog=catalog)
-    failed = result.n_error + sum(t.status == "error" for t in transfers)
+    failed = result.n_error + sum(t.failed for t in transfers)
     code = 1 if (cfg.fail_on_error and failed) else 0
     return InferenceOutcome(result, model, run_id, code, transfers)
 

@@ -45,6 +45,11 @@ class TransferRow:
     n_instances: int = 0
     n_fetched: int = 0
 
+    @property
+    def failed(self) -> bool:
+        """Counts as a failure of the shard (``fail_on_error``): not transferred, or only in part."""
+        return self.status in ("error", "incomplete")
+
 
 def is_url(value: object) -> bool:
     return str(value).startswith(("http://", "https://"))
