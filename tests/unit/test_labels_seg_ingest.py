@@ -8,6 +8,7 @@ ImagePositionPatient/PixelSpacing; never the ingest code's rasteriser.
 from __future__ import annotations
 
 import logging
+import zlib
 from pathlib import Path
 
 import highdicom as hd
@@ -15,10 +16,11 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from pydicom.encaps import encapsulate
 from pydicom.uid import generate_uid
 
 from imaging.data.items import load_dataset_info, segmentation_items
-from imaging.dicom.labels import seg_frames
+from imaging.dicom.labels import LabelError, seg_frames
 from imaging.synth.seg import DEFLATED_IMAGE_FRAME, RLE_LOSSLESS, encode_seg_frames, save_encoded
 from tests.fixtures.datasets import WrittenSlice, stack_positions, write_slices
 from tests.unit.test_ingest_checks import pixel_world, run, to_voxel
@@ -216,3 +218,19 @@ def test_instances_of_one_source_series_combine_when_they_agree_and_are_named_wh
     assert row.status == "ok" and not row.label_path and summary.label_errors == 1
     assert keyed("g/a.dcm") in row.reason and keyed("g/c.dcm") in row.reason and "'liver'" in row.reason
     assert f"({mask.sum()} vs {other.sum()})" in row.reason
+
+
+def test_deflated_frames_with_a_zlib_wrapper_decode_and_a_short_frame_is_named(tmp_path: Path) -> None:
+    slices = _source(tmp_path / "s", shape=(6, 7))
+    mask = np.zeros((6, 6, 7), bool)
+    mask[1:4, 2:5, 1:6] = mask[4, 0, 0] = True
+    seg = _seg([s.path for s in slices], {"Liver": mask})
+    original = pydicom.dcmread(_save(seg, tmp_path / "native.dcm")).pixel_array.reshape(-1, 6, 7)
+    ds = encode_seg_frames(seg, DEFLATED_IMAGE_FRAME)
+    # Some writers wrap each frame's deflate stream in zlib's header and checksum (RFC 1950).
+    ds.PixelData = encapsulate([zlib.compress(np.packbits(f.ravel(), bitorder="little").tobytes()) for f in original])
+    np.testing.assert_array_equal(seg_frames(ds, "seg.dcm"), original)
+    ds.PixelData = encapsulate([zlib.compress(b"\x00") for _ in original])  # 1 byte where 6 are needed
+    with pytest.raises(LabelError, match=r"TransferSyntaxUID = '1\.2\.840\.10008\.1\.2\.8\.1' \(Deflated Image Frame "
+                                         r"Compression\): a frame decodes to 1 bytes, 6 needed for 6x7 1-bit pixels"):
+        seg_frames(ds, "seg.dcm")
