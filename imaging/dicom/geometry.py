@@ -25,6 +25,8 @@ SPACING_REL_TOL = 0.01
 
 # Cumulative check: no slice may sit further than this fraction of the spacing off a regular grid.
 CUMULATIVE_REL_TOL = 0.1
+# Two positions define a normal spacing; one does not (a lone slice is no volume).
+MIN_POSITIONS = 2
 
 
 class PlanError(ValueError):
@@ -120,7 +122,7 @@ def plan_grid(
         The grid, remarks for the catalog, and the slices ordered as ``[t][k]``.
 
     Raises:
-        PlanError: refused by policy, or fewer than 3 distinct positions.
+        PlanError: refused by policy, or fewer than :data:`MIN_POSITIONS` distinct positions.
     """
     first = stacks[0][0]
     r, c, n = slice_normal(first.iop)
@@ -138,13 +140,17 @@ def plan_grid(
     if len({len(k) for k in ordered}) != 1:
         raise PlanError("timepoints have different numbers of slice positions (0020,0032)")
     base = ordered[0]
-    if len(base) < 3:
-        raise PlanError(f"only {len(base)} distinct slice position(s) (0020,0032); need 3")
+    if len(base) < MIN_POSITIONS:
+        raise PlanError(f"only {len(base)} distinct slice position(s) (0020,0032); need {MIN_POSITIONS}")
     ipp = np.asarray([s.ipp for s in base], dtype=float)
     d = ipp @ n
     rel = ipp - ipp[0]
     offsets = np.stack([rel @ r, rel @ c], axis=1)
     remarks: list[str] = []
+    if len(base) == MIN_POSITIONS:
+        # Their one gap is the spacing (nothing to check it against): written, and said, so that a
+        # selection rule (qc.min_slices) can leave such stacks out (GE DWI: 2 slices x 7 volumes).
+        remarks.append(f"only {MIN_POSITIONS} slice positions (0020,0032): spacing from their one gap")
     tilt_deg = 0.0
     dx, dy = float(first.spacing[1]), float(first.spacing[0])
     nx, ny = int(first.row["cols"]), int(first.row["rows"])

@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from imaging.dicom.dims import AXIS_NAMES, DimensionError, split_dimensions
-from imaging.dicom.geometry import Grid, PlanError, Slice, plan_grid
+from imaging.dicom.geometry import MIN_POSITIONS, Grid, PlanError, Slice, plan_grid
 from imaging.dicom.header import is_native, ts_name
 from imaging.dicom.mosaic import MosaicError, mosaic_items
 from imaging.dicom.pixels import problem as pixel_problem
@@ -32,7 +32,10 @@ NON_IMAGE_PREFIXES = (
 )
 # The tag (or rule) that orders a volume's 4th axis, for sidecars and remarks.
 KEY_TAGS = dict(AXIS_NAMES)
-MIN_SLICES = 3
+# Two positions make a stack (GE DWI: 2 slices x 7 volumes); a lone slice does not.
+MIN_SLICES = MIN_POSITIONS
+# Several orientations, each with fewer slices than this: a localizer (tri-plane scout).
+LOCALIZER_SLICES = 3
 
 
 @dataclass
@@ -265,7 +268,7 @@ def _plan_volumes(plan: SeriesPlan, slices: list[Slice], *, tilt: str, uneven: s
     groups: dict[tuple[Any, ...], list[Slice]] = defaultdict(list)
     for s in slices:
         groups[_geometry_key(s)].append(s)
-    if len(groups) > 1 and all(len(g) < MIN_SLICES for g in groups.values()):
+    if len(groups) > 1 and all(len(g) < LOCALIZER_SLICES for g in groups.values()):
         _done(plan, "skipped", f"localizer: {len(slices)} slices in {len(groups)} orientations (0020,0037)")
         return
     remarks: list[str] = []

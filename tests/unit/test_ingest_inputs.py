@@ -124,7 +124,7 @@ def test_skipped_kinds_have_reasons(tmp_path: Path) -> None:
     src = tmp_path / "in"
     write_slices(src / "loc", stack_positions(3), extra={"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]})
     write_slices(src / "sc", stack_positions(3), sop_class="1.2.840.10008.5.1.4.1.1.7")
-    write_slices(src / "two", stack_positions(2))
+    write_slices(src / "one", stack_positions(1))  # two slices make a stack (test_volume_two_slices)
     write_slices(src / "mosaic", stack_positions(3), extra={"ImageType": ["ORIGINAL", "PRIMARY", "M", "MOSAIC"]})
     uid, study = generate_uid(), generate_uid()  # a 3-plane scout without the LOCALIZER flag
     for k, iop in enumerate([(1.0, 0, 0, 0, 1.0, 0), CORONAL, (0, 1.0, 0, 0, 0, -1.0)]):
@@ -133,7 +133,7 @@ def test_skipped_kinds_have_reasons(tmp_path: Path) -> None:
     write_slices(src / "good", stack_positions(4))
     summary = run(src, tmp_path)
     reasons = sorted(r.reason.split(":")[0] for r in summary.rows if r.status == "skipped")
-    assert reasons == ["fewer than 3 slices per stack (2)", "localizer", "localizer",
+    assert reasons == ["fewer than 2 slices per stack (1)", "localizer", "localizer",
                        "non-image SOP class", "withheld by rule secondary-capture"]
     # A mosaic is unpacked now; one without its tile count is an error naming file and tag, not a skip.
     (err,) = [r for r in summary.rows if r.status == "error"]
