@@ -131,6 +131,14 @@ def _check_devices(cfg: DictConfig) -> None:
         raise ConfigError("trainer.amp_dtype", "bfloat16 is not supported by this GPU; use float16")
 
 
+def precision_record(cfg: DictConfig) -> dict[str, Any]:
+    """``{"amp", "amp_dtype"}``: the one precision setting of training, validation, inference, the model.
+
+    AMP applies on CUDA only, at every stage alike (:func:`imaging.engine.loops.autocast`).
+    """
+    return {"amp": bool(cfg.trainer.get("amp", True)), "amp_dtype": str(cfg.trainer.get("amp_dtype", "float16"))}
+
+
 def monitor_choices(task: str, names: Mapping[int, str], hd95: bool) -> list[str]:
     """The metrics :func:`imaging.engine.loops.validate` returns for this run (what may be monitored)."""
     if task == "classification":
@@ -243,6 +251,9 @@ def validate_config(cfg: DictConfig) -> TrainPlan:
         pre = preprocessing_from_config(data_cfg, label_map)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError("data.preprocessing.intensity", str(exc)) from exc
+    # The precision travels with the model (bundle.json's preprocessing): inference autocasts in the
+    # dtype it was trained and validated in, not in the device's default.
+    pre["precision"] = precision_record(cfg)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     net = _network_config(model_cfg, len(names), task)  # type: ignore[arg-type]
     return TrainPlan(task=task, dataset=info, items=items, class_names=names, network_config=net,

@@ -27,15 +27,16 @@ class ReviewCase:
 
 @torch.no_grad()
 def review_cases(network: torch.nn.Module, loader: Any, n: int, roi_size: list[int],
-                 device: torch.device) -> list[ReviewCase]:
-    """Predict the first ``n`` cases of ``loader`` (batch size 1) with ``network``."""
+                 device: torch.device, amp: bool = False, amp_dtype: str = "float16") -> list[ReviewCase]:
+    """Predict the first ``n`` cases of ``loader`` (batch size 1) with ``network``, in the run's precision."""
     network.eval()
     out: list[ReviewCase] = []
     for batch in loader:
         if len(out) >= n:
             break
         image = batch["image"].to(device)
-        logits = predict_volume(network, image, roi_size, sw_batch_size=4, overlap=0.25, amp=False)
+        logits = predict_volume(network, image, roi_size, sw_batch_size=4, overlap=0.25, amp=amp,
+                                amp_dtype=amp_dtype)
         pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
         spacing = _spacing(batch["image"])
         out.append(ReviewCase(

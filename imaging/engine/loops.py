@@ -67,6 +67,17 @@ class EpochResult:
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def autocast(device: torch.device | str, amp: bool, amp_dtype: str = "float16") -> torch.autocast:
+    """The one autocast of training, validation and inference: the configured dtype on every path.
+
+    ``torch.autocast`` without ``dtype`` picks the device's default (float16 on CUDA): a model
+    trained in bfloat16 would be validated and served in float16, where its activations can
+    overflow. ``amp`` says whether to autocast at all (callers enable it on CUDA only).
+    """
+    device_type = device if isinstance(device, str) else device.type
+    return torch.autocast(device_type=device_type, dtype=AMP_DTYPES[amp_dtype], enabled=amp)
+
+
 def _seg_outputs(out: torch.Tensor, image: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
     # Deep supervision (DynUNet in training mode) stacks the heads on dim 1: the loss
     # (monai DeepSupervisionLoss) takes them as a list, the main head first.
@@ -115,7 +126,7 @@ def train_one_epoch(
         # DDP: skip the gradient all-reduce on accumulation micro-steps.
         sync = contextlib.nullcontext() if boundary or no_sync is None else no_sync()
         with sync:
-            with torch.autocast(device_type=d.device.type, dtype=AMP_DTYPES[amp_dtype], enabled=amp):
+            with autocast(d.device, amp, amp_dtype):
                 loss = loss_fn(_seg_outputs(model(image), image), target)
             # backward() outside autocast: the backward ops run in the dtypes autocast chose forward.
             scaler.scale(loss / accumulate).backward()
@@ -155,9 +166,9 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict_volume(model: torch.nn.Module, image: torch.Tensor, roi_size: list[int], sw_batch_size: int,
-                   overlap: float, amp: bool) -> torch.Tensor:
-    """Logits for a whole volume by sliding-window inference."""
-    with torch.autocast(device_type=image.device.type, enabled=amp):
+                   overlap: float, amp: bool, amp_dtype: str = "float16") -> torch.Tensor:
+    """Logits for a whole volume by sliding-window inference (autocast in ``amp_dtype`` when ``amp``)."""
+    with autocast(image.device, amp, amp_dtype):
         out = sliding_window_inference(image, roi_size=roi_size, sw_batch_size=sw_batch_size, predictor=model,
                                        overlap=overlap, mode="gaussian")
     assert isinstance(out, torch.Tensor)
@@ -173,12 +184,16 @@ def validate(
     *, model: torch.nn.Module, loader: torch.utils.data.DataLoader, task: str, num_classes: int,
     names: dict[int, str], d: Dist, roi_size: list[int], sw_batch_size: int = 4, overlap: float = 0.25,
     amp: bool = False, hd95: bool = False, progress: bool = True, should_stop: Callable[[], bool] = lambda: False,
+    amp_dtype: str = "float16",
 ) -> dict[str, float]:
     """Validate this rank's cases and reduce over all ranks (every rank gets the result).
 
     ``should_stop`` is polled before each case and again before its metrics (HD95 can take
     longer than the forward pass). It is polled locally (ranks may hold different numbers
     of cases, so no collective per case); the ranks agree once, after the loop.
+
+    ``amp``/``amp_dtype`` are training's (``trainer.amp``, ``trainer.amp_dtype``): the epoch is
+    judged in the precision it was trained in and will be served in.
 
     Raises
     ------
@@ -196,14 +211,14 @@ def validate(
         image = batch["image"].to(d.device)
         target = batch["label"]
         if seg is not None:
-            logits = predict_volume(model, image, roi_size, sw_batch_size, overlap, amp)
+            logits = predict_volume(model, image, roi_size, sw_batch_size, overlap, amp, amp_dtype)
             if should_stop():
                 stopped = True
                 break
             # HD95 in mm of the grid the metric sees (the resampled one), not in voxels.
             seg.add(logits.argmax(1, keepdim=True), torch.as_tensor(target), voxel_spacing(batch["image"]))
         elif cls is not None:
-            with torch.autocast(device_type=d.device.type, enabled=amp):
+            with autocast(d.device, amp, amp_dtype):
                 logits = model(image)
             cls.add(logits, torch.as_tensor(target))
     if any_rank(stopped, d):

@@ -27,6 +27,7 @@ from monai.transforms import Compose, Invertd
 from scipy import ndimage
 
 from imaging.data.transforms import build_inference_transforms
+from imaging.engine.loops import autocast
 from imaging.engine.writer import load_nifti
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class InferenceOptions:
     overlap: float = 0.25
     mode: str = "gaussian"
     sw_batch_size: int = 4
-    amp: bool = True  # CUDA only; ignored on CPU
+    amp: bool = True  # CUDA only, in the model's trained dtype (its preprocessing's "precision"); False: float32
     tta_flip: bool = False
     largest_component: bool = False
     roi_size: Sequence[int] | None = None  # None: the model's training patch size
@@ -61,6 +62,22 @@ class Prepared:
     t_load: float = 0.0
     t_preprocess: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def served_precision(preprocessing: Mapping[str, Any], amp: bool, device: torch.device) -> tuple[bool, str]:
+    """(autocast?, dtype) to serve a model in: the precision it was trained and validated in.
+
+    ``inference.amp=false`` or a model trained without AMP runs in float32. A model registered
+    before the precision was recorded keeps float16, as it was served then. bfloat16 on a GPU
+    without it runs in float32, never float16 (a bfloat16 model's range may overflow float16).
+    """
+    precision = dict(preprocessing.get("precision") or {})
+    dtype = str(precision.get("amp_dtype", "float16"))
+    use = amp and bool(precision.get("amp", True)) and device.type == "cuda"
+    if use and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        log.warning("the model was trained in bfloat16, which this GPU lacks: inference in float32")
+        use = False
+    return use, dtype
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -106,7 +123,7 @@ class SeriesPredictor:
         steps = list(self.transforms.transforms)
         # Split "read the file" from "preprocess" only to time them separately.
         self._load, self._rest = Compose(steps[:1]), Compose(steps[1:])
-        self.amp = bool(self.options.amp) and self.device.type == "cuda"
+        self.amp, self.amp_dtype = served_precision(preprocessing, bool(self.options.amp), self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # one window size all batch long: tune the kernels once
 
@@ -134,7 +151,7 @@ class SeriesPredictor:
         """Class probabilities (C, X, Y, Z) float32 on the CPU, in the preprocessed grid."""
         image = torch.as_tensor(prepared.data["image"]).unsqueeze(0).to(self.device, non_blocking=True)
         image = image.as_subclass(torch.Tensor) if isinstance(image, MetaTensor) else image
-        with torch.autocast(device_type=self.device.type, enabled=self.amp):
+        with autocast(self.device, self.amp, self.amp_dtype):
             probs = torch.softmax(self._window(image).float(), dim=1)
             if self.options.tta_flip:
                 # Flip each spatial axis, predict, flip back, average the probabilities.

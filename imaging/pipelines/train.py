@@ -143,6 +143,11 @@ def run(cfg: DictConfig, *, tracker_factory: Callable[[DictConfig], Tracker | No
             teardown(d)
 
 
+def _cached_part(preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """What the cached items depend on: not the precision (the model's, not the data's)."""
+    return {k: v for k, v in preprocessing.items() if k != "precision"}
+
+
 def _network_key(plan: TrainPlan) -> str:
     return json.dumps(plan.network_config, sort_keys=True)
 
@@ -213,7 +218,7 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     cache = str(cfg.data.cache)
     cache_root = Path(str(cfg.data.cache_dir)) / pipeline_hash(  # a re-ingested catalog: another cache
-        plan.preprocessing, data_cfg, [plan.dataset.catalog_sha256])  # type: ignore[arg-type]
+        _cached_part(plan.preprocessing), data_cfg, [plan.dataset.catalog_sha256])  # type: ignore[arg-type]
     train_tf = build_train_transforms(plan.preprocessing, data_cfg)  # type: ignore[arg-type]
     val_tf = build_inference_transforms(plan.preprocessing, with_label=True)
     workers = int(cfg.data.num_workers)
@@ -273,6 +278,7 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
                 last_val = validate(model=network, loader=val_loader, task=plan.task, num_classes=plan.num_classes,
                                     names=plan.class_names, d=d, roi_size=plan.preprocessing["roi_size"],
                                     sw_batch_size=int(t.sw_batch_size), overlap=float(t.sw_overlap), amp=amp,
+                                    amp_dtype=str(t.amp_dtype),
                                     hd95=bool(t.hd95), progress=bool(t.progress),
                                     should_stop=lambda: flag.requested)
             except ValidationInterrupted:
@@ -350,7 +356,8 @@ def _finish(cfg: DictConfig, plan: TrainPlan, tracker: Tracker, ckpt_dir: Path, 
     network.to(d.device).eval()
     tr = cfg.tracking
     if plan.task == "segmentation" and int(tr.review_cases) > 0:
-        cases = review_cases(network, val_loader, int(tr.review_cases), plan.preprocessing["roi_size"], d.device)
+        cases = review_cases(network, val_loader, int(tr.review_cases), plan.preprocessing["roi_size"], d.device,
+                             amp=bool(cfg.trainer.amp) and d.device.type == "cuda", amp_dtype=str(cfg.trainer.amp_dtype))
         tracker.log_review(cases, plan.class_names)
     if bool(tr.log_checkpoints):
         tracker.log_checkpoints([p for p in (best_path, ckpt_dir / ckpt.LAST) if p.is_file()])
