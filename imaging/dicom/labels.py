@@ -97,6 +97,9 @@ DEFLATED_IMAGE_FRAME = "1.2.840.10008.1.2.8.1"
 _TS_NAMES = {RLE_LOSSLESS: "RLE Lossless", DEFLATED_IMAGE_FRAME: "Deflated Image Frame Compression"}
 
 LABELMAP, ONEHOT = "labelmap", "onehot"
+# Part of a volume's re-ingest fingerprint: bumped when SEG labels are written differently,
+# so labels of an older version (2: overlaps were flattened) are redone, never reused.
+SEG_LABELS_VERSION = 3
 _REQUIRED = (("(0062,0002)", "SegmentSequence"), ("(5200,9230)", "PerFrameFunctionalGroupsSequence"),
              ("(0028,0010)", "Rows"), ("(0028,0011)", "Columns"), ("(0028,0100)", "BitsAllocated"),
              ("(7FE0,0010)", "PixelData"))

@@ -27,6 +27,7 @@ from imaging.dicom.geometry import PlanError, Slice, plan_grid, sparse_grid
 from imaging.dicom.header import POLICY_TAGS
 from imaging.dicom.labels import (
     LABELMAP,
+    SEG_LABELS_VERSION,
     LabelError,
     Labels,
     LabelTable,
@@ -191,7 +192,9 @@ def _withheld(rows: list[dict[str, Any]], head: dict[str, Any], ctx: SeriesConte
 
 def _fingerprint(vol: VolumePlan, segs: list[dict[str, Any]], label_file: Path | None, options: dict[str, Any]) -> str:
     files = sorted({(s.path, s.row["size"], s.row["mtime"]) for st in vol.slices for s in st})
-    extra = [(r["path"], r["size"], r["mtime"]) for r in segs]
+    extra: list[Any] = [(r["path"], r["size"], r["mtime"]) for r in segs]
+    if segs:
+        extra.append(("seg-labels", SEG_LABELS_VERSION))
     if label_file is not None:
         st = label_file.stat()
         extra.append((str(label_file), st.st_size, st.st_mtime))

@@ -21,6 +21,7 @@ from pydicom.uid import generate_uid
 
 from imaging.data.items import load_dataset_info, segmentation_items
 from imaging.dicom.labels import LabelError, seg_frames
+from imaging.pipelines import ingest_series
 from imaging.synth.seg import DEFLATED_IMAGE_FRAME, RLE_LOSSLESS, encode_seg_frames, save_encoded
 from tests.fixtures.datasets import WrittenSlice, stack_positions, write_slices
 from tests.unit.test_ingest_checks import pixel_world, run, to_voxel
@@ -234,3 +235,16 @@ def test_deflated_frames_with_a_zlib_wrapper_decode_and_a_short_frame_is_named(t
     with pytest.raises(LabelError, match=r"TransferSyntaxUID = '1\.2\.840\.10008\.1\.2\.8\.1' \(Deflated Image Frame "
                                          r"Compression\): a frame decodes to 1 bytes, 6 needed for 6x7 1-bit pixels"):
         seg_frames(ds, "seg.dcm")
+
+
+def test_reingest_reuses_seg_labels_of_this_version_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    slices = _source(tmp_path / "in" / "s")
+    mask = np.zeros((6, 8, 9), bool)
+    mask[2, 3, 4] = True
+    _save(_seg([s.path for s in slices], {"Liver": mask}), tmp_path / "in" / "g" / "seg.dcm")
+    assert run(tmp_path / "in", tmp_path).n_written == 1
+    assert run(tmp_path / "in", tmp_path).n_reused == 1
+    # Labels written by another version of the SEG rasteriser (flattened overlaps) are redone.
+    monkeypatch.setattr(ingest_series, "SEG_LABELS_VERSION", ingest_series.SEG_LABELS_VERSION - 1)
+    again = run(tmp_path / "in", tmp_path)
+    assert (again.n_written, again.n_reused) == (1, 0)
