@@ -157,3 +157,57 @@ def test_pull_cli_takes_one_study_uid(capped: dict, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert _pulled(out, many) == many_sops
     assert Counter(p.parent.parent.name for p in out.rglob("*.dcm")) == {many: 9}
+
+
+def test_every_capped_series_gets_a_seg(capped: dict, tmp_path: Path) -> None:
+    """The issue's done-when: `infer input=URL` on the capped archive: both 140-slice series whole, a SEG each,
+    each SEG referencing the 140 instances STOWed in (not the 51 QIDO lists), stored back."""
+    import mlflow
+    import torch
+    from dicomweb_client.api import DICOMwebClient
+
+    from imaging.models.registry import build_network
+    from imaging.pipelines.infer import run_inference
+    from imaging.tracking.registry import register_model
+
+    server: Orthanc = capped["server"]
+    study, sops = capped["long"]
+    previous, previous_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)
+    mlflow.set_registry_uri(store)
+    try:
+        exp = mlflow.create_experiment("train", artifact_location=(tmp_path / "artifacts").as_uri())
+        torch.manual_seed(0)
+        net = {"name": "unet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8],
+               "strides": [2], "num_res_units": 0}
+        pre = {"task": "segmentation", "modality": "CT", "orientation": "RAS", "spacing": [4.0, 4.0, 5.0],
+               "intensity": {"kind": "window", "a_min": -200, "a_max": 300, "b_min": 0.0, "b_max": 1.0,
+                             "clip": True}, "roi_size": [32, 32, 16]}
+        with mlflow.start_run(experiment_id=exp):
+            register_model(build_network(net), network_config=net, preprocessing=pre,
+                           labels={0: "background", 1: "liver"}, task="segmentation", name="capped", alias="champion")
+        out = tmp_path / "out"
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("infer", overrides=[
+                "model_uri=models:/capped@champion", f"input={server.dicomweb}", f"output_dir={out}",
+                f"paths.root_dir={tmp_path}", "demo_key=true", "overlay=false", "tracking.enabled=false",
+                f"tracking.uri={store}", f"study={study}", "seg.identity=source", "seg.push=true"])
+        outcome = run_inference(cfg)
+    finally:
+        mlflow.set_tracking_uri(previous)
+        mlflow.set_registry_uri(previous_registry)
+    assert outcome.exit_code == 0 and outcome.result.n_ok == 2, outcome.result
+    pulls = [t for t in outcome.transfers if t.stage == "pull"]
+    assert [(t.status, t.n_instances) for t in pulls] == [("ok", 280)]
+    pushed = [t for t in outcome.transfers if t.stage == "push"]
+    assert len(pushed) == 2 and all(t.status == "ok" for t in pushed), pushed
+    referenced = {}
+    for path in out.glob("*/seg.dcm"):
+        seg = pydicom.dcmread(path)
+        ref = seg.ReferencedSeriesSequence[0]
+        referenced[str(ref.SeriesInstanceUID)] = {str(i.ReferencedSOPInstanceUID)
+                                                  for i in ref.ReferencedInstanceSequence}
+    assert referenced == sops
+    stored = DICOMwebClient(server.dicomweb).search_for_series(study, search_filters={"Modality": "SEG"})
+    assert len(stored) == 2
