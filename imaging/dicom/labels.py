@@ -304,11 +304,16 @@ def _seg_planes(seg_path: str, grid: Grid, table: LabelTable, rel: str) -> Itera
         # not know (Deflated Image Frame Compression) before any frame is read.
         seg = pydicom.dcmread(seg_path)
     except Exception as exc:  # noqa: BLE001 - a bad SEG is that series' label error, never fatal
-        raise LabelError(f"file '{rel}': cannot read SEG: {type(exc).__name__}: {str(exc)[:120]}") from exc
+        # Not the library's text: cut at 120 characters it may hold a path cut where no key replaces it.
+        raise LabelError(f"file '{rel}': cannot read SEG: {type(exc).__name__}") from exc
     for tag, keyword in _REQUIRED:
         if keyword not in seg:
             raise LabelError(f"file '{rel}': not a readable SEG: no {tag} {keyword}")
     frames = seg_frames(seg, rel)
+    n_items = len(seg.PerFrameFunctionalGroupsSequence)
+    if n_items != len(frames):  # a frame without its position (or a position without a frame) cannot be placed
+        raise LabelError(f"file '{rel}': (5200,9230) PerFrameFunctionalGroupsSequence has {n_items} item(s) "
+                         f"for {len(frames)} frame(s) ((0028,0008) NumberOfFrames)")
     names = {int(s.SegmentNumber): normalise(s.get("SegmentLabel", f"segment {s.SegmentNumber}"))
              for s in seg.SegmentSequence}
     table.add(list(names.values()))

@@ -18,12 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from imaging.deid.values import cap_age
 from imaging.deid.withhold import Withheld, WithholdPolicy, check, read_policy_header
 from imaging.dicom.catalog import CatalogRow
 from imaging.dicom.diffusion import diffusion_table, write_fsl
 from imaging.dicom.dims import TIME_AXES
-from imaging.dicom.geometry import PlanError, Slice, plan_grid, sparse_grid
+from imaging.dicom.geometry import Grid, PlanError, Slice, plan_grid, slice_normal, sparse_grid
 from imaging.dicom.header import POLICY_TAGS
 from imaging.dicom.labels import (
     LABELMAP,
@@ -318,7 +320,8 @@ def _write_orphan_instance(seg: dict[str, Any], key: str, what: str, ctx: Series
         if not slices:
             raise PlanError("no frames with (5200,9230) PerFrameFunctionalGroupsSequence geometry")
         # Frames only where a segment is: the gaps are empty slices, never interpolated data.
-        grid = sparse_grid(plan_grid([slices], tilt=ctx.options["tilt"], uneven="resample")[0])
+        grid = _one_position_grid(seg, slices) or sparse_grid(
+            plan_grid([slices], tilt=ctx.options["tilt"], uneven="resample")[0])
         labels = seg_to_labels(seg["path"], grid, ctx.table, rel)
     except (PlanError, LabelError) as exc:
         return CatalogRow(key, status="error", reason=f"{what}: file '{rel}': {exc}", n_instances=1, **common)
@@ -331,6 +334,24 @@ def _write_orphan_instance(seg: dict[str, Any], key: str, what: str, ctx: Series
         spacing="x".join(f"{v:.6g}" for v in (grid.dx, grid.dy, grid.dz)), orientation=axis_codes(grid.affine_ras),
         label_path=lab_rel, label_layout=labels.layout, tilt_deg=grid.tilt_deg, **common,
     )
+
+
+def _one_position_grid(seg: dict[str, Any], slices: list[Slice]) -> Grid | None:
+    """The grid of a SEG whose frames all lie on one plane (one annotated slice), else None.
+
+    Two positions give the planner a slice spacing; one gives none, so the frame's
+    (0018,0050) SliceThickness is the one slice's extent.
+    """
+    ipps = np.asarray([s.ipp for s in slices], float)
+    thickness = (seg.get("frames") or [{}])[0].get("thk")
+    if not np.allclose(ipps, ipps[0], atol=1e-3) or not isinstance(thickness, (int, float)) or thickness <= 0:
+        return None
+    first = slices[0]
+    r, c, n = slice_normal(first.iop)
+    d = np.array([float(np.dot(ipps[0], n))])
+    return Grid(row_dir=r, col_dir=c, normal=n, dx=float(first.spacing[1]), dy=float(first.spacing[0]),
+                nx=int(seg["cols"]), ny=int(seg["rows"]), origin=ipps[0], src_d=d, offsets=np.zeros((1, 2)),
+                dz=float(thickness), out_d=d)
 
 
 def _labels(plan: SeriesPlan, vol: VolumePlan, segs: list[dict[str, Any]], label_file: Path | None,

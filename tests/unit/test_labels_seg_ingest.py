@@ -7,7 +7,9 @@ ImagePositionPatient/PixelSpacing; never the ingest code's rasteriser.
 
 from __future__ import annotations
 
+import copy
 import logging
+import shutil
 import zlib
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.encaps import encapsulate
+from pydicom.pixels import pack_bits
 from pydicom.uid import generate_uid
 
 from imaging.data.items import load_dataset_info, segmentation_items
@@ -248,3 +251,57 @@ def test_reingest_reuses_seg_labels_of_this_version_only(tmp_path: Path, monkeyp
     monkeypatch.setattr(ingest_series, "SEG_LABELS_VERSION", ingest_series.SEG_LABELS_VERSION - 1)
     again = run(tmp_path / "in", tmp_path)
     assert (again.n_written, again.n_reused) == (1, 0)
+
+
+LIVER = Path(pydicom.__file__).parent / "data" / "test_files" / "liver_1frame.dcm"  # a real SEG (QIICR), 512x512
+
+
+def _variant(ds: pydicom.Dataset, path: Path, ts: str | None = None) -> Path:
+    ds = copy.deepcopy(ds)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return _save(ds, path, ts)  # type: ignore[arg-type]
+
+
+def test_a_real_seg_stored_four_ways_gives_four_label_volumes(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(LIVER)
+    # The library's file keeps 3 per-frame items for its one frame: as shipped it is an error row naming
+    # the file (it was an internal error); its first item is the frame's.
+    (bad,) = run(_copy(LIVER, tmp_path / "bad" / "g" / "liver.dcm"), tmp_path / "b").rows
+    assert bad.status == "error" and keyed("g/liver.dcm") in bad.reason
+    assert "(5200,9230) PerFrameFunctionalGroupsSequence has 3 item(s) for 1 frame(s)" in bad.reason
+    ds.PerFrameFunctionalGroupsSequence = ds.PerFrameFunctionalGroupsSequence[:1]
+    ds.NumberOfFrames = 1
+    pixels = ds.pixel_array
+    # The same segmentation over 510x510 frames: one pixel cropped on each side, the position moved with it.
+    crop = copy.deepcopy(ds)
+    item = crop.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0]
+    sp = [float(v) for v in crop.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing]
+    item.ImagePositionPatient = [float(item.ImagePositionPatient[0]) + sp[1],
+                                 float(item.ImagePositionPatient[1]) + sp[0], float(item.ImagePositionPatient[2])]
+    crop.Rows = crop.Columns = 510
+    crop.PixelData = pack_bits(pixels[1:511, 1:511])
+    g = tmp_path / "in" / "g"
+    files = [_variant(ds, g / "a.dcm"), _variant(ds, g / "b.dcm", RLE_LOSSLESS),
+             _variant(ds, g / "c.dcm", DEFLATED_IMAGE_FRAME), _variant(crop, g / "d.dcm")]
+    summary = run(tmp_path / "in", tmp_path)
+    rows = sorted(summary.rows, key=lambda r: r.series_key)
+    assert [r.status for r in rows] == ["ok"] * 4, [r.reason for r in rows]
+    liver = int(next(k for k, v in summary.labels.items() if v == "liver"))
+    for row, path in zip(rows, files, strict=True):
+        assert keyed(f"g/{path.name}") in row.reason and row.label_layout == "labelmap"
+        want = pydicom.dcmread(files[3] if path is files[3] else files[0])  # uncompressed: pydicom decodes it
+        img = nib.load(tmp_path / "ds" / row.label_path)
+        data = np.asarray(img.dataobj)
+        assert data.shape == (want.Columns, want.Rows, 1)
+        ipp = np.asarray(want.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient, float)
+        rr, cc = np.mgrid[0:want.Rows, 0:want.Columns]
+        idx = np.rint(to_voxel(img, ipp + cc[..., None] * sp[1] * np.r_[1.0, 0, 0] + rr[..., None] * sp[0] * np.r_[0, 1.0, 0]))
+        idx = idx.astype(int)
+        np.testing.assert_array_equal(data[idx[..., 0], idx[..., 1], idx[..., 2]], (want.pixel_array > 0) * liver)
+    assert (np.asarray(nib.load(tmp_path / "ds" / rows[0].label_path).dataobj) > 0).sum() == (pixels > 0).sum() == 36233
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    return dst.parents[1]
