@@ -117,6 +117,8 @@ def plan_grid(
         stacks: ``stacks[t]`` are the slices of timepoint t (same positions in every t).
         tilt: ``resample`` or ``refuse`` slices whose positions drift in-plane (gantry tilt).
         uneven: ``refuse`` (default) or ``resample`` (interpolate) uneven or missing slices.
+            A planned variable spacing (:func:`planned_runs`) is equalized whatever ``uneven``
+            says, as dcm2niix does: it is how the scanner was told to acquire, not a fault.
 
     Returns:
         The grid, remarks for the catalog, and the slices ordered as ``[t][k]``.
@@ -169,8 +171,11 @@ def plan_grid(
         remarks.append(f"gantry tilt {tilt_deg} deg resampled to an orthogonal grid covering the whole "
                        f"tilted field of view ({nx}x{ny} voxels in-plane)")
     gaps = np.diff(d)
-    dz, out_d, is_uneven, remark = _spacing(d, gaps)
-    if is_uneven:
+    dz, out_d, kind, remark = _spacing(d, gaps)
+    is_uneven = bool(kind)
+    if kind == "planned":
+        remarks.append(f"{remark}: equalized to {dz:.4g} mm ({len(out_d)} slices, linear interpolation)")
+    elif kind:
         if uneven == "refuse":
             raise PlanError(f"{remark} (0020,0032); refused (config uneven=refuse; "
                             "uneven=resample interpolates)")
@@ -190,8 +195,12 @@ def _cover(di: np.ndarray, dj: np.ndarray) -> tuple[int, int, int, int]:
             max(0, math.ceil(float(di.max()) - eps)), max(0, math.ceil(float(dj.max()) - eps)))
 
 
-def _spacing(d: np.ndarray, gaps: np.ndarray) -> tuple[float, np.ndarray, bool, str]:
-    """(output spacing, output normal coordinates, uneven?, remark) for sorted positions ``d``."""
+def _spacing(d: np.ndarray, gaps: np.ndarray) -> tuple[float, np.ndarray, str, str]:
+    """(output spacing, output normal coordinates, kind, remark) for sorted positions ``d``.
+
+    ``kind`` is ``""`` (regular), ``planned`` (runs of regular spacing, see :func:`planned_runs`),
+    ``missing`` (a regular stack with gaps of whole multiples of its spacing) or ``uneven``.
+    """
     median = float(np.median(gaps))
     tol = max(POSITION_TOL_MM, SPACING_REL_TOL * median)
     if float(np.abs(gaps - median).max()) <= tol:
@@ -200,9 +209,16 @@ def _spacing(d: np.ndarray, gaps: np.ndarray) -> tuple[float, np.ndarray, bool, 
         dz = float((d[-1] - d[0]) / (len(d) - 1))
         off = float(np.abs(d - (d[0] + dz * np.arange(len(d)))).max())
         if off <= max(POSITION_TOL_MM, CUMULATIVE_REL_TOL * dz):
-            return dz, d.copy(), False, ""
+            return dz, d.copy(), "", ""
         remark = f"uneven slice spacing (positions up to {off:.3g} mm off a regular {dz:.4g} mm grid)"
-        return dz, d[0] + dz * np.arange(len(d)), True, remark
+        return dz, d[0] + dz * np.arange(len(d)), "uneven", remark
+    runs = planned_runs(gaps)
+    if runs is not None:
+        # dcm2niix's equalized grid: the smallest gap or a little less, ending on the last slice.
+        count = math.ceil((d[-1] - d[0]) / float(gaps.min()) - 1e-3)
+        dz = float((d[-1] - d[0]) / count)
+        plan = ", ".join(f"{n} x {g:.4g} mm" for n, g in runs)
+        return dz, d[0] + dz * np.arange(count + 1), "planned", f"planned variable slice spacing ({plan})"
     g_min = float(gaps.min())
     # The smallest gap keeps every acquired slice; a tiny one is position noise, not a spacing.
     base = g_min if g_min >= 0.25 * median else median
@@ -216,11 +232,61 @@ def _spacing(d: np.ndarray, gaps: np.ndarray) -> tuple[float, np.ndarray, bool, 
         dz = float(unit.mean()) if len(unit) else base
         n_missing = int((whole - 1).sum())
         remark = f"{n_missing} missing slice(s) (gap {float(gaps.max()):.4g} mm, spacing {dz:.4g} mm)"
+        kind = "missing"
     else:
         dz = base
         remark = f"uneven slice spacing (gaps {g_min:.4g} to {float(gaps.max()):.4g} mm)"
+        kind = "uneven"
     n_out = int(math.floor((d[-1] - d[0]) / dz + 1e-3)) + 1
-    return dz, d[0] + dz * np.arange(n_out), True, remark
+    return dz, d[0] + dz * np.arange(n_out), kind, remark
+
+
+def _same(a: float, b: float) -> bool:
+    return abs(a - b) <= max(POSITION_TOL_MM, SPACING_REL_TOL * max(a, b))
+
+
+def _multiple(gap: float, spacing: float) -> bool:
+    """``gap`` is k x ``spacing`` for a whole k >= 2: slices of a ``spacing`` run are missing there."""
+    k = round(gap / spacing)
+    return k >= 2 and abs(gap - k * spacing) <= max(POSITION_TOL_MM, SPACING_REL_TOL * spacing)
+
+
+def _runs(gaps: np.ndarray) -> list[tuple[int, float]]:
+    """Maximal runs of equal consecutive gaps: (number of gaps, their mean)."""
+    runs: list[tuple[int, float]] = []
+    start = 0
+    for i in range(1, len(gaps) + 1):
+        if i == len(gaps) or not _same(float(gaps[i]), float(gaps[start:i].mean())):
+            runs.append((i - start, float(gaps[start:i].mean())))
+            start = i
+    return runs
+
+
+def planned_runs(gaps: np.ndarray) -> list[tuple[int, float]] | None:
+    """The spacing runs of a planned variable spacing, or ``None`` when the gaps are no such plan.
+
+    Sequential head CT acquires the posterior fossa thin and the cerebrum thick: runs of
+    regular spacing (at least two gaps each, at least two different spacings), joined directly
+    or by one transition gap. A gap of about k x the spacing of a run beside it (k >= 2), or a
+    run that is k x the spacing of the equal runs on both sides, is slices missing, not a plan;
+    a stray gap between runs of one spacing, or two stray gaps in a row, are uneven.
+    """
+    runs = _runs(gaps)
+    regular = [g for n, g in runs if n >= 2]
+    if len(regular) < 2 or all(_same(g, regular[0]) for g in regular):
+        return None
+    for i, (n, g) in enumerate(runs):
+        prev, nxt = runs[i - 1] if i else None, runs[i + 1] if i + 1 < len(runs) else None
+        sides = [r for r in (prev, nxt) if r is not None and r[0] >= 2]
+        if n == 1:
+            stray = any(r is not None and r[0] == 1 for r in (prev, nxt))
+            if stray or not sides or any(_multiple(g, s) for _, s in sides):
+                return None
+            if len(sides) == 2 and _same(sides[0][1], sides[1][1]):
+                return None
+        elif len(sides) == 2 and _same(sides[0][1], sides[1][1]) and _multiple(g, sides[0][1]):
+            return None
+    return runs
 
 
 def sparse_grid(grid: Grid, max_divisor: int = 16) -> Grid:
