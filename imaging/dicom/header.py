@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from imaging.dicom.dims import EXTRA_WANTED, PRIVATE_KEYWORDS, header_dims, private_getter
-from imaging.dicom.fastheader import EXPLICIT_LE, IMPLICIT_LE, NeedMore, read_fast
+from imaging.dicom.fastheader import EXPLICIT_LE, IMPLICIT_LE, RWVM_KEYWORD, NeedMore, read_fast
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -62,7 +62,6 @@ PARAM_KEYWORDS = [
     "PhotometricInterpretation", "SeriesNumber", "PatientAge", "PatientSex",
     "InPlanePhaseEncodingDirection",
 ]
-_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 
 def _plain(value: Any) -> Any:
@@ -166,32 +165,83 @@ def _frame_info(frame: Dataset | None, shared: Dataset | None) -> dict[str, Any]
     return info
 
 
-def _pixel_location(fp: Any, rows: Any, ts: str | None, size: int) -> tuple[int | None, int | None, str | None]:
-    """(value offset, value length or -1 when encapsulated, truncation error) of PixelData at ``fp``."""
+def _pixel_location(fp: Any, rows: Any, ts: str | None, size: int,
+                    sop_class: Any = None) -> tuple[int | None, int | None, str | None]:
+    """(value offset, value length or -1 when encapsulated, truncation error) of PixelData at ``fp``.
+
+    A file that ends cleanly where PixelData would start has none: an error (truncated) for an
+    image SOP class, the normal case for a non-image one (raw data, spectroscopy, a vendor's
+    private class), whose row then has ``pixel_length`` 0.
+    """
     if ts in (DEFLATED_LE, EXPLICIT_BE):
         # The file position means nothing for a deflated stream; big endian is too rare to bother.
         return None, None, None
     start = fp.tell()
     head = fp.read(12)
     if len(head) < 8 or head[:4] != b"\xe0\x7f\x10\x00":
-        if rows:
-            return None, None, f"truncated: no (7FE0,0010) PixelData before end of file ({size} bytes)"
-        return None, None, None
+        if not rows:
+            return None, None, None
+        if not needs_pixel_data(sop_class):
+            return None, 0, None
+        return None, None, f"truncated: no (7FE0,0010) PixelData before end of file ({size} bytes)"
     implicit = ts == IMPLICIT_LE
     if implicit:
         offset, length = start + 8, int.from_bytes(head[4:8], "little")
     else:
         offset, length = start + 12, int.from_bytes(head[8:12], "little")
     if length == 0xFFFFFFFF:
-        fp.seek(max(size - 8, 0))
-        if fp.read(8) != _SEQ_DELIMITER:
-            return offset, -1, "truncated: encapsulated (7FE0,0010) PixelData has no sequence delimiter at end of file"
-        return offset, -1, None
+        return offset, -1, _encapsulated_problem(fp, offset, size)
     if offset + length > size:
         return offset, length, (
             f"truncated: (7FE0,0010) PixelData length {length} but only {size - offset} bytes in file"
         )
     return offset, length, None
+
+
+def _encapsulated_problem(fp: Any, pos: int, size: int) -> str | None:
+    """Why encapsulated PixelData whose items start at ``pos`` is damaged, or ``None``.
+
+    Walks the item headers (each gives its length) to the sequence delimiter (FFFE,E0DD): what
+    follows it is legal (DataSetTrailingPadding (FFFC,FFFC), digital signatures (FFFA,FFFA)), so
+    the file's last bytes prove nothing; an item running past the end of the file is truncation.
+    """
+    while pos + 8 <= size:
+        fp.seek(pos)
+        head = fp.read(8)
+        length = int.from_bytes(head[4:8], "little")
+        if head[:4] == b"\xfe\xff\xdd\xe0":
+            return None
+        if head[:4] != b"\xfe\xff\x00\xe0" or length == 0xFFFFFFFF:
+            group, elem = int.from_bytes(head[0:2], "little"), int.from_bytes(head[2:4], "little")
+            return (f"damaged: encapsulated (7FE0,0010) PixelData has ({group:04X},{elem:04X}) at byte {pos} "
+                    f"where an item (FFFE,E000) or the sequence delimiter (FFFE,E0DD) belongs")
+        pos += 8 + length
+    return (f"truncated: encapsulated (7FE0,0010) PixelData ends without its sequence delimiter "
+            f"(FFFE,E0DD) ({size} bytes in file)")
+
+
+# Standard SOP classes whose instances hold no PixelData (or keep their data elsewhere) although
+# they may carry Rows: raw data, spectroscopy, encapsulated documents, RT plans and structures.
+_NO_PIXEL_CLASSES = ("1.2.840.10008.5.1.4.1.1.66", "1.2.840.10008.5.1.4.1.1.4.2", "1.2.840.10008.5.1.4.1.1.104.",
+                     "1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.481.3", "1.2.840.10008.5.1.4.1.1.88.",
+                     "1.2.840.10008.5.1.4.1.1.9.")
+_SEG_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
+
+
+def needs_pixel_data(sop_class: Any) -> bool:
+    """Whether an instance of ``sop_class`` must hold PixelData (a standard image class, or unknown).
+
+    A vendor's private class (a root other than 1.2.840.10008, e.g. Philips' 1.3.46.670589.11.0.0.12.*
+    series data) may carry Rows without pixels: not an image, not damaged.
+    """
+    uid = str(sop_class or "")
+    if not uid:
+        return True
+    if not uid.startswith("1.2.840.10008."):
+        return False
+    if uid in _SEG_CLASSES:
+        return True
+    return not any(uid == c or (c.endswith(".") and uid.startswith(c)) for c in _NO_PIXEL_CLASSES)
 
 
 # Headers are a few kB: read that much first (not whole 512 kB CT slices, read again for pixels).
@@ -201,6 +251,11 @@ FAST_READ_BYTES = 1 << 20
 
 def header_row(path: str) -> dict[str, Any]:
     """The index row of one file: ``kind`` is dicom, dicomdir, non_dicom or unreadable."""
+    return read_header(path)[0]
+
+
+def read_header(path: str) -> tuple[dict[str, Any], bool]:
+    """(:func:`header_row`, whether the fast reader read it): the scan counts the fast path."""
     row: dict[str, Any] = {"kind": "non_dicom"}
     try:
         size = os.path.getsize(path)
@@ -208,14 +263,14 @@ def header_row(path: str) -> dict[str, Any]:
             buf = fp.read(min(size, FIRST_READ_BYTES))
             if buf[128:132] != b"DICM" and buf[:2] not in (b"\x08\x00", b"\x02\x00", b"\x00\x08"):
                 row["error"] = "no DICM preamble"
-                return row
+                return row, False
             fast = _read_fast_growing(fp, buf, size)
             # (a prefix ending before the pixel data never comes back: NeedMore grew it)
             if fast is not None and ("SOPClassUID" in fast[0] or "SeriesInstanceUID" in fast[0]):
                 attrs, ts, pixel_pos = fast
                 fp.seek(pixel_pos if pixel_pos is not None else size)
-                location = _pixel_location(fp, attrs.get("Rows"), ts, size)
-                return _fill(row, attrs.get, ts, location, None)
+                location = _pixel_location(fp, attrs.get("Rows"), ts, size, attrs.get("SOPClassUID"))
+                return _fill(row, attrs.get, ts, location, None), True
             fp.seek(0)
             import pydicom  # only for files the fast reader leaves (enhanced, SEG, unusual encodings)
 
@@ -227,22 +282,22 @@ def header_row(path: str) -> dict[str, Any]:
             ts_value = meta.get("TransferSyntaxUID") if meta is not None else None
             # A bare file (no File Meta): the syntax pydicom detected, as deid does.
             ts_str = str(ts_value) if ts_value else bare_transfer_syntax(ds)
-            location = _pixel_location(fp, ds.get("Rows"), ts_str, size)
+            location = _pixel_location(fp, ds.get("Rows"), ts_str, size, ds.get("SOPClassUID"))
     except Exception as exc:  # noqa: BLE001 - any parse failure makes the file unreadable, never fatal
         row["kind"] = "unreadable"
         row["error"] = f"unreadable: {type(exc).__name__}: {str(exc)[:160]}"
-        return row
+        return row, False
     media_class = meta.get("MediaStorageSOPClassUID") if meta is not None else None
     if media_class == DICOMDIR_CLASS:
         row["kind"] = "dicomdir"
-        return row
+        return row, False
     if "SeriesInstanceUID" not in ds and "SOPClassUID" not in ds:
         row["error"] = "no (0008,0016) SOPClassUID or (0020,000E) SeriesInstanceUID"
         if buf[128:132] == b"DICM":  # claims to be DICOM: damaged, not foreign
             row["kind"] = "unreadable"
             row["error"] = f"DICM preamble but {row['error']} (damaged file?)"
-        return row
-    return _fill(row, lambda kw: _get(ds, kw), ts_str, location, ds)
+        return row, False
+    return _fill(row, lambda kw: _get(ds, kw), ts_str, location, ds), False
 
 
 def fast_attributes(path: str) -> dict[str, Any] | None:
@@ -325,6 +380,9 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
     if row["ts"]:
         row["params"]["TransferSyntaxUID"] = row["ts"]
     if ds is None:
+        mapping = get(RWVM_KEYWORD)
+        if mapping is not None:
+            row["rwvm"] = mapping
         return row
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     shared = _first(ds, "SharedFunctionalGroupsSequence")
@@ -334,7 +392,7 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
         _dimension_indices(row["frames"], frames, ds.get("DimensionIndexSequence"))
         _enhanced_params(row["params"], shared)
     rwvm = ds.get("RealWorldValueMappingSequence")
-    if rwvm and "RealWorldValueSlope" in rwvm[0]:
+    if rwvm and "RealWorldValueSlope" in rwvm[0]:  # the fast reader reads the same first item
         item = rwvm[0]
         row["rwvm"] = [float(item.RealWorldValueSlope), float(item.get("RealWorldValueIntercept", 0.0) or 0.0)]
     refs = ds.get("ReferencedSeriesSequence")

@@ -129,7 +129,8 @@ def plan_series(
         return _done(plan, "seg", "segmentation (SEG) object: used as ground-truth labels")
     if sop.startswith(SC_PREFIX):
         return _done(plan, "skipped", f"secondary capture: file '{rel}' (0008,0016) SOPClassUID = '{sop}' ({ts_name(sop)})")
-    if sop.startswith(NON_IMAGE_PREFIXES) or not any(r.get("rows") for r in rows):
+    # pixel_length 0: a complete file of a class without PixelData (header.needs_pixel_data).
+    if sop.startswith(NON_IMAGE_PREFIXES) or not any(r.get("rows") and r.get("pixel_length") != 0 for r in rows):
         name = ts_name(sop)
         return _done(plan, "skipped", f"non-image SOP class: file '{rel}' (0008,0016) SOPClassUID = '{sop}' ({name})")
     for r in rows:

@@ -95,3 +95,105 @@ def write_many_small_series(
                         pixel=360.0 / matrix, step=6.0)
         volume_series(export, subject, "MR", "MR", contrast, f"MR AX {contrast} {s + 1}", grid)
     return _manifest(export, "write_many_small_series")
+
+
+# Real Philips MR headers (nibabel's test data: an Achieva enhanced MPRAGE): the top level and the
+# first frame's private classic header (2005,140F) make one classic Philips file, as Philips
+# classic exports carry them, with the Real World Value Mapping at the top level.
+PHILIPS_TEMPLATE = "philips_mprage.dcm.gz"
+_ENHANCED_ONLY = (0x52009229, 0x52009230, 0x00209221, 0x00209222, 0x00289001, 0x00289002, 0x00280008,
+                  0x7FE00010, 0x20051402)  # (2005,1402) holds a second copy of the classic header
+
+
+def philips_classic_template() -> Any:
+    """One classic Philips MR dataset (no pixels) built from the real headers of nibabel's test file.
+
+    Raises:
+        FileNotFoundError: nibabel's test data is not installed.
+    """
+    import gzip
+
+    import nibabel
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.uid import UID
+
+    path = Path(nibabel.__file__).parent / "nicom" / "tests" / "data" / PHILIPS_TEMPLATE
+    with gzip.open(path) as fh:
+        enhanced = pydicom.dcmread(fh, stop_before_pixels=True)
+    frame = enhanced.PerFrameFunctionalGroupsSequence[0]
+    classic = frame[0x2005140F].value[0]
+    ds = Dataset()
+    ds.file_meta = enhanced.file_meta
+    for elem in enhanced:
+        if elem.tag not in _ENHANCED_ONLY:
+            ds.add(elem)
+    for elem in classic:  # the classic per-frame attributes, private groups included
+        ds.add(elem)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.4")
+    ds.ImageOrientationPatient = frame.PlaneOrientationSequence[0].ImageOrientationPatient
+    mapping = Dataset()  # what Philips writes at the top level of every classic MR file
+    mapping.LUTExplanation, mapping.LUTLabel = enhanced.LUTExplanation, enhanced.LUTLabel
+    mapping.RealWorldValueFirstValueMapped, mapping.RealWorldValueLastValueMapped = 0, 4095
+    mapping.RealWorldValueIntercept = float(classic.RescaleIntercept)
+    mapping.RealWorldValueSlope = float(classic.RescaleSlope)
+    units = Dataset()
+    units.CodeValue, units.CodingSchemeDesignator, units.CodeMeaning = "1", "UCUM", "no units"
+    mapping.MeasurementUnitsCodeSequence = [units]
+    ds.RealWorldValueMappingSequence = [mapping]
+    return ds
+
+
+def write_philips_export(out_dir: str | Path, n_files: int = 7000, slices: int = 35, matrix: int = 96,
+                         seed: int = 0) -> int:
+    """Write ~``n_files`` classic Philips MR files (real headers, RWVM, private sequences): one 3D
+    series of ``slices`` slices per study, positions and UIDs varied; returns the number written.
+
+    Each series is encoded once by pydicom with fixed-width placeholders that each slice then
+    overwrites (UID, InstanceNumber, position, pixels): thousands of files in seconds. No manifest:
+    a benchmark input only.
+    """
+    import copy
+    import io
+
+    import numpy as np
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    template = philips_classic_template()
+    rng = np.random.default_rng(seed)
+    root = Path(out_dir)
+    iop = np.asarray([float(v) for v in template.ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    first = np.asarray([float(v) for v in template.ImagePositionPatient])
+    n_pix = matrix * matrix * 2
+    ph_uid, ph_number, ph_ipp = "9" * 6, "88888888", "\\".join(["+77777.777777"] * 3)
+    written = 0
+    for s in tqdm(range(max(1, round(n_files / slices))), desc="philips series"):
+        ds = copy.deepcopy(template)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = (generate_uid() for _ in range(3))
+        sop_root = generate_uid(prefix=None)  # 2.25.<up to 39 digits>: room for ".1<5 digits>"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.UID(f"{sop_root}.{ph_uid}")
+        ds.PatientID = f"PHILIPS-{s // 4:05d}"
+        ds.SeriesNumber = 100 * (s % 4 + 1) + 1
+        ds.Rows = ds.Columns = matrix
+        ds.InstanceNumber = ph_number
+        ds[0x00200032].value = ph_ipp.split("\\")
+        ds.add_new(0x7FE00010, "OW", bytes(n_pix))
+        buf = io.BytesIO()
+        pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+        data = buf.getvalue()
+        holders = [(f"{sop_root}.{ph_uid}".encode(), 2), (ph_number.encode(), 1), (ph_ipp.encode(), 1)]
+        assert all(data.count(h) == n for h, n in holders), "a placeholder is not unique"
+        origin = first + rng.uniform(-20, 20, 3)
+        step = float(rng.choice([1.0, 2.0, 3.0]))
+        folder = root / f"DICOM/P{s // 4:05d}/SE{s:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(slices):
+            ipp = "\\".join(f"{v:+013.6f}" for v in origin + k * step * normal)
+            out = (data[:-n_pix].replace(holders[0][0], f"{sop_root}.1{k + 1:05d}".encode())
+                   .replace(holders[1][0], f"{k + 1:08d}".encode()).replace(holders[2][0], ipp.encode()))
+            pixels = rng.integers(0, 4096, size=(matrix, matrix), dtype=np.uint16).tobytes()
+            (folder / f"IM{k + 1:05d}").write_bytes(out + pixels)
+            written += 1
+    return written
