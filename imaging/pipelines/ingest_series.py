@@ -213,6 +213,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _write_volume(plan: SeriesPlan, vol: VolumePlan, key: str, ctx: SeriesContext,
                   result: BatchResult, common: dict[str, Any]) -> CatalogRow:
+    # One SeriesInstanceUID under several SeriesNumbers is one volume each: each row its own number.
+    number = (vol.slices[0][0].row.get("params") or {}).get("SeriesNumber")
+    common = {**common, "series_number": str(number)} if number is not None else common
     segs = ctx.segs.get(plan.series_uid, [])
     label_file = ctx.labels_dir / f"{plan.series_uid}.nii.gz" if ctx.labels_dir else None
     if label_file is not None and not label_file.is_file():

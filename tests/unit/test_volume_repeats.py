@@ -96,7 +96,7 @@ def test_three_encodings_of_one_series_uid_are_three_volumes(tmp_path: Path) -> 
     assert [r.status for r in summary.rows] == ["ok"] * 3, [(r.status, r.reason) for r in summary.rows]
     for row, number in zip(summary.rows, (12, 13, 14), strict=True):
         assert f"(0020,0011) SeriesNumber {number}" in row.reason and "duplicate" not in row.reason
-        assert row.shape == "128x128x48" and row.n_instances == 1
+        assert row.shape == "128x128x48" and row.n_instances == 1 and row.series_number == str(number)
         assert_same_as_reference(tmp_path / "ds" / row.volume_path, paths[number])
     # The signed one really holds negative values (its sign taken from bit 11, not the junk above).
     signed = np.asarray(nib.load(tmp_path / "ds" / summary.rows[2].volume_path).dataobj)
