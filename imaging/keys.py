@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,14 +132,27 @@ def new_secret_file(path: str | os.PathLike[str]) -> Path:
     return out
 
 
-# What names a file or a series in a message: a quoted relative path after "file",
-# any quoted or bare absolute path, and UIDs (4+ numeric components).
+# The last net for paths nobody registered (see Redactor): a quoted relative path after "file",
+# any quoted or bare absolute path, and UIDs (4+ numeric components). Quote-delimited patterns
+# end at an apostrophe inside a name (O'Brien), which is why registered paths go first, literally.
 _FILE_REF = re.compile(r"(?P<what>(?:label |source )?file) '(?P<path>[^']*)'")
 # A quoted path: has a '/', or is a Windows path; multi-valued DICOM values ('A\\B') are not.
 _QUOTED_PATH = re.compile(r"""(?P<q>['"])(?P<path>[^'"\n]*/[^'"\n]*|[A-Za-z]:\\[^'"\n]*|\\\\[^'"\n]*)(?P=q)""")
 _UID = re.compile(r"(?<![\w.])(?:\d+\.){3,}\d+(?![\w.])")
 # Class and syntax UIDs name no one: an unknown one stays readable in an error.
 _CLASS_TAGS = re.compile(r"\((0002,0002|0002,0010|0008,0016|0008,1150)\)[^(]*$")
+# Pieces of a folder or file name the net also removes: split where a message may cut a name.
+_NAME_CUTS = re.compile(r"['\"\\\n\r\t]")
+_MIN_PIECE = 4  # shorter pieces ("CT", "S1") are not names and would eat ordinary words
+_HOLD = "\x00{}\x00"  # placeholder for a key already put in, so later passes leave it alone
+_HELD = re.compile("\x00(\\d+)\x00")
+
+
+def _spellings(path: str) -> list[str]:
+    """A path as messages write it: as is, repr-escaped (newlines, non-ASCII) and JSON-escaped."""
+    out = [path, path.encode("unicode_escape").decode("ascii"), json.dumps(path)[1:-1],
+           json.dumps(path, ensure_ascii=False)[1:-1], repr(path)[1:-1]]
+    return list(dict.fromkeys(out))
 
 
 @dataclass
@@ -150,6 +164,14 @@ class Redactor:
     patient's name); :attr:`found` maps each key to the relative path or UID so the
     owner-only ``<dataset>.private/names.jsonl`` lets an engineer find the file.
 
+    Messages are composed by our code with the paths of the files it read, so the
+    paths are known before the text: :meth:`know` registers them, and every spelling
+    of a registered path (absolute or relative, quoted or bare, escaped) is replaced
+    literally, whatever characters the names hold (apostrophes, quotes, commas,
+    parentheses, newlines). What a message may still hold of a name (a piece cut
+    at a quote, a folder named alone) is removed by the folder and file names of the
+    registered paths. Patterns for paths nobody registered are the last net only.
+
     Attributes:
         pseudo: the keys' secret.
         root: the input root: absolute paths under it are named relative to it.
@@ -159,6 +181,22 @@ class Redactor:
     pseudo: Pseudonymizer
     root: Path | None = None
     found: dict[str, dict[str, str]] = field(default_factory=dict)
+    _known: dict[str, None] = field(default_factory=dict, repr=False)  # relative paths, in order
+    _pieces: set[str] = field(default_factory=set, repr=False)
+    _net: re.Pattern[str] | None = field(default=None, repr=False)
+
+    def know(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        """Register the files (absolute, or relative to :attr:`root`) messages may name."""
+        for path in paths:
+            rel = self._relative(str(path))
+            if rel in self._known or rel in ("", "."):
+                continue
+            self._known[rel] = None
+            for part in Path(rel).parts:
+                for piece in (part, *_NAME_CUTS.split(part)):
+                    if len(piece) >= _MIN_PIECE and any(c.isalpha() for c in piece):
+                        self._pieces.add(piece)
+            self._net = None
 
     def file_key(self, rel: str) -> str:
         """``file-<key>`` of a path relative to the input root (the key ingest's file rows use)."""
@@ -185,18 +223,54 @@ class Redactor:
         """``text`` with every file path and non-standard UID replaced by its key."""
         if not text:
             return text
-        text = _FILE_REF.sub(lambda m: f"{m['what']} {self.file_key(m['path'])}", text)
-        text = _QUOTED_PATH.sub(lambda m: self.file_key(m["path"]), text)
+        held: list[str] = []
+
+        def hold(key: str) -> str:
+            held.append(key)
+            return _HOLD.format(len(held) - 1)
+
+        text = self._registered(text, hold)
+        text = _FILE_REF.sub(lambda m: f"{m['what']} {hold(self.file_key(m['path']))}", text)
+        text = _QUOTED_PATH.sub(lambda m: hold(self.file_key(m["path"])), text)
         if self.root is not None:
+            # A bare path nobody registered ends at a space or punctuation here: registered paths
+            # (any characters) went first; this net only keys what it can still see.
             root = re.escape(str(self.root))
-            text = re.sub(root + r"(?:[/\\][^\s'\":,;]*)?", lambda m: self.file_key(m.group()), text)
+            text = re.sub(root + r"(?:[/\\][^\s'\":,;\x00]*)?", lambda m: hold(self.file_key(m.group())), text)
+        text = self._pieces_out(text)
+
         def uid(m: re.Match[str]) -> str:
             value = m.group()
             if _is_standard_uid(value) or _CLASS_TAGS.search(text[max(0, m.start() - 80) : m.start()]):
                 return value
             return self.uid_key(value)
 
-        return _UID.sub(uid, text)
+        text = _UID.sub(uid, text)
+        return _HELD.sub(lambda m: held[int(m[1])], text)
+
+    def _registered(self, text: str, hold: Callable[[str], str]) -> str:
+        """Every spelling of every registered path, longest first (a folder never cuts a file's path)."""
+        for rel in sorted(self._known, key=len, reverse=True):
+            if not any(spelt in text for spelt in _spellings(os.path.basename(rel))):
+                continue  # the cheap test: most registered files are not named by this message
+            token = hold(self.file_key(rel))
+            forms = [str(self.root / rel)] if self.root is not None else []
+            for form in (*forms, rel):
+                for spelt in _spellings(form):
+                    for q in ("'", '"'):
+                        text = text.replace(f"{q}{spelt}{q}", token)
+                    # Bare: an absolute path or one with a folder is distinctive; a bare "1" is not.
+                    if os.sep in spelt or "/" in spelt:
+                        text = text.replace(spelt, token)
+        return text
+
+    def _pieces_out(self, text: str) -> str:
+        if not self._pieces:
+            return text
+        if self._net is None:
+            alternatives = "|".join(re.escape(p) for p in sorted(self._pieces, key=len, reverse=True))
+            self._net = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
+        return self._net.sub("<name>", text)
 
 
 def _is_standard_uid(value: str) -> bool:

@@ -243,12 +243,21 @@ def _rescale_of(r: dict[str, Any], f: dict[str, Any], philips_precise: bool) -> 
     return rs, ri
 
 
+ORTHONORMAL_TOL = 1e-3
+
+
 @lru_cache(maxsize=256)
 def _orthonormal(iop: tuple[float, ...]) -> bool:
-    """Row and column directions of unit length and perpendicular (cached: slices share them)."""
+    """Row and column directions of unit length and perpendicular (cached: slices share them).
+
+    Within 1e-3, the tolerance of the SEG/RTSTRUCT writers (imaging.dicom.seg.frame_geometry)
+    and of highdicom's perpendicularity check: a series ingest accepts must be one the
+    writers downstream accept (at 1e-2, a slice 0.004 off passed here and failed its SEG).
+    """
     r, c = iop[:3], iop[3:]
     dot = sum(a * b for a, b in zip(r, c, strict=True))
-    return abs(math.hypot(*r) - 1) <= 1e-2 and abs(math.hypot(*c) - 1) <= 1e-2 and abs(dot) <= 1e-2
+    return abs(math.hypot(*r) - 1) <= ORTHONORMAL_TOL and abs(math.hypot(*c) - 1) <= ORTHONORMAL_TOL \
+        and abs(dot) <= ORTHONORMAL_TOL
 
 
 def _where(r: dict[str, Any], i: int, frames: Any, input_dir: str) -> str:

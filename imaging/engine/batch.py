@@ -52,6 +52,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from imaging.boundary import failure_reason, private_side
 from imaging.cpus import run_in_background, usable_cpus
 from imaging.dicom.catalog import CatalogRow
 from imaging.engine.predict import Prepared, SeriesPredictor
@@ -312,6 +313,11 @@ class BatchRunner:
         return ReportRow(cat.series_key, cat.subject_key, status, reason, self.model.name, str(self.model.version),
                          self.model.alias, self.shard, **kw)
 
+    def _reason(self, exc: BaseException, stage: str, cat: CatalogRow) -> str:
+        """The row's reason: ours as is; a library's (paths, values) only as type and tag, its text private."""
+        return failure_reason(exc, stage=stage, where=cat.series_key, private_dir=private_side(self.s.private_dir, self.out),
+                              own=(SeriesError,))
+
     # -- stage 1 ---------------------------------------------------------------------
     def _prefetch(self, todo: list[CatalogRow], q: queue.Queue[Any]) -> None:
         """Prepare series on a pool of threads (gzip, resampling and NumPy release the GIL), in order."""
@@ -341,7 +347,7 @@ class BatchRunner:
         try:
             return self.predictor.prepare(self.s.dataset_dir / cat.volume_path)
         except Exception as exc:  # isolate: the batch goes on
-            return SeriesError(f"read/preprocess {cat.volume_path}: {type(exc).__name__}: {exc}")
+            return SeriesError(self._reason(exc, "read/preprocess", cat))
 
     # -- stage 3 ---------------------------------------------------------------------
     def _submit(self, cat: CatalogRow, payload: Any, pool: WriterPool) -> _Writing | BaseException:
@@ -383,7 +389,7 @@ class BatchRunner:
                 _record(self.out, row, outcome.files, self.model.options_key)
                 result.n_ok += 1
         if exc is not None:
-            reason = str(exc) if isinstance(exc, SeriesError) else f"{type(exc).__name__}: {exc}"
+            reason = self._reason(exc, "invert", cat)
             log.warning("%s: %s", cat.series_key, reason)
             _record(self.out, self._row(cat, "error", reason))
             result.n_error += 1
@@ -456,9 +462,10 @@ class BatchRunner:
                     out: Any = (prepared, self.predictor.forward(prepared), time.perf_counter() - t0)
                 except torch.cuda.OutOfMemoryError as exc:
                     torch.cuda.empty_cache()
-                    out = SeriesError(f"infer: out of memory on {self.predictor.device}: {exc}")
+                    out = SeriesError(f"infer: out of memory on {self.predictor.device} "
+                                      f"({self._reason(exc, 'infer', cat)})")
                 except Exception as exc:
-                    out = SeriesError(f"infer: {type(exc).__name__}: {exc}")
+                    out = SeriesError(self._reason(exc, "infer", cat))
                 self._put(to_write, (cat, out), writer)
             self._put(to_write, _Stop(), writer)
             writer.join()

@@ -31,6 +31,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from imaging.boundary import failure_reason, private_side
 from imaging.cpus import run_in_background, usable_cpus
 from imaging.fsutil import atomic_path
 from imaging.keys import Pseudonymizer
@@ -104,6 +105,7 @@ class WriteOutcome:
     remarks: list[str] = field(default_factory=list)
     seg_frames: int = 0
     error: str = ""  # the report's reason when the series failed
+    stage: str = "nifti"  # the step under way: the reason of a failure names it
     seconds: float = 0.0  # the writer process's time on it
     records: list[logging.LogRecord] = field(default_factory=list)
 
@@ -118,7 +120,9 @@ def write_outputs(job: WriteJob) -> WriteOutcome:
     try:
         _write(job, outcome)
     except Exception as exc:  # isolate: the batch records the reason and goes on
-        outcome.error = str(exc) if isinstance(exc, SeriesError) else f"{type(exc).__name__}: {exc}"
+        # highdicom/pydicom/nibabel text names absolute source paths: only the type and tag cross.
+        outcome.error = failure_reason(exc, stage=outcome.stage, where=job.series_key,
+                                       private_dir=errors_dir(job), own=(SeriesError,))
     finally:
         root.removeHandler(collect)
     outcome.records = collect.records
@@ -131,11 +135,13 @@ def _write(job: WriteJob, outcome: WriteOutcome) -> None:
     save_mask(job.folder / "seg.nii.gz", job.labels, job.volume_path)
     outcome.files.append("seg.nii.gz")
     if job.seg.enabled:
+        outcome.stage = "seg"
         frames, remark = _write_seg(job)
         outcome.seg_frames = frames
         outcome.files += ["seg.dcm"] if frames else []
         outcome.remarks += [remark] if remark else []
     if job.overlay:
+        outcome.stage = "overlay"
         from imaging.engine.report import overlay_montage
 
         image = np.asarray(load_nifti(job.volume_path).dataobj)
@@ -153,11 +159,12 @@ def _write_seg(job: WriteJob) -> tuple[int, str]:
         return 0, "no DICOM SEG: the private sources index for this series is missing"
     try:
         source = load_source(src_json)
-    except (OSError, ValueError, KeyError) as exc:
-        # The message names private source paths: the log (hospital side) gets it, the report not.
-        log.warning("%s: source DICOM unreadable: %s", job.series_key, exc)
+    except Exception as exc:  # noqa: BLE001 - pydicom's errors are not all OSError/ValueError
+        # The message names source paths: it goes to the private errors.jsonl, never the log or report.
+        failure_reason(exc, stage="seg source", where=job.series_key, private_dir=errors_dir(job))
+        log.warning("%s: source DICOM unreadable (%s)", job.series_key, type(exc).__name__)
         raise SeriesError(f"seg: the source DICOM of this series is missing or unreadable "
-                          f"({type(exc).__name__}; details in the log)") from exc
+                          f"({type(exc).__name__}; details in the private errors.jsonl)") from exc
     s = job.seg
     result = write_seg(job.folder / "seg.dcm", source, job.labels, job.affine, job.names, s.segments,
                        algorithm_name=job.algorithm_name, algorithm_version=job.algorithm_version,
@@ -167,6 +174,10 @@ def _write_seg(job: WriteJob) -> tuple[int, str]:
         (job.folder / "seg.dcm").unlink(missing_ok=True)  # a stale SEG from an earlier model must go
         return 0, "no foreground: no DICOM SEG written"
     return result.n_frames, ""
+
+
+def errors_dir(job: WriteJob) -> Path:
+    return private_side(job.private_dir, job.folder.parent)
 
 
 class _Collect(logging.Handler):
@@ -235,7 +246,8 @@ class WriterPool:
         except BrokenProcessPool:
             self._reset()
         except Exception as exc:  # noqa: BLE001 - e.g. the job did not pickle: this series' error
-            return WriteOutcome(error=f"write: {type(exc).__name__}: {exc}")
+            return WriteOutcome(error=failure_reason(exc, stage="write", where=job.series_key,
+                                                     private_dir=errors_dir(job)))
         alone = _spawn_pool(1)
         try:
             return alone.submit(write_outputs, job).result()
@@ -243,7 +255,8 @@ class WriterPool:
             return WriteOutcome(error=f"write: the writer process died twice on this series "
                                       f"({type(exc).__name__})")
         except Exception as exc:  # noqa: BLE001
-            return WriteOutcome(error=f"write: {type(exc).__name__}: {exc}")
+            return WriteOutcome(error=failure_reason(exc, stage="write", where=job.series_key,
+                                                     private_dir=errors_dir(job)))
         finally:
             alone.shutdown(wait=True)
 

@@ -277,15 +277,17 @@ def _unreadable_rows(con: Any, ctx: SeriesContext, redact: Redactor) -> list[Cat
     rows = []
     for r in con.execute("SELECT path, error, patient_id, study_uid, modality FROM files WHERE kind='unreadable'"):
         rel = os.path.relpath(r["path"], ctx.input_dir)
+        redact.know([rel])
         rows.append(CatalogRow(
             series_key="file-" + ctx.ps.key(rel, "file"),
             subject_key=ctx.ps.key(r["patient_id"], "subject") if r["patient_id"] else "",
             study_key=ctx.ps.key(r["study_uid"], "study") if r["study_uid"] else "",
             modality=r["modality"] or "", status="error", n_instances=1,
-            reason=redact(f"file '{rel}': {r['error']}"),
+            reason=redact(f"file '{rel}': {_unreadable_reason(r['error'])}"),
         ))
     for r in con.execute("SELECT path, patient_id, modality FROM files WHERE kind='dicom' AND series_uid IS NULL"):
         rel = os.path.relpath(r["path"], ctx.input_dir)
+        redact.know([rel])
         rows.append(CatalogRow(
             series_key="file-" + ctx.ps.key(rel, "file"),
             subject_key=ctx.ps.key(r["patient_id"], "subject") if r["patient_id"] else "", study_key="",
@@ -293,6 +295,17 @@ def _unreadable_rows(con: Any, ctx: SeriesContext, redact: Redactor) -> list[Cat
             reason=redact(f"file '{rel}': missing (0020,000E) SeriesInstanceUID"),
         ))
     return rows
+
+
+def _unreadable_reason(error: str) -> str:
+    """The index's error without a library's text: ``unreadable: <Type>: <message>`` keeps the type only.
+
+    The message (cut at 160 characters, so a path in it may be cut too) stays in the private index.
+    """
+    if error.startswith("unreadable: "):
+        kind = error.split(": ", 2)[1]
+        return f"unreadable: {kind if kind.isidentifier() else 'error'} (details in the private index)"
+    return error
 
 
 def _write_links(path: Path, links: set[tuple[str, str, str]]) -> None:

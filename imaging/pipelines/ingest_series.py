@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from imaging.boundary import failure_reason, record_private
 from imaging.deid.values import cap_age
 from imaging.deid.withhold import Withheld, WithholdPolicy, check, read_policy_header
 from imaging.dicom.catalog import CatalogRow
@@ -98,6 +99,8 @@ def process_batch(uids: list[str], ctx: SeriesContext) -> BatchResult:
                     con.execute("SELECT * FROM files WHERE kind='dicom' AND series_uid=?", (uid,))]
             if not rows:
                 continue
+            # Every file a reason of this series may name: replaced literally, whatever its name holds.
+            redact.know(r["path"] for r in [*rows, *ctx.segs.get(uid, [])])
             ref = rows[0].get("ref_series_uid")
             orphan = rows[0].get("sop_class") in SEG_CLASSES and not (ref and con.execute(
                 "SELECT 1 FROM files WHERE kind='dicom' AND series_uid=? LIMIT 1", (ref,)).fetchone())
@@ -106,14 +109,17 @@ def process_batch(uids: list[str], ctx: SeriesContext) -> BatchResult:
             except LabelTableFrozen:
                 result.deferred.append(uid)
             except Exception as exc:  # noqa: BLE001 - one series never stops the export
-                log.error("series %s failed unexpectedly: %s", ctx.ps.key(uid, "series"), type(exc).__name__)
+                # A library's text names absolute paths: the boundary keeps it on the private side.
+                key = ctx.ps.key(uid, "series")
+                reason = failure_reason(exc, stage="internal error", where=key, private_dir=ctx.private_dir)
+                log.error("series %s failed unexpectedly: %s", key, type(exc).__name__)
                 first = rows[0]
                 result.rows.append(CatalogRow(
-                    ctx.ps.key(uid, "series"),
+                    key,
                     ctx.ps.key(subject_identity(first.get("patient_id") or "", "", first.get("study_uid") or "")[0],
                                "subject"),
                     ctx.ps.key(first.get("study_uid") or "", "study"), first.get("modality") or "", "error",
-                    f"internal error: {type(exc).__name__}: {exc}"))
+                    reason))
     finally:
         con.close()
     # Reasons name files and series by key only: folder names may be patient names.
@@ -239,6 +245,8 @@ def _write_volume(plan: SeriesPlan, vol: VolumePlan, key: str, ctx: SeriesContex
     try:
         labels = _labels(plan, vol, segs, label_file, ctx)
     except LabelError as exc:
+        if exc.__cause__ is not None:  # a library's text (paths) stays private; ours is redacted below
+            record_private(ctx.private_dir, stage="labels", where=key, exc=exc)
         result.label_errors += 1
         reason = "; ".join(filter(None, [reason, f"labels not written: {exc}"]))
     write_nifti(data, vol.grid, vol_path, tr_s=_tr_seconds(vol), fsync=False)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from imaging.boundary import failure_reason, private_side
 from imaging.fsutil import atomic_write_json, atomic_write_text
 from imaging.keys import Pseudonymizer
 from imaging.selection.qc import output_flags
@@ -79,9 +80,11 @@ def series_outputs(out: Path, key: str, *, names: Mapping[int, str], flags_cfg: 
         result = write_rtstruct(folder / RTSTRUCT_NAME, load_source(src_json), labels, affine, names,
                                 algorithm_name=model_name, algorithm_version=model_version,
                                 pseudonymizer=pseudonymizer, identity=identity, deid_options=deid_options)
-    except (OSError, ValueError, KeyError) as exc:  # the log (hospital side) may name paths; the report not
-        log.warning("%s: RTSTRUCT not written: %s", key, exc)
-        atomic_write_json(folder / "rtstruct.json", {"written": False, "reason": type(exc).__name__})
+    except Exception as exc:  # noqa: BLE001 - one series' RTSTRUCT never stops the others
+        # The text names source paths: it goes to the private errors.jsonl, never the log or the report.
+        reason = failure_reason(exc, stage="rtstruct", where=key, private_dir=private_side(private, out))
+        log.warning("%s: RTSTRUCT not written (%s)", key, type(exc).__name__)
+        atomic_write_json(folder / "rtstruct.json", {"written": False, "reason": reason})
         return
     if result is None:
         (folder / RTSTRUCT_NAME).unlink(missing_ok=True)
