@@ -17,7 +17,9 @@ the logs and ``job-<id>.json`` a record (also copied to
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import json
 import logging
 import os
 import re
@@ -248,6 +250,42 @@ def _resolve_alias(prep: Prepared, uri: str, name: str, alias: str) -> str:
         raise UsageError(f"model={uri}: {first} (store: {store}; `imaging model list` shows its models)") from None
 
 
+def array_model_uri(uri: str, output_dir: Path, store: str, env: Mapping[str, str] | None = None) -> str:
+    """In a Slurm array task: ``models:/NAME@ALIAS`` -> the version the array's first task resolved.
+
+    For the arrays :func:`pin_model` could not pin at submission (``imaging submit pipeline``:
+    the training job registers the model later; a hand-edited script): the first task to
+    start resolves the alias and records it in ``<output_dir>/work/model-pin.<array job id>.json``;
+    every other task, and a requeued one, reads it. Outside an array, or for a version, ``uri``
+    is returned as is.
+
+    Raises:
+        mlflow.exceptions.MlflowException: unknown model or alias.
+    """
+    from imaging.tracking.registry import parse_model_uri
+
+    job = (os.environ if env is None else env).get("SLURM_ARRAY_JOB_ID")
+    name, alias, _ = parse_model_uri(uri)
+    if not job or alias is None:
+        return uri
+    path = output_dir / "work" / f"model-pin.{job}.json"
+    if not path.is_file():
+        from imaging.tracking.store import client_for
+
+        pinned = f"models:/{name}/{client_for(store).get_model_version_by_alias(name, alias).version}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"from": uri, "uri": pinned}))
+        with contextlib.suppress(FileExistsError):  # two tasks at once: the first link wins, both read it
+            os.link(tmp, path)
+        tmp.unlink()
+    record = json.loads(path.read_text())
+    if record.get("from") != uri:
+        return uri  # another model in the same folder and array: nothing pinned for this one
+    log.info("%s pinned for array job %s: %s", uri, job, record["uri"])
+    return str(record["uri"])
+
+
 def sbatch(script_path: Path, sbatch_exe: str = "sbatch", env: Mapping[str, str] | None = None,
            dependency: str | None = None) -> str:
     """Submit with ``sbatch --parsable``; return the job id.
@@ -306,8 +344,6 @@ def submit(prep: Prepared, *, dry_run: bool = False, env: Mapping[str, str] | No
 def load_submission(job_id: str, *, index_dir: Path | None = None, job_dir: Path | None = None) -> Submission | None:
     """The record ``submit`` wrote for ``job_id`` (array task ids ``123_4`` map to ``123``)."""
     base = job_id.split("_")[0].split(".")[0]
-    import json
-
     for folder in (job_dir, index_dir):
         if folder is None:
             continue

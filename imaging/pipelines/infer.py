@@ -30,6 +30,7 @@ from imaging.engine.batch import (
 )
 from imaging.engine.predict import InferenceOptions, SeriesPredictor
 from imaging.keys import Pseudonymizer, SecretError
+from imaging.launch.submit import array_model_uri
 from imaging.pipelines.remote import (
     TransferRow,
     check_push_config,
@@ -138,7 +139,8 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
     out = Path(str(cfg.output_dir)).resolve()
     uri, location = tracking_uri_from_config(cfg)
     name, alias, _ = parse_model_uri(str(cfg.model_uri))
-    bundle: ModelBundle = load_bundle(str(cfg.model_uri), tracking_uri=uri)
+    # issue 29 (10): an alias is resolved once per Slurm array, not once per task.
+    bundle: ModelBundle = load_bundle(array_model_uri(str(cfg.model_uri), out, uri), tracking_uri=uri)
     # issue 19: the rule (the model's own, or the config's) and the label subset, validated before any work.
     rule = selection_hook.resolve_rule(cfg.get("select"), getattr(bundle, "selection", None))
     labels = selection_hook.label_subset(bundle.labels, cfg.inference.get("labels"))

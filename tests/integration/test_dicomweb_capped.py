@@ -9,6 +9,8 @@ Issue 29 (13): ``study=UID`` as one value, through the shipped configs (infer an
 
 from __future__ import annotations
 
+import csv
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -159,7 +161,7 @@ def test_pull_cli_takes_one_study_uid(capped: dict, tmp_path: Path) -> None:
     assert Counter(p.parent.parent.name for p in out.rglob("*.dcm")) == {many: 9}
 
 
-def test_every_capped_series_gets_a_seg(capped: dict, tmp_path: Path) -> None:
+def test_every_capped_series_gets_a_seg(capped: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The issue's done-when: `infer input=URL` on the capped archive: both 140-slice series whole, a SEG each,
     each SEG referencing the 140 instances STOWed in (not the 51 QIDO lists), stored back."""
     import mlflow
@@ -193,6 +195,7 @@ def test_every_capped_series_gets_a_seg(capped: dict, tmp_path: Path) -> None:
                 "model_uri=models:/capped@champion", f"input={server.dicomweb}", f"output_dir={out}",
                 f"paths.root_dir={tmp_path}", "demo_key=true", "overlay=false", "tracking.enabled=false",
                 f"tracking.uri={store}", f"study={study}", "seg.identity=source", "seg.push=true"])
+        monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4711")  # as an array task: the alias is pinned for the array
         outcome = run_inference(cfg)
     finally:
         mlflow.set_tracking_uri(previous)
@@ -211,3 +214,7 @@ def test_every_capped_series_gets_a_seg(capped: dict, tmp_path: Path) -> None:
     assert referenced == sops
     stored = DICOMwebClient(server.dicomweb).search_for_series(study, search_filters={"Modality": "SEG"})
     assert len(stored) == 2
+    pin = json.loads((out / "work" / "model-pin.4711.json").read_text())
+    assert pin == {"from": "models:/capped@champion", "uri": "models:/capped/1"}
+    with (out / "report.csv").open(newline="") as fh:
+        assert [r["model_version"] for r in csv.DictReader(fh)] == ["1", "1"]  # every row: the version it ran

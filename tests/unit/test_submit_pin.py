@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from imaging.apps.submit import main as submit_main
-from imaging.launch.submit import compose
+from imaging.launch.submit import array_model_uri, compose
 from imaging.tracking.registry import parse_model_uri, resolve_version
 
 
@@ -106,3 +106,18 @@ def test_no_store_is_refused_not_created(fake_sbatch: Path, tmp_path: Path, monk
     assert submit_main(_infer(tmp_path, f"launcher.sbatch={fake_sbatch}")) == 2
     assert "no MLflow store" in capsys.readouterr().err
     assert not (tmp_path / "mlflow" / "mlflow.db").exists()
+
+
+def test_array_tasks_share_the_version_the_first_task_resolved(registry: MlflowClient, tmp_path: Path) -> None:
+    """Arrays `imaging submit` could not pin (a pipeline's infer job: the model is registered by the
+    training job before it): the first task resolves the alias, every later task of that array reads it."""
+    store = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    out, array = tmp_path / "pred", {"SLURM_ARRAY_JOB_ID": "77"}
+    first = array_model_uri("models:/tiny@champion", out, store, array)
+    registry.set_registered_model_alias("tiny", "champion", "2")  # promoted while the array runs
+    later = array_model_uri("models:/tiny@champion", out, store, array)
+    assert first == later == "models:/tiny/1"
+    assert array_model_uri("models:/tiny@champion", out, store, {"SLURM_ARRAY_JOB_ID": "78"}) == "models:/tiny/2"
+    assert array_model_uri("models:/tiny@champion", out, store, {}) == "models:/tiny@champion"  # not an array
+    assert array_model_uri("models:/tiny/1", out, store, array) == "models:/tiny/1"
+    assert sorted(p.name for p in (out / "work").iterdir()) == ["model-pin.77.json", "model-pin.78.json"]
