@@ -278,9 +278,6 @@ class Puller:
         self.staging = self.out.with_name(self.out.name + ".partial")
         self.workers, self.progress = max(1, int(workers)), progress
 
-    def _final(self, inst: _Instance) -> Path:
-        return self.out / inst.study / inst.series / f"{inst.sop}.dcm"
-
     def _staged(self, inst: _Instance) -> Path:
         return self.staging / inst.study / inst.series / f"{inst.sop}.dcm"
 
