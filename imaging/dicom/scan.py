@@ -116,17 +116,14 @@ def read_chunk(items: list[tuple[str, int, float]]) -> tuple[list[tuple[Any, ...
         row, fast = read_header(path)
         n_fast += fast
         row["path"], row["size"], row["mtime"] = path, size, mtime
-        out.append(tuple(_encode(row.get(c)) for c in COLUMNS[:-1]))
+        # (_encode inlined: a call per column was ~10% of a Philips file's scan)
+        out.append(tuple(_JSON(v) if isinstance(v, _JSON_TYPES) else v for v in map(row.get, _ROW_COLUMNS)))
     return out, n_fast
 
 
 _JSON = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per call
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, (list, tuple, dict)):
-        return _JSON(value)
-    return value
+_JSON_TYPES = (list, tuple, dict)
+_ROW_COLUMNS = COLUMNS[:-1]
 
 
 def _cached(con: sqlite3.Connection, items: list[tuple[str, int, float]]) -> set[str]:
