@@ -347,7 +347,7 @@ class BatchRunner:
         try:
             return self.predictor.prepare(self.s.dataset_dir / cat.volume_path)
         except Exception as exc:  # isolate: the batch goes on
-            return SeriesError(self._reason(exc, "read/preprocess", cat))
+            return SeriesError(self._reason(exc, f"read/preprocess {cat.volume_path}", cat))  # a keyed path
 
     # -- stage 3 ---------------------------------------------------------------------
     def _submit(self, cat: CatalogRow, payload: Any, pool: WriterPool) -> _Writing | BaseException:

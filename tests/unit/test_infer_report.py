@@ -183,9 +183,12 @@ def test_missing_source_dicom_is_an_error_without_paths(dataset: Path, tmp_path:
     assert row["status"] == "error" and row["reason"].startswith("seg: the source DICOM")
     assert str(tmp_path) not in row["reason"]  # private source paths stay out of the public report
     assert not (out / "done" / f"{key}.json").exists()
-    # the details (private paths) reach this process's log from the writer process, and only the log
+    # the log (the console) names the series by key; the details (private paths) are in the private errors.jsonl only
     details = [r for r in caplog.records if "source DICOM unreadable" in r.getMessage()]
-    assert len(details) == 1 and details[0].name == "imaging.engine.writer" and spec["files"][0] in details[0].getMessage()
+    assert len(details) == 1 and details[0].name == "imaging.engine.writer"
+    assert spec["files"][0] not in details[0].getMessage() and key in details[0].getMessage()
+    errors = (dataset.with_name("ds.private") / "errors.jsonl").read_text(encoding="utf-8").splitlines()
+    assert any(spec["files"][0] in json.loads(line)["message"] for line in errors)
 
 
 def test_overlay_panels_of_a_sagittal_volume_keep_millimetre_proportions() -> None:
