@@ -5,8 +5,8 @@ the scan (no second header parse); everything else is decoded by pydicom with
 its pylibjpeg / pyjpegls / gdcm plugins; either way each file by its own pixel
 format (BitsStored, PixelRepresentation). A slice dropped at a repeated position
 must hold the same values as the one kept (:func:`_check_duplicates`).
-RescaleSlope/Intercept are applied per slice: an integer type when every slope and intercept is integral (int16 when
-the values fit), float32 otherwise. PixelPaddingValue pixels take the lowest
+RescaleSlope/Intercept are applied per slice: an integer type when every slope
+and intercept is integral (int16 when the values fit), float32 otherwise. PixelPaddingValue pixels take the lowest
 real value of the volume (see :func:`_fill_padding`). Tilted, uneven or gappy stacks are resampled in world
 coordinates onto the grid planned by :mod:`imaging.dicom.geometry`.
 """
