@@ -287,7 +287,8 @@ class Puller:
 
     def _check_and_stage(self, ds: pydicom.Dataset, inst: _Instance) -> str:
         """Write one retrieved instance into staging; '' when ok, else why (no UID in it)."""
-        if str(ds.get("SOPInstanceUID", "")) != inst.sop or str(ds.get("SeriesInstanceUID", "")) != inst.series:
+        if not inst.sop or str(ds.get("SOPInstanceUID", "")) != inst.sop or \
+                str(ds.get("SeriesInstanceUID", "")) != inst.series:
             return "retrieve: the server answered with another instance than asked for"
         damage = truncated_pixels(ds)
         if damage:
