@@ -337,10 +337,25 @@ def _keyword_rules(key: str, value: str, where: str, field: str) -> Iterator[Hit
         yield Hit(where, field, "date", mask(value, "date"))
 
 
-def _nifti(path: Path, needles: Needles, where: str) -> Iterator[Hit]:
+def _nifti_header(path: Path) -> Any:
+    """The NIfTI-1/2 header and its extensions, read from the stream (a ``.nii.gz`` is
+    inflated only up to the voxels): ~0.3 ms a file where ``nib.load`` takes ~3 ms."""
     import nibabel as nib
 
-    header: Any = nib.load(str(path)).header  # header and extensions only; voxels stay on disk
+    if path.name.lower().endswith(".hdr"):  # an Analyze/NIfTI pair: nibabel finds the .img
+        return nib.load(str(path)).header
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == GZIP_MAGIC
+    with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as fh:
+        size = fh.read(4)
+        fh.seek(0)
+        nifti2 = size in (struct.pack("<i", 540), struct.pack(">i", 540))
+        klass = nib.nifti2.Nifti2Header if nifti2 else nib.nifti1.Nifti1Header
+        return klass.from_fileobj(fh)  # type: ignore[arg-type]
+
+
+def _nifti(path: Path, needles: Needles, where: str) -> Iterator[Hit]:
+    header = _nifti_header(path)  # header and extensions only; voxels stay on disk
     for key in ("descrip", "aux_file", "intent_name", "db_name"):
         if key in header:
             value = header[key].tobytes().rstrip(b"\x00").decode("latin-1")

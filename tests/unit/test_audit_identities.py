@@ -81,11 +81,14 @@ def _export(root: Path) -> Path:
     return root
 
 
-def _nifti(path: Path, **fields: str) -> Path:
-    img = nib.Nifti1Image(np.zeros((2, 2, 2), dtype=np.int16), np.eye(4))
+def _nifti(path: Path, nifti2: bool = False, **fields: str) -> Path:
+    klass = nib.Nifti2Image if nifti2 else nib.Nifti1Image
+    img = klass(np.zeros((2, 2, 2), dtype=np.int16), np.eye(4))
     img.header["descrip"] = "imaging volume"
     for key, value in fields.items():
-        if key == "extension":
+        if key == "intent_name":
+            img.header.set_intent("none", name=value)
+        elif key == "extension":
             img.header.extensions.append(nib.nifti1.Nifti1Extension(6, value.encode()))
         else:
             img.header[key] = value
@@ -130,6 +133,7 @@ def _leaking_output(out: Path) -> set[str]:
     _nifti(out / "0f1e2d3c4b5a6978.nii.gz", descrip="acc ACX20240117")  # accession in descrip
     _nifti(out / "1e2d3c4b5a697887.nii.gz", aux_file="1957-03-12")  # ISO birth date in aux_file
     _nifti(out / "2d3c4b5a69788796.nii", extension='{"site": "12 Harbour Road"}')  # address part
+    _nifti(out / "3c4b5a6978879605.nii.gz", nifti2=True, intent_name="dob 05/07/1948")  # NIfTI-2
     _png(out / "overlay_a.png", "zTXt", "SEAMUS O'BRIEN")  # compressed zTXt, reversed, upper case
     _png(out / "overlay_b.png", "iTXt", "st brigid infirmary")  # compressed iTXt, institution
     _nested_dicom(out / "seg.dcm", "Lindqvist")  # referring physician's family name, nested
@@ -148,7 +152,7 @@ def _leaking_output(out: Path) -> set[str]:
     (out / "second.csv").write_text("k,v\nx,ACX20240999\n")  # second patient's accession
     return {
         "review.json.gz", "report.csv", "us.csv", "0f1e2d3c4b5a6978.nii.gz",
-        "1e2d3c4b5a697887.nii.gz", "2d3c4b5a69788796.nii", "overlay_a.png", "overlay_b.png",
+        "1e2d3c4b5a697887.nii.gz", "2d3c4b5a69788796.nii", "3c4b5a6978879605.nii.gz", "overlay_a.png", "overlay_b.png",
         "seg.dcm", "OBRIEN_SEAMUS.nii.gz", "notes.txt", "run.log", "studies.jsonl", "bundle.zip",
         "by-name/Okonkwo, Adaeze", "issuer.md", "second.csv",
     }
