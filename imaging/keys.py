@@ -143,6 +143,7 @@ _UID = re.compile(r"(?<![\w.])(?:\d+\.){3,}\d+(?![\w.])")
 _CLASS_TAGS = re.compile(r"\((0002,0002|0002,0010|0008,0016|0008,1150)\)[^(]*$")
 # Pieces of a folder or file name the net also removes: split where a message may cut a name.
 _NAME_CUTS = re.compile(r"['\"\\\n\r\t]")
+_WORDLIKE = re.compile(r"[^\W\d_]{4,}")  # four letters in a row: a file name that may be a name
 _MIN_PIECE = 4  # shorter pieces ("CT", "S1") are not names and would eat ordinary words
 _HOLD = "\x00{}\x00"  # placeholder for a key already put in, so later passes leave it alone
 _HELD = re.compile("\x00(\\d+)\x00")
@@ -150,6 +151,8 @@ _HELD = re.compile("\x00(\\d+)\x00")
 
 def _spellings(path: str) -> list[str]:
     """A path as messages write it: as is, repr-escaped (newlines, non-ASCII) and JSON-escaped."""
+    if path.isascii() and path.isprintable() and not any(c in path for c in "'\"\\"):
+        return [path]  # the usual name: every spelling is the same
     out = [path, path.encode("unicode_escape").decode("ascii"), json.dumps(path)[1:-1],
            json.dumps(path, ensure_ascii=False)[1:-1], repr(path)[1:-1]]
     return list(dict.fromkeys(out))
@@ -181,22 +184,41 @@ class Redactor:
     pseudo: Pseudonymizer
     root: Path | None = None
     found: dict[str, dict[str, str]] = field(default_factory=dict)
-    _known: dict[str, None] = field(default_factory=dict, repr=False)  # relative paths, in order
+    # folder -> names of its files; folder -> the spellings of its name (the cheap test of
+    # _registered: a message names a file with its folder, so only named folders are searched)
+    _known: dict[str, dict[str, None]] = field(default_factory=dict, repr=False)
+    _folders: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
     _pieces: set[str] = field(default_factory=set, repr=False)
-    _net: re.Pattern[str] | None = field(default=None, repr=False)
+    _pending: list[str] = field(default_factory=list, repr=False)
 
     def know(self, paths: Iterable[str | os.PathLike[str]]) -> None:
-        """Register the files (absolute, or relative to :attr:`root`) messages may name."""
-        for path in paths:
-            rel = self._relative(str(path))
-            if rel in self._known or rel in ("", "."):
-                continue
-            self._known[rel] = None
-            for part in Path(rel).parts:
-                for piece in (part, *_NAME_CUTS.split(part)):
-                    if len(piece) >= _MIN_PIECE and any(c.isalpha() for c in piece):
-                        self._pieces.add(piece)
-            self._net = None
+        """Register the files (absolute, or relative to :attr:`root`) messages may name.
+
+        Indexed only when a message needs it: most series end with no reason to redact.
+        """
+        self._pending.extend(os.fspath(p) for p in paths)
+
+    def _index(self) -> None:
+        pending, self._pending = self._pending, []
+        by_folder: dict[str, list[str]] = {}
+        for path in pending:  # one split per file; relative folders once per folder (7,050 files: ~5 ms)
+            head, _, name = path.rpartition(os.sep)
+            by_folder.setdefault(head, []).append(name)
+        for head, names in by_folder.items():
+            folder = self._relative(head) if head else ""
+            folder = "" if folder == "." else folder
+            files = self._known.get(folder)
+            if files is None:
+                files = self._known[folder] = {}
+                self._folders[folder] = tuple(_spellings(folder.rpartition(os.sep)[2]))
+                for part in folder.split(os.sep):
+                    self._add_pieces(part)
+            files.update(dict.fromkeys(names))
+
+    def _add_pieces(self, part: str) -> None:
+        for piece in (part, *_NAME_CUTS.split(part)):
+            if len(piece) >= _MIN_PIECE and any(c.isalpha() for c in piece):
+                self._pieces.add(piece)
 
     def file_key(self, rel: str) -> str:
         """``file-<key>`` of a path relative to the input root (the key ingest's file rows use)."""
@@ -250,9 +272,18 @@ class Redactor:
 
     def _registered(self, text: str, hold: Callable[[str], str]) -> str:
         """Every spelling of every registered path, longest first (a folder never cuts a file's path)."""
-        for rel in sorted(self._known, key=len, reverse=True):
-            if not any(spelt in text for spelt in _spellings(os.path.basename(rel))):
-                continue  # the cheap test: most registered files are not named by this message
+        if self._pending:
+            self._index()
+        named = []
+        for folder, files in self._known.items():
+            if folder and not any(spelt in text for spelt in self._folders[folder]):
+                continue
+            for name in files:
+                if any(spelt in text for spelt in _spellings(name)):
+                    named.append(f"{folder}{os.sep}{name}" if folder else name)
+                    if _WORDLIKE.search(name):  # IM0001, 1.2.840....dcm name no one; O'BRIEN.dcm may
+                        self._add_pieces(name)
+        for rel in sorted(named, key=len, reverse=True):
             token = hold(self.file_key(rel))
             forms = [str(self.root / rel)] if self.root is not None else []
             for form in (*forms, rel):
@@ -265,12 +296,13 @@ class Redactor:
         return text
 
     def _pieces_out(self, text: str) -> str:
-        if not self._pieces:
+        # A substring test per piece first: one regex of thousands of alternatives (a 4D series'
+        # file names) costs ~100 ms a message; the few pieces present are replaced by word.
+        present = [p for p in self._pieces if p in text]
+        if not present:
             return text
-        if self._net is None:
-            alternatives = "|".join(re.escape(p) for p in sorted(self._pieces, key=len, reverse=True))
-            self._net = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
-        return self._net.sub("<name>", text)
+        alternatives = "|".join(re.escape(p) for p in sorted(present, key=len, reverse=True))
+        return re.sub(rf"(?<!\w)(?:{alternatives})(?!\w)", "<name>", text)
 
 
 def _is_standard_uid(value: str) -> bool:
