@@ -6,8 +6,8 @@ Chinese and Cyrillic letters, spaces, a newline, percent-encoding and a 200-char
 component. One copy has a slice 0.004 off orthonormal (refused by ingest: the SEG
 writer's tolerance), one file is truncated (unreadable). After ingest, one series loses
 a source file and another gets a slice the SEG/RTSTRUCT writers refuse: infer (the CLI,
-SEG and RTSTRUCT, a tiny registered model in a real MLflow store) fails both in its
-writers. No piece of any name may appear in the dataset, the predictions (gzip
+SEG and RTSTRUCT, a study report, a tiny registered model in a real MLflow store) fails
+both in its writers. No piece of any name may appear in the dataset, the predictions (gzip
 decoded), the console, or the MLflow runs (params, tags, description, artifacts);
 the private errors.jsonl (0600) keeps the raw text with the paths.
 """
@@ -141,7 +141,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     ds = pydicom.dcmread(files["bad_seg_geometry"][1])
     ds.ImageOrientationPatient = OFF
     ds.save_as(files["bad_seg_geometry"][1], enforce_file_format=True)
-    for out, extra in (("pred_rtstruct", ["seg.enabled=false", "output.rtstruct=true"]), ("pred_seg", [])):
+    runs = (("pred_rtstruct", ["seg.enabled=false", "output.rtstruct=true", "inference/select@select=any_series",
+                               "output.preview=true"]), ("pred_seg", []))
+    for out, extra in runs:
         proc = _cli(env, "infer", "model=models:/tiny_hostile@champion", f"input={dataset}",
                     f"output_dir={root / out}", "inference.sw_batch_size=1", *extra)
         env["console"].append(proc.stdout + proc.stderr)
@@ -203,6 +205,8 @@ def test_writer_failures_are_reported_by_type_and_their_text_kept_private(env: d
     seg_failures = [r for (out, _), r in failed.items() if out == "pred_seg" and r.startswith("seg")]
     assert len(seg_failures) == 2, failed  # the lost source and the refused slice
     assert any("(0020,0037) ImageOrientationPatient" in r for r in seg_failures), seg_failures
+    studies = list(csv.DictReader((env["root"] / "pred_rtstruct" / "studies.csv").open(encoding="utf-8")))
+    assert len(studies) == 4 and any(r["n_rejected"] != "0" for r in studies), studies  # the refused series
     rt = [json.loads(p.read_text()) for p in (env["root"] / "pred_rtstruct").glob("*/rtstruct.json")]
     assert sorted(r["written"] for r in rt) == [False, False, True], rt
     assert all(r["reason"].startswith("rtstruct: ") for r in rt if not r["written"]), rt
