@@ -153,8 +153,10 @@ def _spellings(path: str) -> list[str]:
     """A path as messages write it: as is, repr-escaped (newlines, non-ASCII) and JSON-escaped."""
     if path.isascii() and path.isprintable() and not any(c in path for c in "'\"\\"):
         return [path]  # the usual name: every spelling is the same
+    # repr() escapes a ' only when the text also holds a ": a file name alone is spelt without the
+    # escape, inside its full path with it. repr(path + '"') is always the single-quoted spelling.
     out = [path, path.encode("unicode_escape").decode("ascii"), json.dumps(path)[1:-1],
-           json.dumps(path, ensure_ascii=False)[1:-1], repr(path)[1:-1]]
+           json.dumps(path, ensure_ascii=False)[1:-1], repr(path)[1:-1], repr(path + '"')[1:-2]]
     return list(dict.fromkeys(out))
 
 

@@ -4,6 +4,7 @@ and the exception boundary (type + tag on the dataset side, raw text in the priv
 from __future__ import annotations
 
 import json
+import random
 import re
 import stat
 from pathlib import Path
@@ -118,3 +119,31 @@ def test_our_own_errors_cross_as_they_are(tmp_path: Path) -> None:
 def test_the_private_side_defaults_beside_the_outputs(tmp_path: Path) -> None:
     assert private_side(None, tmp_path / "pred") == tmp_path / "pred.private"
     assert private_side(tmp_path / "ds.private", tmp_path / "pred") == tmp_path / "ds.private"
+
+
+# Letters, and the characters that end, split or escape a name in a message.
+_ALPHABET = list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789") + list("äöüßéèñçøåŁŚ李小龙王Иванов") \
+    + ["'", '"', ",", "(", ")", " ", "\n", "^", "_", "-", ".", "%20", "%27", "\\", "\t", "…"]
+
+
+def _random_name(rng: random.Random) -> str:
+    n = rng.choice([1, 3, 8, 20, 60, 180])
+    name = "".join(rng.choice(_ALPHABET) for _ in range(n)).strip()
+    return name if name not in ("", ".", "..") else "X"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_hostile_paths_leave_no_piece(seed: int) -> None:
+    """A seeded property test (hypothesis is not installed): 40 exports of 3 random paths each."""
+    rng = random.Random(seed)
+    rels = ["/".join(_random_name(rng) for _ in range(rng.randint(1, 3))) for _ in range(3)]
+    redact = Redactor(PS, ROOT)
+    redact.know(ROOT / r for r in rels)
+    for rel in rels:
+        for message in _message_shapes(rel):
+            text = redact(message)
+            template = message.replace(str(ROOT / rel), "").replace(rel, "")
+            for piece in _pieces(rel):
+                if piece not in template and piece not in ("file", "frame"):
+                    assert piece not in text, (piece, message, text)
+            assert "file-" + PS.key(rel, "file") in text, (message, text)
