@@ -148,21 +148,24 @@ def _no_pixels(path: Path, sop_class: str) -> Path:
 
 RAW_DATA = "1.2.840.10008.5.1.4.1.1.66"
 PHILIPS_PRIVATE = "1.3.46.670589.11.0.0.12.2"  # Philips Private MR Series Data Storage
+MR_SPECTROSCOPY = "1.2.840.10008.5.1.4.1.1.4.2"  # Rows/Columns, data in (5600,0020), no PixelData
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
 def test_classes_without_pixel_data_are_skipped_not_errors(tmp_path: Path) -> None:
     raw = _no_pixels(tmp_path / "in" / "raw" / "r.dcm", RAW_DATA)
     private = _no_pixels(tmp_path / "in" / "priv" / "p.dcm", PHILIPS_PRIVATE)
-    for path in (raw, private):
+    mrs = _no_pixels(tmp_path / "in" / "mrs" / "s.dcm", MR_SPECTROSCOPY)
+    for path in (raw, private, mrs):
         row = header.header_row(str(path))
         assert row["kind"] == "dicom" and "error" not in row and row["pixel_length"] == 0
         assert header.read_fast(path.read_bytes()) is not None
     summary = ingest(tmp_path / "in", tmp_path / "ds", PS, private_dir=tmp_path / "pv", workers=1, progress=False)
-    assert summary.counts == {"skipped": 2} and not summary.failed
+    assert summary.counts == {"skipped": 3} and not summary.failed
     reasons = sorted(r.reason for r in summary.rows)
     assert all("non-image SOP class" in r for r in reasons), reasons
-    assert any(PHILIPS_PRIVATE in r for r in reasons) and any(RAW_DATA in r for r in reasons)
+    for sop in (PHILIPS_PRIVATE, RAW_DATA, MR_SPECTROSCOPY):
+        assert any(f"'{sop}'" in r for r in reasons), sop
 
 
 def test_an_image_class_without_pixel_data_is_still_truncated(tmp_path: Path) -> None:
