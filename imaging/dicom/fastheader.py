@@ -191,15 +191,16 @@ _UN_CODE = _vr_code(b"UN")
 _S_PIXEL_DATA, _S_RWVM, _S_CHARSET = _swapped(PIXEL_DATA), _swapped(RWVM), _swapped(0x00080005)
 _S_ITEM_END = _swapped(0xFFFEE00D)
 _S_SPECIAL = frozenset(_swapped(t) for t in _SPECIAL) | {_S_PIXEL_DATA}
-_WANTED_BY_SWAPPED: dict[int, dict[int, tuple[str, str]]] = {}
+# id(wanted) -> (wanted itself, so the id is never reused while cached; its table by swapped tag)
+_WANTED_BY_SWAPPED: dict[int, tuple[dict[int, tuple[str, str]], dict[int, tuple[str, str]]]] = {}
 
 
 def _by_swapped(wanted: dict[int, tuple[str, str]]) -> dict[int, tuple[str, str]]:
-    """``wanted`` keyed by swapped tag (built once per dict)."""
-    table = _WANTED_BY_SWAPPED.get(id(wanted))
-    if table is None or len(table) != len(wanted):
-        table = _WANTED_BY_SWAPPED[id(wanted)] = {_swapped(t): v for t, v in wanted.items()}
-    return table
+    """``wanted`` keyed by swapped tag (built once per dict, again if it grew)."""
+    entry = _WANTED_BY_SWAPPED.get(id(wanted))
+    if entry is None or entry[0] is not wanted or len(entry[1]) != len(wanted):
+        entry = _WANTED_BY_SWAPPED[id(wanted)] = (wanted, {_swapped(t): v for t, v in wanted.items()})
+    return entry[1]
 
 
 def _walk(buf: bytes, pos: int, explicit: bool, *, nested: bool, out: dict[str, Any] | None,
