@@ -143,6 +143,38 @@ def run(cfg: DictConfig, *, tracker_factory: Callable[[DictConfig], Tracker | No
             teardown(d)
 
 
+def _run_in_store(run_dir: Path, store: str, known: str | None, fresh: bool) -> str | None:
+    """The run to continue in ``store``: one training, one run, whatever stores it touched.
+
+    The run dir's ledger names this training's run in each store. Back on a server after an
+    offline segment (server down, job requeued), the offline epochs are uploaded into the
+    training's server run first and that run continues; offline, the store's own run continues.
+    ``known`` (the checkpoint's id) is used only when the ledger says nothing of this store and
+    the id is not another store's. ``fresh``: a new training here (no checkpoint, no run id):
+    it continues nothing (an earlier training's offline runs are uploaded as their own).
+    """
+    from imaging.tracking.connect import is_server
+    from imaging.tracking.sync import forget_runs, read_runs, rejoin, store_key
+
+    if fresh:
+        forget_runs(run_dir)
+
+    if is_server(store):
+        try:
+            rejoined = rejoin(run_dir, store)
+        except Exception as exc:  # noqa: BLE001 - training goes on; `imaging mlflow sync` uploads it later
+            log.warning("could not upload this training's offline MLflow store (%s): `imaging mlflow sync %s` "
+                        "will", type(exc).__name__, run_dir)
+            rejoined = None
+        if rejoined:
+            return rejoined
+    runs = read_runs(run_dir)
+    mine = runs.get(store_key(run_dir, store))
+    if mine:
+        return mine
+    return None if known in runs.values() else known
+
+
 def _cached_part(preprocessing: dict[str, Any]) -> dict[str, Any]:
     """What the cached items depend on: not the precision (the model's, not the data's)."""
     return {k: v for k, v in preprocessing.items() if k != "precision"}
@@ -186,8 +218,15 @@ def _run(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker_factory: Any, flag: 
         known = state.run_id or (id_file.read_text().strip() if id_file.is_file() and payload is None
                                  and str(t.resume) != "never" and not (plan.run_dir / "checkpoints").is_dir()
                                  else None)
+        store = getattr(tracker, "tracking_uri", None)  # MlflowTracker's; a test's own tracker may lack it
+        if isinstance(store, str):
+            known = _run_in_store(plan.run_dir, store, known, fresh=payload is None and known is None)
         run_id = tracker.start(known, str(cfg.tracking.run_name))
         atomic_write_text(id_file, run_id + "\n")
+        if isinstance(store, str):
+            from imaging.tracking.sync import record_run
+
+            record_run(plan.run_dir, store, run_id)
         if run_id != known:  # a new run (or the old one could not be reopened)
             tracker.log_setup(OmegaConf.to_container(cfg, resolve=True), split.to_json(), {  # type: ignore[arg-type]
                 "catalog_sha256": plan.dataset.catalog_sha256, "n_rows": len(plan.dataset.rows),

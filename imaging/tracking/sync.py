@@ -8,25 +8,36 @@ later sync finds it and adds only what is missing (metric points compared by
 step, timestamp and value; params; tags; dataset inputs; artifact files by
 path). A registered model version is re-registered from the offline version's
 bundle into the synced run, with its aliases and tags, once.
+
+One training, one run: a training's run dir keeps a ledger (:data:`RUNS_FILE`) of
+its run in each store it touched (the server, its offline store). Offline runs of a
+training are merged into the server run the ledger names (or into the first one
+uploaded), so a job that went online -> offline (server down) -> online (requeued)
+is one server run holding every epoch once, and its model version points at it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.entities import Metric, Param, Run, RunTag, ViewType
+from mlflow.exceptions import MlflowException
 
 from imaging.errors import UsageError
+from imaging.fsutil import atomic_write_text
 from imaging.tracking.connect import OFFLINE_DIR, file_store_uri, load_token
 from imaging.tracking.summary import NOTE_TAG
 
 log = logging.getLogger(__name__)
 
 OFFLINE_RUN_TAG = "imaging.offline_run_id"
+RUNS_FILE = "mlflow_runs.json"  # in a training's run dir: store key -> this training's run id there
 BATCH = 900  # MLflow accepts up to 1000 metrics per log_batch
 
 
@@ -67,11 +78,56 @@ def server_of(store: Path) -> str | None:
     return path.read_text(encoding="utf-8").strip() if path.is_file() else None
 
 
-def _sync_run(src: MlflowClient, dst: MlflowClient, run_id: str, dst_exp: str, report: SyncReport) -> str:
+def store_key(run_dir: Path, uri: str) -> str:
+    """The ledger's key of a store: ``offline:<path under run_dir>`` for the run dir's own offline
+    stores (the run dir may move), else the URI itself (a server, a database)."""
+    if uri.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        path = Path(unquote(urlparse(uri).path)).resolve()
+        if path.is_relative_to(run_dir.resolve()):
+            return f"offline:{path.relative_to(run_dir.resolve()).as_posix()}"
+    return uri.rstrip("/")
+
+
+def read_runs(run_dir: Path) -> dict[str, str]:
+    """The ledger of ``run_dir``: store key -> this training's run id in that store ({} when none)."""
+    path = run_dir / RUNS_FILE
+    if not path.is_file():
+        return {}
+    return {str(k): str(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+
+
+def forget_runs(run_dir: Path) -> None:
+    """A new training in ``run_dir`` (``trainer.resume=never``, other data): it continues no earlier run."""
+    (run_dir / RUNS_FILE).unlink(missing_ok=True)
+
+
+def record_run(run_dir: Path, uri: str, run_id: str) -> None:
+    """Note that this training's run in store ``uri`` is ``run_id`` (atomic; other stores kept)."""
+    runs = read_runs(run_dir)
+    runs[store_key(run_dir, uri)] = run_id
+    atomic_write_text(run_dir / RUNS_FILE, json.dumps(runs, indent=1, sort_keys=True) + "\n")
+
+
+def _existing(dst: MlflowClient, run_id: str | None) -> Run | None:
+    if not run_id:
+        return None
+    try:
+        return dst.get_run(run_id)
+    except MlflowException:
+        return None  # deleted on the server, or another server's id: upload as a run of its own
+
+
+def _sync_run(src: MlflowClient, dst: MlflowClient, run_id: str, dst_exp: str, report: SyncReport,
+              into: str | None = None) -> str:
     run = src.get_run(run_id)
     found = dst.search_runs([dst_exp], f"tags.`{OFFLINE_RUN_TAG}` = '{run_id}'", run_view_type=ViewType.ALL)
-    if found:
-        target = found[0]
+    continued = None if found else _existing(dst, into)
+    if found or continued is not None:
+        # Already uploaded, or the offline segment of a training whose server run exists: replay into it.
+        target = found[0] if found else continued
+        assert target is not None
         report.runs_existing += 1
     else:
         target = dst.create_run(dst_exp, start_time=run.info.start_time, run_name=run.info.run_name,
@@ -99,7 +155,11 @@ def _sync_run(src: MlflowClient, dst: MlflowClient, run_id: str, dst_exp: str, r
     if src_inputs and not (have.inputs is not None and have.inputs.dataset_inputs):
         dst.log_inputs(tid, datasets=src_inputs)
     report.artifacts_added += _sync_artifacts(src, dst, run_id, tid)
-    if run.info.status != "RUNNING" and (have.info.status != run.info.status):
+    if have.data.tags.get(OFFLINE_RUN_TAG) is None:
+        dst.set_tag(tid, OFFLINE_RUN_TAG, run_id)  # a later sync finds the run it went into
+    # The status of the segment that ended last (a merged run must not turn FINISHED back to KILLED).
+    later = (run.info.end_time or 0) >= (have.info.end_time or 0)
+    if run.info.status != "RUNNING" and have.info.status != run.info.status and later:
         dst.set_terminated(tid, status=run.info.status, end_time=run.info.end_time)
     report.run_map[run_id] = tid
     return tid
@@ -158,8 +218,16 @@ def _sync_versions(src: MlflowClient, dst_uri: str, src_uri: str, report: SyncRe
             log.info("registered %s v%s from offline v%s", model.name, info["version"], mv.version)
 
 
-def sync_store(store: Path, target_uri: str) -> SyncReport:
+def sync_store(store: Path, target_uri: str, into: str | None = None,
+               members: Collection[str] = ()) -> SyncReport:
     """Upload one offline store into ``target_uri``; returns what was added.
+
+    Args:
+        into: the server run that the ``members`` continue (a training's, from its ledger):
+            they are replayed into it when it exists there; unknown, the first member
+            uploaded becomes it.
+        members: offline run ids that are segments of that one training; other runs of the
+            store are uploaded as runs of their own.
 
     Raises:
         mlflow.exceptions.MlflowException: the server refused a write (a rerun resumes).
@@ -176,8 +244,10 @@ def sync_store(store: Path, target_uri: str) -> SyncReport:
         if not runs:
             continue
         dst_exp = ensure_experiment(dst, exp.name)
-        for run in runs:
-            _sync_run(src, dst, run.info.run_id, dst_exp, report)
+        for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+            ours = run.info.run_id in members
+            tid = _sync_run(src, dst, run.info.run_id, dst_exp, report, into if ours else None)
+            into = into or (tid if ours else None)
     _sync_versions(src, target_uri, src_uri, report)
     if report.added():
         for tid in report.run_map.values():  # links point at the server's ids now
@@ -202,4 +272,33 @@ def sync_run_dir(run_dir: Path, target_uri: str | None = None, tracking: dict | 
         if not target:
             raise UsageError(f"offline store '{store}' records no server: pass --tracking-uri URL "
                              "(or set MLFLOW_TRACKING_URI)")
-    return [sync_store(store, str(target)) for store, target in zip(stores, targets, strict=True)]
+    return [_sync_training_store(run_dir, store, str(target)) for store, target in zip(stores, targets, strict=True)]
+
+
+def _sync_training_store(run_dir: Path, store: Path, target: str) -> SyncReport:
+    """Sync ``store``; in a training's run dir (a ledger), into the training's one server run."""
+    runs = read_runs(run_dir)
+    if not runs:
+        return sync_store(store, target)
+    key = store_key(run_dir, target)
+    offline_run = runs.get(store_key(run_dir, file_store_uri(store)))
+    report = sync_store(store, target, into=runs.get(key), members=[offline_run] if offline_run else [])
+    server_run = report.run_map.get(offline_run or "") or runs.get(key)
+    if server_run and server_run != runs.get(key):
+        record_run(run_dir, target, server_run)  # the next online segment continues this run
+    return report
+
+
+def rejoin(run_dir: Path, target_uri: str) -> str | None:
+    """A training coming back online: upload its offline segments into its server run first.
+
+    Returns:
+        The server run that holds the training so far (the one to continue), or None when
+        neither the ledger nor an offline store names one.
+    """
+    stores = sorted(p for d in run_dir.rglob(OFFLINE_DIR) if d.is_dir() for p in d.iterdir() if p.is_dir())
+    for store in stores:
+        report = _sync_training_store(run_dir, store, target_uri)
+        log.info("uploaded the offline segment(s) of this training: %d metric points, %d artifacts",
+                 report.metrics_added, report.artifacts_added)
+    return read_runs(run_dir).get(store_key(run_dir, target_uri))
