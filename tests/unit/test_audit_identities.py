@@ -187,10 +187,20 @@ def test_fast_identity_read_matches_pydicom(export: Path) -> None:
     assert fast_read >= len(files) // 2
 
 
-def test_every_leaking_file_is_named_and_the_value_never(export: Path, tmp_path: Path) -> None:
+# Both matchers: the one trie regex (few word needles) and the word index (many, as from a
+# large export), forced here by lowering the threshold.
+MATCHERS = pytest.mark.parametrize("index_from", [300, 0], ids=["regex", "word-index"])
+
+
+@MATCHERS
+def test_every_leaking_file_is_named_and_the_value_never(
+    export: Path, tmp_path: Path, index_from: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("imaging.audit.needles.WORD_INDEX_FROM", index_from)
     expected = _leaking_output(tmp_path / "out")
     needles = build_needles([], exports=[export])
     hits = scan_paths([tmp_path / "out"], needles)
+    assert bool(needles._index) == (index_from == 0)  # the matcher this case means to test
     named = {Path(h.where).relative_to(tmp_path / "out").as_posix() for h in hits}
     assert named == expected
     secrets = ("brien", "seamus", "müller", "jürgen", "1957", "lindqvist", "mrn", "acx", "harbour")
@@ -208,8 +218,12 @@ def test_every_leaking_file_is_named_and_the_value_never(export: Path, tmp_path:
     assert audit_main([str(tmp_path / "out"), "--export", str(export)]) == 1
 
 
-def test_clean_pipeline_output_stays_clean(export: Path, tmp_path: Path) -> None:
+@MATCHERS
+def test_clean_pipeline_output_stays_clean(
+    export: Path, tmp_path: Path, index_from: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Real ingest and deid outputs of the same export: hex keys, numbers, no alarms."""
+    monkeypatch.setattr("imaging.audit.needles.WORD_INDEX_FROM", index_from)
     ingest(export, tmp_path / "ds", PS, private_dir=tmp_path / "private", workers=1, progress=False)
     deidentify_export(export, tmp_path / "deid", PS, progress=False)
     assert list((tmp_path / "ds").rglob("*.nii.gz")) and list((tmp_path / "deid").rglob("*.dcm"))
