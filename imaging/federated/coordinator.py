@@ -78,15 +78,6 @@ def recipe_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(keep)
 
 
-def round_lr(cfg: DictConfig, rnd: int, rounds: int) -> float:
-    """The learning rate sites use in round ``rnd``: ``trainer.lr`` decayed over the rounds with
-    the trainer's cosine floor (``trainer.scheduler.min_lr_factor``), as central training decays
-    it over epochs. Each site starts a fresh optimizer every round (FedAvg's local SGD)."""
-    floor = float(cfg.trainer.scheduler.get("min_lr_factor", 0.0)) if cfg.trainer.get("scheduler") else 0.0
-    t = (rnd - 1) / max(rounds - 1, 1)
-    return float(cfg.trainer.lr) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
 def _gather_sites(grid: Grid, recipe: str, n: int, connect_timeout_s: float,
                   timeout_s: float) -> tuple[dict[int, dict[str, Any]], set[int]]:
     """The plan summaries of ``n`` answering sites, or of those that answered within
@@ -247,8 +238,11 @@ def run_federation(grid: Grid, cfg: DictConfig, tracker: Any | None = None) -> F
     if tracker is not None:
         result.run_id = tracker.start(result.run_id, cfg, result.sites)
     arrays = ArrayRecord(torch_state_dict={k: v.detach().cpu() for k, v in network.state_dict().items()})
+    # Sites run trainer.scheduler per step over rounds x local epochs, from the peak lr (each
+    # site counts its own steps per epoch): the schedule of a central run of that many epochs.
     train_cfg: dict[str, Any] = {"recipe": recipe, "local-epochs": int(fed["local_epochs"]),
-                                 "lr": float(cfg.trainer.lr)}
+                                 "lr": float(cfg.trainer.lr),
+                                 "total-epochs": int(fed["rounds"]) * int(fed["local_epochs"])}
     # The round whose global model still awaits its evaluation: sites evaluate it at the
     # start of the next round's train message (one ClientApp process per site and round,
     # not two: Flower starts a process per message, and importing torch+MONAI in it costs
@@ -279,8 +273,7 @@ def run_federation(grid: Grid, cfg: DictConfig, tracker: Any | None = None) -> F
     for rnd in range(result.rounds_done + 1, int(fed["rounds"]) + 1):
         start = time.perf_counter()
         _rejoin(grid, names, recipe, first, timeout, asked)
-        config = ConfigRecord({**train_cfg, "lr": round_lr(cfg, rnd, int(fed["rounds"])),
-                               "evaluate-first": pending is not None})
+        config = ConfigRecord({**train_cfg, "evaluate-first": pending is not None})
         messages = list(strategy.configure_train(rnd, arrays, config, grid))
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         ok = [r for r in replies if not r.has_error()]

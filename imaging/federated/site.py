@@ -25,7 +25,7 @@ from imaging.data.splits import split_by_subject
 from imaging.data.transforms import build_inference_transforms, build_train_transforms
 from imaging.engine.config import ConfigError, TrainPlan, validate_config
 from imaging.engine.distributed import Dist, setup
-from imaging.engine.loops import train_one_epoch, validate
+from imaging.engine.loops import lr_lambda, train_one_epoch, validate
 from imaging.engine.recipe import build_loss
 from imaging.models.registry import build_network
 
@@ -121,7 +121,8 @@ class Site:
         return {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
 
     def train(self, state: dict[str, torch.Tensor], *, epochs: int, lr: float, proximal_mu: float = 0.0,
-              server_round: int = 1) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+              server_round: int = 1, total_epochs: int | None = None,
+              ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Start from the global ``state``, train ``epochs`` local epochs; new weights + metrics.
 
         ``proximal_mu > 0`` adds FedProx's term ``mu/2 * ||w - w_global||^2`` to the loss
@@ -129,11 +130,15 @@ class Site:
         ``server_round`` (1-based) places the local epochs on the site's epoch axis
         (:func:`epoch_index`): the loader's draws are a function of the epoch index, so
         every round sees new crops, flips and noise, and a resumed round the same ones.
+        ``total_epochs`` (rounds x local epochs) puts the learning rate on the same axis:
+        ``lr`` is the peak and ``trainer.scheduler`` (kind, warmup, floor) runs per optimizer
+        step over the whole federation, as central training runs it over ``max_epochs``;
+        ``None`` keeps ``lr`` constant.
         """
         self.load(state)
         t = self.cfg.trainer
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=lr, weight_decay=float(t.weight_decay))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule(server_round, epochs, total_epochs))
         scaler = torch.amp.GradScaler(self.d.device.type, enabled=False)
         loss_fn = self.loss
         if proximal_mu > 0:
@@ -156,7 +161,23 @@ class Site:
             losses.append(res.loss)
             steps += res.steps
         loss = float(sum(losses) / len(losses)) if losses else math.nan
-        return self.state(), {"train_loss": loss, "num-examples": float(self.n_train), "steps": float(steps)}
+        return self.state(), {"train_loss": loss, "num-examples": float(self.n_train), "steps": float(steps),
+                              "train_lr": float(optimizer.param_groups[0]["lr"])}
+
+    def _schedule(self, server_round: int, epochs: int, total_epochs: int | None) -> Callable[[int], float]:
+        """The LR factor of this round's optimizer steps: the trainer's schedule at the site's
+        step count so far (a fresh optimizer each round, FedAvg's local SGD; not a fresh schedule)."""
+        if total_epochs is None:
+            return lambda _: 1.0
+        t = self.cfg.trainer
+        limit = t.get("limit_train_batches")
+        per_epoch = math.ceil((len(self.train_loader) if limit is None else min(len(self.train_loader), int(limit)))
+                              / int(t.accumulate_grad_batches))
+        sched = t.get("scheduler") or {}
+        factor = lr_lambda(str(sched.get("kind", "constant")), int(sched.get("warmup_epochs", 0)) * per_epoch,
+                           total_epochs * per_epoch, float(sched.get("min_lr_factor", 0.0)))
+        start = epoch_index(server_round, epochs, 0) * per_epoch
+        return lambda step: factor(start + step)
 
     def evaluate(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         """Validation metrics of ``state`` on this site's held-out subjects (aggregates only)."""

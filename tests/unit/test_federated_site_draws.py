@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from imaging.federated.coordinator import recipe_yaml
 from imaging.federated.site import Site, SiteSettings, epoch_index, site_config
@@ -66,3 +67,33 @@ def test_epoch_index_counts_on_across_rounds() -> None:
     assert [epoch_index(r, 3, e) for r in (1, 2) for e in range(3)] == [0, 1, 2, 3, 4, 5]
     with pytest.raises(ValueError, match="server_round=0"):
         epoch_index(0, 3, 0)
+
+
+def test_the_learning_rate_follows_the_trainer_schedule_across_rounds(tmp_path: Path) -> None:
+    """Rounds x local epochs are one schedule (warmup, cosine to the floor), per optimizer step,
+    compared with torch's own LinearLR + CosineAnnealingLR over the same steps."""
+    dataset = make_train_dataset(tmp_path / "ds", subjects=4, shape=(32, 32, 16))
+    site = _site(tmp_path, dataset, "work")
+    rounds, lr = 3, 3e-3
+    seen: list[float] = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
+    try:
+        for rnd in range(1, rounds + 1):
+            site.train(site.state(), epochs=LOCAL_EPOCHS, lr=lr, server_round=rnd, total_epochs=rounds * LOCAL_EPOCHS)
+    finally:
+        hook.remove()
+    per_epoch = len(site.train_loader)
+    total, warmup = rounds * LOCAL_EPOCHS * per_epoch, per_epoch  # demo_federated: warmup 1 epoch, floor 0.05
+    assert site.cfg.trainer.scheduler.warmup_epochs == 1 and site.cfg.trainer.scheduler.min_lr_factor == 0.05
+    ref_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    ref = torch.optim.lr_scheduler.SequentialLR(ref_opt, [
+        torch.optim.lr_scheduler.LinearLR(ref_opt, start_factor=1 / warmup, end_factor=1.0, total_iters=warmup - 1),
+        torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=total - warmup, eta_min=0.05 * lr)],
+        milestones=[warmup])
+    expected = []
+    for _ in range(total):
+        expected.append(ref_opt.param_groups[0]["lr"])
+        ref_opt.step()
+        ref.step()
+    assert seen == pytest.approx(expected, rel=1e-9)

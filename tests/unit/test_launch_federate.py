@@ -30,7 +30,8 @@ REFERENCE = Path(__file__).resolve().parents[1] / "reference"
 PROJECT = Path("/project")
 BASE = ["experiment=demo_federated", "paths.root_dir=/project", "federation.sites=[A,B]", "federation.synthetic=null",
         "+federation.datasets.A=/hospital-a/dataset", "+federation.datasets.B=/hospital-b/data set",
-        "launcher=slurm", "launcher.time=04:00:00", "launcher.partition=cpu"]
+        "launcher=slurm", "launcher.time=04:00:00", "launcher.partition=cpu",
+        "federation.local_epochs=3"]  # the run dir (r8x3) and its port in the reference scripts
 TLS = ["federation.superlink=fl.example.org:9092", "federation.root_certificates=/certs/ca.crt",
        "federation.slurm.insecure=false", "federation.slurm.ssl_certfile=/certs/server.pem",
        "federation.slurm.ssl_keyfile=/certs/server.key", "federation.slurm.ssl_ca_certfile=/certs/ca.crt",
