@@ -55,8 +55,16 @@ MIN_VALUE = 4  # IDs and whole values: the needles' own minimum
 FIRST_READ = 16 << 10
 _ENCODINGS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 _WORDS = re.compile(r"[\s,\-]+")
-# Name particles and titles of three letters name nobody on their own.
-PARTICLES = frozenset({"van", "von", "der", "den", "del", "des", "dos", "das", "ten", "ter", "mrs", "the"})
+# Name particles and titles of three letters name nobody on their own; nor do the words a
+# pipeline's outputs are made of, when a name component happens to be one (the synthetic
+# export's PatientName is ZZPHI^NAME^<mark>, and "name" is in every JSON). Whole names
+# are still needles.
+PARTICLES = frozenset({
+    "van", "von", "der", "den", "del", "des", "dos", "das", "ten", "ter", "mrs", "the",
+    "name", "names", "patient", "test", "none", "null", "unknown", "anonymous", "anonymized",
+    "removed", "data", "image", "series", "study", "label", "model", "mask", "volume", "report",
+    "error", "status", "file", "path", "value", "true", "false", "demo", "phantom", "synthetic",
+})
 _ADDRESS_PARTS = re.compile(r"[,;\n\r^\\]+")
 
 
