@@ -5,6 +5,10 @@ without a route to the server: ``tracking.offline=true`` or an unreachable
 server at start) into the tracking server. The target is ``--tracking-uri``,
 else ``MLFLOW_TRACKING_URI``, else the server the job was configured for
 (recorded in the store). Run it again at will: a second sync adds nothing.
+A training's offline segments go into its one server run (the run dir's ledger,
+``mlflow_runs.json``): a job that went offline and back is one run after sync.
+A run dir without an offline store, or a store with no server known, is a usage
+error (exit 2, one line naming it), not an internal one.
 """
 
 from __future__ import annotations
