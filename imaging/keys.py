@@ -304,7 +304,11 @@ class Redactor:
         if not present:
             return text
         alternatives = "|".join(re.escape(p) for p in sorted(present, key=len, reverse=True))
-        return re.sub(rf"(?<!\w)(?:{alternatives})(?!\w)", "<name>", text)
+        # Only where a path left it: next to a separator or a quote. A folder piece met as an
+        # ordinary word of our own message ("burned" in "burned-in-annotation", "DICOM") is
+        # not a leak, and eating it garbled the reason.
+        return re.sub(rf"(?:(?<=[/\\'\"])(?:{alternatives})(?!\w)|(?<!\w)(?:{alternatives})(?=[/\\'\"]))",
+                      "<name>", text)
 
 
 def _is_standard_uid(value: str) -> bool:
