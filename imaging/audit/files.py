@@ -3,48 +3,35 @@
 Dispatch by content and suffix: DICOM (all elements), NIfTI headers (descrip,
 aux_file, intent_name, db_name, extensions; never the voxels), JSON (JSON path of
 each hit; DICOM-keyword keys also get the DICOM pattern rules), CSV (column),
-text and logs (line), PNG (tEXt/zTXt/iTXt/eXIf chunks), gzip and zip archives
-(members), and a raw byte scan for anything else (checkpoints, SQLite, pickles).
+text and logs (line), PNG (tEXt/zTXt/iTXt/eXIf chunks), gzip (decompressed and read
+as its content) and zip archives (members, each by its type), and a raw byte scan
+for anything else (checkpoints, SQLite, pickles). Text readers: :mod:`.text_scan`.
 """
 
 from __future__ import annotations
 
-import csv
 import gzip
 import io
-import json
 import logging
 import os
-import re
 import struct
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
-from urllib.parse import unquote
+from typing import IO
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
 from tqdm import tqdm
 
-from imaging.audit.dicom_scan import (
-    ALWAYS_DATE_TAGS,
-    DUMMY_DATES,
-    PROFILE_DATE_TAGS,
-    _pseudonymous,
-    scan_dicom,
-)
-from imaging.audit.needles import Hit, Needles, as_needles, mask, normalize
+from imaging.audit.dicom_scan import scan_dicom
+from imaging.audit.needles import Hit, Needles, as_needles, mask
 from imaging.audit.nifti_scan import read_nifti_file
+from imaging.audit.text_scan import csv_hits, json_hits, jsonl_hits, lines_hits, raw_hits, text_hits
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
-MAX_JSON_PARSE = 64 << 20
-MAX_DECODED = 256 << 20
-MAX_PREFILTER = 64 << 20  # text files up to this are looked at whole before cell by cell  # gzip content or a zip member up to this is decoded in memory
+MAX_DECODED = 256 << 20  # gzip content or a zip member up to this is decoded in memory
 GZIP_MAGIC = b"\x1f\x8b"
-_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})")
 TEXT_SUFFIXES = {
     ".txt",
     ".log",
@@ -151,12 +138,12 @@ def _raw_fallback(path: Path, head: bytes, needles: Needles, where: str) -> Iter
     if head[:2] == GZIP_MAGIC:
         try:
             with gzip.open(path, "rb") as gz:
-                yield from _materialised(_raw(gz, needles, where, "gzip content"))  # type: ignore[arg-type]
+                yield from _materialised(raw_hits(gz, needles, where, "gzip content"))  # type: ignore[arg-type]
             return
         except (OSError, EOFError, zlib.error):
             pass  # not a readable gzip after all: its own bytes
     with open(path, "rb") as fh:
-        yield from _raw(fh, needles, where, "bytes")
+        yield from raw_hits(fh, needles, where, "bytes")
 
 
 def _materialised(hits: Iterator[Hit]) -> Iterator[Hit]:
@@ -171,7 +158,7 @@ def _gzip(path: Path, name: str, needles: Needles, where: str, patterns: bool) -
         data = gz.read(MAX_DECODED + 1)  # type: ignore[union-attr]
     if len(data) > MAX_DECODED:  # too large to hold: stream its bytes
         with gzip.open(path, "rb") as gz:
-            yield from _raw(gz, needles, where, "gzip content")  # type: ignore[arg-type]
+            yield from raw_hits(gz, needles, where, "gzip content")  # type: ignore[arg-type]
         return
     yield from _materialised(
         _content(inner, data[:132], io.BytesIO(data), len(data), needles, where, patterns)
@@ -193,17 +180,17 @@ def _content(
     elif head.startswith(PNG_MAGIC):
         yield from _png(fh, needles, where)
     elif name.endswith(".json"):
-        yield from _json(fh, size, needles, where, patterns)
+        yield from json_hits(fh, size, needles, where, patterns)
     elif name.endswith(".jsonl"):
-        yield from _jsonl(fh, needles, where, patterns)
+        yield from jsonl_hits(fh, needles, where, patterns)
     elif name.endswith(".csv"):
-        yield from _csv(fh, size, needles, where)
+        yield from csv_hits(fh, size, needles, where)
     elif name.endswith(tuple(TEXT_SUFFIXES)):
-        yield from _lines(fh, size, needles, where)
+        yield from lines_hits(fh, size, needles, where)
     elif head[:4] == b"PK\x03\x04":
         yield from _zip(fh, needles, where, patterns)
     else:
-        yield from _raw(fh, needles, where, "bytes")
+        yield from raw_hits(fh, needles, where, "bytes")
 
 
 def _preamble(head: bytes, needles: Needles, where: str) -> Iterator[Hit]:
@@ -225,146 +212,13 @@ def _relabel(hits: Iterator[Hit], where: str) -> Iterator[Hit]:
         yield Hit(where, hit.field, hit.rule, hit.masked)
 
 
-def _views(text: str) -> Iterator[str]:
-    """``text`` and its decoded forms: ``\\u00fc``/``\\xfc`` escapes (logged reprs, JSON
-    embedded in text) and percent-encoding (URIs, artifact paths)."""
-    yield text
-    if "\\" in text:
-        unescaped = _ESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), text)
-        if unescaped != text:
-            yield unescaped
-    if "%" in text:
-        unquoted = unquote(text)
-        if unquoted != text:
-            yield unquoted
-
-
-def _text_hits(text: str, needles: Needles, where: str, field: str) -> Iterator[Hit]:
-    seen: set[tuple[str, str]] = set()
-    for view in _views(text):
-        for rule, found in needles.find(view):
-            key = (rule, normalize(found))
-            if key not in seen:  # the same value seen in two views is one hit
-                seen.add(key)
-                yield Hit(where, field, rule, mask(found, rule))
-
-
-def _raw(fh: IO[bytes], needles: Needles, where: str, field: str) -> Iterator[Hit]:
-    """Chunked scan of bytes decoded as latin-1 (overlapping by the longest needle)."""
-    overlap = max(4 * needles.max_len - 1, 0)  # x4: a UTF-32 needle spans four bytes a character
-    tail, offset = "", 0
-    seen: set[tuple[str, str]] = set()
-    while chunk := fh.read(CHUNK):
-        text = tail + chunk.decode("latin-1")
-        # UTF-16/32 strings (NumPy unicode arrays, Windows tools) match once NULs are dropped.
-        views = [text, text.replace("\x00", "")] if "\x00" in text else [text]
-        if "\\" in text:
-            views.append(_ESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), text))
-        for rule, found in (hit for view in views for hit in needles.find(view)):
-            key = (rule, normalize(found))
-            if key not in seen:  # one hit per value and file: a checkpoint may repeat it
-                seen.add(key)
-                yield Hit(where, f"{field} @~{offset}", rule, mask(found, rule))
-        tail = text[-overlap:] if overlap else ""
-        offset += len(chunk)
-
-
-def _text_stream(fh: IO[bytes]) -> io.TextIOWrapper:
-    return io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline="")
-
-
-def _worth_locating(fh: IO[bytes], size: int, needles: Needles) -> IO[bytes] | None:
-    """The stream to read line by line or cell by cell, or None when the whole text, in
-    each of its views, holds no needle: one look at the file instead of one a cell
-    (most outputs are clean). A hit in a cell or line is a hit in the whole text too."""
-    if size > MAX_PREFILTER:
-        return fh
-    data = fh.read()
-    text = data.decode("utf-8", "replace")
-    if not any(True for view in _views(text) for _hit in needles.find(view)):
-        return None
-    return io.BytesIO(data)
-
-
-def _lines(fh: IO[bytes], size: int, needles: Needles, where: str) -> Iterator[Hit]:
-    located = _worth_locating(fh, size, needles)
-    if located is None:
-        return
-    for n, line in enumerate(_text_stream(located), 1):
-        yield from _text_hits(line, needles, where, f"line {n}")
-
-
-def _csv(fh: IO[bytes], size: int, needles: Needles, where: str) -> Iterator[Hit]:
-    located = _worth_locating(fh, size, needles)
-    if located is None:
-        return
-    reader = csv.reader(_text_stream(located))
-    header = next(reader, [])
-    for i, col in enumerate(header):
-        yield from _text_hits(col, needles, where, f"header column {i + 1}")
-    for n, row in enumerate(reader, 2):
-        for i, cell in enumerate(row):
-            col = header[i] if i < len(header) else f"column {i + 1}"
-            yield from _text_hits(cell, needles, where, f"line {n} {col}")
-
-
-def _json(fh: IO[bytes], size: int, needles: Needles, where: str, patterns: bool) -> Iterator[Hit]:
-    """A JSON document parsed, so ``\\u00fc`` escapes are compared as the letters they are."""
-    if size > MAX_JSON_PARSE:
-        yield from _lines(fh, size, needles, where)
-        return
-    data = json.loads(fh.read())
-    yield from _walk_json(data, "$", needles, where, patterns)
-
-
-def _jsonl(fh: IO[bytes], needles: Needles, where: str, patterns: bool) -> Iterator[Hit]:
-    """JSON Lines: each line parsed (escapes resolved); a line that is not JSON read as text."""
-    for n, line in enumerate(_text_stream(fh), 1):
-        try:
-            data = json.loads(line)
-        except ValueError:
-            yield from _text_hits(line, needles, where, f"line {n}")
-            continue
-        yield from _walk_json(data, f"line {n} $", needles, where, patterns)
-
-
-def _walk_json(data: Any, at: str, needles: Needles, where: str, patterns: bool) -> Iterator[Hit]:
-    if isinstance(data, dict):
-        for key, value in data.items():
-            yield from _text_hits(str(key), needles, where, f"{at} (key)")
-            yield from _walk_json(value, f"{at}.{key}", needles, where, patterns)
-            if patterns and isinstance(value, str) and value.strip():
-                yield from _keyword_rules(str(key), value, where, f"{at}.{key}")
-    elif isinstance(data, list):
-        for i, value in enumerate(data):
-            yield from _walk_json(value, f"{at}[{i}]", needles, where, patterns)
-    elif data is not None:
-        yield from _text_hits(str(data), needles, where, at)
-
-
-def _keyword_rules(key: str, value: str, where: str, field: str) -> Iterator[Hit]:
-    """DICOM pattern rules for JSON keys that are DICOM keywords (sidecars)."""
-    tag = tag_for_keyword(key)
-    if tag is None:
-        return
-    vr = dictionary_VR(tag)
-    if vr == "PN" and not _pseudonymous(value):
-        yield Hit(where, field, "person-name", mask(value, "person-name"))
-    elif (
-        vr in ("DA", "DT")
-        and int(tag) in PROFILE_DATE_TAGS | ALWAYS_DATE_TAGS
-        and value.strip() not in DUMMY_DATES
-    ):
-        yield Hit(where, field, "date", mask(value, "date"))
-
-
 def _nifti(path: Path, needles: Needles, where: str) -> Iterator[Hit]:
     text = read_nifti_file(path)  # header text and extensions only; voxels stay on disk
     for key, value in text.fields.items():
         # NULs inside a field would hide the rest of it from a C-string reader, not from us.
-        yield from _text_hits(value.replace(b"\x00", b" ").decode("latin-1"), needles, where, f"header {key}")
+        yield from text_hits(value.replace(b"\x00", b" ").decode("latin-1"), needles, where, f"header {key}")
     for i, (code, content) in enumerate(text.extensions):
-        yield from _raw(io.BytesIO(content), needles, where, f"extension {i} (code {code})")
+        yield from raw_hits(io.BytesIO(content), needles, where, f"extension {i} (code {code})")
 
 
 def _png(fh: IO[bytes], needles: Needles, where: str) -> Iterator[Hit]:
@@ -379,7 +233,7 @@ def _png(fh: IO[bytes], needles: Needles, where: str) -> Iterator[Hit]:
             data = fh.read(length)
             fh.read(4)
             text = _png_text(ctype, data)
-            yield from _text_hits(text, needles, where, f"PNG {ctype.decode()} chunk")
+            yield from text_hits(text, needles, where, f"PNG {ctype.decode()} chunk")
         else:
             fh.seek(length + 4, os.SEEK_CUR)
         if ctype == b"IEND":
@@ -404,18 +258,18 @@ def _zip(fh: IO[bytes], needles: Needles, where: str, patterns: bool) -> Iterato
     """Each member by its name and as what it holds (a JSON member parsed, and so on)."""
     with zipfile.ZipFile(fh) as zf:
         for info in zf.infolist():
-            yield from _text_hits(info.filename, needles, where, f"zip member name {info.filename}")
+            yield from text_hits(info.filename, needles, where, f"zip member name {info.filename}")
             if info.is_dir():
                 continue
             at = f"zip member {info.filename}"
             with zf.open(info) as member:
                 if info.file_size > MAX_DECODED:
-                    yield from _raw(member, needles, where, at)
+                    yield from raw_hits(member, needles, where, at)
                     continue
                 data = member.read()
             try:
                 found = list(_content(info.filename.lower(), data[:132], io.BytesIO(data),
                                       len(data), needles, where, patterns))
             except Exception:  # a member that does not parse: its bytes
-                found = list(_raw(io.BytesIO(data), needles, where, "bytes"))
+                found = list(raw_hits(io.BytesIO(data), needles, where, "bytes"))
             yield from (Hit(where, f"{at}: {h.field}", h.rule, h.masked) for h in found)
