@@ -17,6 +17,7 @@ on which path read a file (a unit test compares the two).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import struct
@@ -26,6 +27,8 @@ from datetime import date
 from pathlib import Path
 
 from imaging.dicom import fastheader
+
+log = logging.getLogger(__name__)
 
 # tag -> (keyword, kind). All in groups 0008/0010, so the fast walk can stop early.
 IDENTITY_TAGS: dict[int, tuple[str, str]] = {
@@ -53,6 +56,8 @@ LAST_GROUP = 0x0010
 MIN_COMPONENT = 3  # shorter name components (initials, 'Li', 'Mr') would hit everywhere
 MIN_VALUE = 4  # IDs and whole values: the needles' own minimum
 FIRST_READ = 16 << 10
+# VRs with a 32-bit length in explicit VR (PS3.5 7.1.2).
+LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _ENCODINGS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 _WORDS = re.compile(r"[\s,\-]+")
 # Name particles and titles of three letters name nobody on their own; nor do the words a
@@ -85,7 +90,7 @@ def _walk_identity(buf: bytes) -> dict[str, list[str]]:
         group, elem = struct.unpack_from("<HH", buf, pos)
         if group != 0x0002:
             break
-        if buf[pos + 4 : pos + 6] in fastheader._LONG_VRS:
+        if buf[pos + 4 : pos + 6] in LONG_VRS:
             length, hdr = struct.unpack_from("<I", buf, pos + 8)[0], 12
         else:
             length, hdr = struct.unpack_from("<H", buf, pos + 6)[0], 8
@@ -105,7 +110,7 @@ def _walk_elements(buf: bytes, pos: int, explicit: bool) -> dict[str, list[str]]
         if explicit:
             group, elem, vr, length = struct.unpack_from("<HH2sH", buf, pos)
             hdr = 8
-            if vr in fastheader._LONG_VRS:
+            if vr in LONG_VRS:
                 length, hdr = struct.unpack_from("<I", buf, pos + 8)[0], 12
             elif not b"AA" <= vr <= b"ZZ":
                 raise _Fallback
@@ -168,7 +173,7 @@ def read_identity(path: str | os.PathLike[str]) -> dict[str, list[str]]:
         buf = fh.read(FIRST_READ)
     try:
         return _walk_identity(buf)
-    except (_Fallback, struct.error, UnicodeDecodeError):
+    except Exception:  # _Fallback, a short buffer, a changed helper: pydicom reads every case
         return _read_pydicom(Path(path))
 
 
@@ -199,13 +204,17 @@ def export_identities(root: str | os.PathLike[str]) -> dict[str, set[str]]:
     if not base.is_dir():
         raise FileNotFoundError(f"audit: export '{base}' is not a folder")
     found: dict[str, set[str]] = {}
+    unread = 0
     for path in _dicom_files(base):
         try:
             values = read_identity(path)
-        except Exception:  # a damaged or non-DICOM file names nobody we could read
+        except Exception:  # a damaged or non-DICOM file: counted, never named (its path is PHI)
+            unread += 1
             continue
         for keyword, texts in values.items():
             found.setdefault(keyword, set()).update(texts)
+    if unread:
+        log.warning("audit: %d file(s) of the export could not be read for identities", unread)
     return found
 
 
