@@ -55,6 +55,7 @@ _KIND = {kw: kind for kw, kind in IDENTITY_TAGS.values()}
 LAST_GROUP = 0x0010
 MIN_COMPONENT = 3  # shorter name components (initials, 'Li', 'Mr') would hit everywhere
 MIN_VALUE = 4  # IDs and whole values: the needles' own minimum
+MIN_NUMBER = 6  # all-digit IDs: '1234' would hit every report with 1234 voxels or files
 FIRST_READ = 16 << 10
 # VRs with a 32-bit length in explicit VR (PS3.5 7.1.2).
 LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
@@ -283,6 +284,8 @@ def identity_needles(values: Mapping[str, Iterable[str]]) -> Iterator[tuple[str,
             elif kind == "address":
                 pieces = [p.strip() for p in _ADDRESS_PARTS.split(text) if len(p.strip()) >= 6]
                 forms = [(text, MIN_VALUE)] + [(p, MIN_VALUE) for p in pieces]
+            elif text.strip().isdigit():  # a short number is a count or a size in any report
+                forms = [(text, MIN_NUMBER)]
             else:
                 forms = [(text, MIN_VALUE)]
             for form, minimum in forms:

@@ -234,3 +234,20 @@ def test_clean_pipeline_output_stays_clean(
     # ... and the audit does look at them: one planted leak there is found.
     (tmp_path / "ds" / "catalog.csv").open("a").write("x,y,Seamus\n")
     assert audit_main([str(tmp_path / "ds"), "--export", str(export)]) == 1
+
+
+def test_short_numbers_and_hex_keys_raise_no_alarm() -> None:
+    """Numeric IDs under 6 digits and 3-letter names inside hex keys are not needles/hits;
+    the same values standing alone as words are."""
+    from imaging.audit.identities import identity_needles
+    from imaging.audit.needles import Needles
+
+    needles = Needles()
+    ids = {"PatientID": ["4711", "20481632"], "PatientName": ["Ebba^Li"], "AccessionNumber": ["ACC-1"]}
+    for value, rule, minimum in identity_needles(ids):
+        needles.add([value], rule, min_len=minimum, word=True)
+    clean = "series_key,n_instances,volume_ml\n1f2ebba9c0d3e4a5,4711,20481632.5\nx,ACC-12,1.20481632\n"
+    assert list(needles.find(clean)) == []
+    found = {rule for rule, _ in needles.find("id 20481632; reviewer EBBA; acc acc 1")}
+    assert found == {"export PatientID", "export PatientName", "export AccessionNumber"}
+
