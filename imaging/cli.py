@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("imaging.apps.train", "hydra", "train a MONAI model (Hydra config, DDP, MLflow)"),
     "infer": ("imaging.apps.infer", "hydra", "batch inference from a registered model -> NIfTI, DICOM SEG, report"),
     "federate": ("imaging.apps.federate", "hydra", "federated training across sites with Flower (FedAvg/FedProx)"),
+    "evaluate": ("imaging.apps.evaluate", "hydra", "a registered model evaluated at every federation site over Flower"),
     "model": ("imaging.apps.model", "argv", "model registry: list, promote (set alias), show"),
     "submit": ("imaging.apps.submit", "hydra", "submit train|infer|ingest to Slurm (sbatch rendered into the run dir)"),
     "mlflow": ("imaging.apps.mlflow", "argv", "MLflow on a cluster: sync RUN_DIR uploads an offline run to the server"),

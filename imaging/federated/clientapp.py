@@ -9,7 +9,9 @@ Three message types, each answered with aggregates only:
   return the new weights and ``num-examples`` (FedAvg's weight); with ``evaluate-first``
   the received global weights are first evaluated on the validation split (record
   ``evaluate``), which spares the previous round an evaluate message of its own;
-- ``evaluate``: the global weights' validation metrics on the site's held-out subjects.
+- ``evaluate``: the global weights' validation metrics on the site's held-out subjects;
+- ``evaluate.model`` (``imaging evaluate``, issue 31): a registered model's weights and
+  bundle config; the site's Dice/HD95/volume aggregates (:mod:`imaging.federated.evaluation`).
 
 The SuperNode starts this app in a new process for every message, so the work runs in
 the site's warm worker (:mod:`imaging.federated.worker`: torch, MONAI and the loaded
@@ -83,3 +85,25 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     metrics = _run("evaluate", msg, context, state=_state(msg))
     return Message(RecordDict({"metrics": MetricRecord(dict(metrics))}), reply_to=msg)
+
+
+@app.evaluate("model")
+def evaluate_model(msg: Message, context: Context) -> Message:
+    """Cross-site evaluation of a registered model (issue 31, :mod:`imaging.federated.evaluation`):
+    the model's weights and bundle config in, the site's aggregate figures out."""
+    node_config = {str(k): v for k, v in context.node_config.items()}
+    payload = {"state": _state(msg), "request": str(msg.content.config_records["request"]["json"]),
+               "node_config": node_config}
+    work_dir = str(node_config.get("work-dir", "")).strip()
+    if work_dir and str(node_config.get("worker", "true")).lower() not in ("false", "0", "no"):
+        from imaging.federated.worker import IDLE_S, call
+
+        out = call(Path(work_dir), os.getppid(), "evaluate_model", payload,
+                   idle_s=float(node_config.get("worker-idle-s", IDLE_S)))  # type: ignore[arg-type]
+    else:
+        from imaging.federated.worker import in_process
+
+        out = in_process("evaluate_model", payload)
+    return Message(RecordDict({"metrics": MetricRecord(dict(out["metrics"])),
+                               "site": ConfigRecord({"name": out["site"], "catalog_sha256": out["catalog_sha256"]})}),
+                   reply_to=msg)

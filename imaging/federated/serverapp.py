@@ -24,6 +24,11 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     cfg = OmegaConf.load(str(context.run_config["config"]))
     assert isinstance(cfg, DictConfig)
+    if cfg.get("evaluation"):  # `imaging evaluate`: cross-site evaluation of a registered model (issue 31)
+        from imaging.federated.cross_site import run_cross_site
+
+        run_cross_site(grid, cfg)
+        return
     tracker = None
     if bool(cfg.tracking.get("enabled", True)):
         from imaging.tracking.federation import FederationTracker

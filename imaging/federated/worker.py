@@ -174,6 +174,10 @@ class _Handler:
     def __call__(self, op: str, p: dict[str, Any]) -> Any:
         if op == "ping":
             return os.getpid()
+        if op == "evaluate_model":  # cross-site evaluation of a registered model (issue 31)
+            from imaging.federated.evaluation import evaluate_at_site
+
+            return evaluate_at_site(p)
         if op not in ("query", "evaluate", "train"):
             raise ValueError(f"unknown operation '{op}'")
         from imaging.federated.site import plan_summary
