@@ -27,12 +27,16 @@ MAX_PREFILTER = 64 << 20  # text files up to this are looked at whole before cel
 _ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})")
 
 
+def _unescape(text: str) -> str:
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), text)
+
+
 def views(text: str) -> Iterator[str]:
     """``text`` and its decoded forms: ``\\u00fc``/``\\xfc`` escapes (logged reprs, JSON
     embedded in text) and percent-encoding (URIs, artifact paths)."""
     yield text
     if "\\" in text:
-        unescaped = _ESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), text)
+        unescaped = _unescape(text)
         if unescaped != text:
             yield unescaped
     if "%" in text:
@@ -61,7 +65,7 @@ def raw_hits(fh: IO[bytes], needles: Needles, where: str, field: str) -> Iterato
         # UTF-16/32 strings (NumPy unicode arrays, Windows tools) match once NULs are dropped.
         views = [text, text.replace("\x00", "")] if "\x00" in text else [text]
         if "\\" in text:
-            views.append(_ESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), text))
+            views.append(_unescape(text))
         for rule, found in (hit for view in views for hit in needles.find(view)):
             key = (rule, normalize(found))
             if key not in seen:  # one hit per value and file: a checkpoint may repeat it
