@@ -63,10 +63,10 @@ def raw_hits(fh: IO[bytes], needles: Needles, where: str, field: str) -> Iterato
     while chunk := fh.read(CHUNK):
         text = tail + chunk.decode("latin-1")
         # UTF-16/32 strings (NumPy unicode arrays, Windows tools) match once NULs are dropped.
-        views = [text, text.replace("\x00", "")] if "\x00" in text else [text]
+        forms = [text, text.replace("\x00", "")] if "\x00" in text else [text]
         if "\\" in text:
-            views.append(_unescape(text))
-        for rule, found in (hit for view in views for hit in needles.find(view)):
+            forms.append(_unescape(text))
+        for rule, found in (hit for form in forms for hit in needles.find(form)):
             key = (rule, normalize(found))
             if key not in seen:  # one hit per value and file: a checkpoint may repeat it
                 seen.add(key)
