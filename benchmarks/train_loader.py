@@ -35,8 +35,9 @@ from imaging.data.splits import split_by_subject
 from imaging.data.transforms import build_train_transforms, pipeline_hash
 from imaging.engine.config import validate_config
 from imaging.models.registry import build_network
+from imaging.resources import CONF_DIR
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(CONF_DIR)
 CONFIGS = {
     "demo_seg": ["experiment=demo_seg"],
     "ct_large": ["experiment=demo_seg", "data.preprocessing.spacing=[2.0,2.0,2.5]", "data.patch_size=[96,96,48]",

@@ -49,6 +49,7 @@ def usage() -> str:
     lines = ["usage: imaging <command> [args...]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "`imaging <command> --help` shows a command's options (Hydra commands: its config).",
+              "`imaging --version` prints the version; IMAGING_CONFIG_DIR adds a site's config folder.",
               "`--debug` after the command shows a traceback on error.", "", EXIT_CODES]
     return "\n".join(lines)
 
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if args[0] in ("-V", "--version"):
+        from imaging import __version__
+
+        print(f"imaging {__version__}")
         return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
@@ -88,7 +94,9 @@ def _dispatch(name: str, rest: list[str]) -> int:
     module_name, kind, _ = COMMANDS[name]
     module = importlib.import_module(module_name)
     if kind == "hydra":
-        sys.argv = [f"imaging {name}", *rest]
+        _refuse_renamed(name, rest)
+        # The site's folders first: after flags such as `--cfg job`, argparse takes no overrides.
+        sys.argv = [f"imaging {name}", *_site_searchpath(rest), *rest]
         # Hydra resolves config_path="../../conf" against the app's *file* only when the
         # task function looks like a script (module "__main__"); imported from a package it
         # would look for an importable package named 'conf' and fail. Say it is a script.
@@ -104,6 +112,38 @@ def _dispatch(name: str, rest: list[str]) -> int:
     else:
         result = module.main(rest)
     return int(result or 0)
+
+
+# Keys renamed so that one setting has one key in every command: refused with the new name
+# (a silently ignored secret or option would be worse than an error).
+RENAMED_KEYS = {
+    "deid.secret_file": "secret_file", "deid.demo_key": "demo_key", "deid.link_table": "link_table",
+    "deid.allow_ultrasound": "allow_ultrasound", "deid.options": "deid_options",
+    "seg.deid_options": "deid_options",
+}
+
+
+def _refuse_renamed(name: str, args: list[str]) -> None:
+    from imaging.errors import UsageError
+
+    for arg in args:
+        key = arg.lstrip("+~").split("=", 1)[0]
+        for old, new in RENAMED_KEYS.items():
+            if key == old or key.startswith(old + "."):
+                raise UsageError(f"{key}: renamed to {new + key[len(old):]} (one key per setting in every command)")
+
+
+def _site_searchpath(args: list[str]) -> list[str]:
+    """The site's config folders (``IMAGING_CONFIG_DIR``) on Hydra's search path.
+
+    A site's own experiments, cluster profiles and selection rules live outside the
+    package (imaging.resources); an explicit ``hydra.searchpath=`` on the command line wins.
+    """
+    if any(a.lstrip("+").startswith("hydra.searchpath") for a in args):
+        return []
+    from imaging.resources import searchpath_override
+
+    return searchpath_override()
 
 
 def _quiet_hydra_job_error() -> None:

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imaging.project import write_marker
+from imaging.resources import CONF_DIR
 from imaging.tracking.store import embedded_uri
 
 console = Console()
@@ -70,7 +71,7 @@ def run_step(step: Step, index: int, total: int) -> float:
     return elapsed
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="demo")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="demo")
 def main(cfg: DictConfig) -> None:
     demo_dir = Path(cfg.demo_dir)
     # Make the root a project so `imaging infer models:/demo_seg@champion` run from any
@@ -89,7 +90,7 @@ def main(cfg: DictConfig) -> None:
     console.print(table)
     console.print(f"Dataset:      {demo_dir / 'dataset' / 'catalog.csv'}")
     console.print(f"Predictions:  {demo_dir / 'predictions' / 'report.csv'} (DICOM SEG: */seg.dcm)")
-    # The store train/registry/infer used: the embedded default of conf/paths (no guess from demo_dir).
+    # The store train/registry/infer used: the embedded default of imaging/conf/paths (no guess from demo_dir).
     console.print(f"MLflow UI:    .venv/bin/mlflow ui --backend-store-uri {embedded_uri(cfg.paths.mlflow_db)}")
 
 

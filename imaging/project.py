@@ -8,8 +8,8 @@ registered by ``make demo`` must be found from any folder of the checkout. The r
    :data:`MARKER` (``imaging init`` and ``make demo`` write it);
 3. else the current folder, with a warning saying where the store will be.
 
-``conf/paths/default.yaml`` reads it through the ``${imaging_root:}`` resolver, so
-paths still come from ``conf/paths/`` only.
+``imaging/conf/paths/default.yaml`` reads it through the ``${imaging_root:}`` resolver, so
+paths still come from ``imaging/conf/paths/`` only.
 """
 
 from __future__ import annotations

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -13,8 +11,8 @@ from imaging.deid.apply import DeidOptions
 from imaging.deid.export import DeidConfigError, DeidSummary, deidentify_export
 from imaging.errors import require_dir, require_writable_dir
 from imaging.keys import Pseudonymizer, SecretError
+from imaging.resources import CONF_DIR
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 EXIT_CONFIG = 2
 
 
@@ -45,23 +43,23 @@ def print_summary(summary: DeidSummary, console: Console | None = None) -> None:
         console.print(f"link table (private, mode 0600): {summary.link_table}")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="deid")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="deid")
 def main(cfg: DictConfig) -> None:
     console = Console()
     require_dir("input_dir", cfg.input_dir)
     require_writable_dir("output_dir", cfg.output_dir)
     try:
-        pseudo = Pseudonymizer.from_config(cfg.deid.secret_file, cfg.deid.demo_key)
-        opts = dict(OmegaConf.to_container(cfg.deid.options, resolve=True))  # type: ignore[arg-type]
+        pseudo = Pseudonymizer.from_config(cfg.secret_file, cfg.demo_key)
+        opts = dict(OmegaConf.to_container(cfg.deid_options, resolve=True))  # type: ignore[arg-type]
         options = DeidOptions.from_mapping(
-            {**opts, "allow_ultrasound": bool(cfg.deid.allow_ultrasound)}
+            {**opts, "allow_ultrasound": bool(cfg.allow_ultrasound)}
         )
         summary = deidentify_export(
             cfg.input_dir,
             cfg.output_dir,
             pseudo,
             options,
-            link_table=cfg.deid.link_table,
+            link_table=cfg.link_table,
             progress=cfg.progress,
         )
     except (SecretError, DeidConfigError, ValueError, FileNotFoundError) as exc:

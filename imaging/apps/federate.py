@@ -6,7 +6,6 @@ per-site and global metrics of every round and the registered model.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -14,7 +13,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+from imaging.resources import CONF_DIR
 
 
 def summary_table(summary: dict[str, Any], monitor: str = "dice_mean") -> Table:
@@ -33,7 +32,7 @@ def summary_table(summary: dict[str, Any], monitor: str = "dice_mean") -> Table:
     return table
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="federate")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="federate")
 def main(cfg: DictConfig) -> None:
     from imaging.pipelines.federate import run
 

@@ -12,18 +12,20 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from imaging.resources import CONF_DIR
+
 
 def main() -> None:
     """Entry point: ``model=URI`` is accepted as the documented spelling of ``model_uri=URI``.
 
-    Hydra reads ``model=...`` as a choice in the ``conf/model/`` group (training's
+    Hydra reads ``model=...`` as a choice in the ``imaging/conf/model/`` group (training's
     networks), so the URI is renamed before Hydra parses the command line.
     """
     sys.argv = [("model_uri=" + a[len("model="):]) if a.startswith("model=models:/") else a for a in sys.argv]
     _main()
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="infer")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="infer")
 def _main(cfg: DictConfig) -> None:
     import logging
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -13,10 +11,8 @@ from imaging.deid.options import DeidOptions
 from imaging.errors import require_dir, require_writable_dir
 from imaging.keys import Pseudonymizer
 from imaging.pipelines.ingest import IngestSummary, ingest
+from imaging.resources import CONF_DIR
 
-# Absolute: imported through `imaging.cli`, a relative config_path would be read as a
-# Python package ('conf'), which the repo's conf/ folder is not.
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 EXIT_FAILED = 1
 
 
@@ -48,7 +44,7 @@ def print_summary(summary: IngestSummary, console: Console | None = None) -> Non
     console.print(f"catalog: {summary.catalog_path}")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="ingest")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="ingest")
 def main(cfg: DictConfig) -> None:
     console = Console()
     # Bad invocations raise UsageError: imaging.cli prints one line and exits 2.

@@ -3,7 +3,7 @@
 VERSION is a number or an alias (``promote demo_seg candidate --alias champion``).
 The store is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the embedded
 ``sqlite:///<root>/mlflow/mlflow.db`` with the project root of :mod:`imaging.project`
-(the same place ``conf/paths/default.yaml`` puts it).
+(the same place ``imaging/conf/paths/default.yaml`` puts it).
 """
 
 from __future__ import annotations

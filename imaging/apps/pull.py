@@ -14,11 +14,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+from imaging.resources import CONF_DIR
+
 EXIT_FAILED = 1
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="pull")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="pull")
 def main(cfg: DictConfig) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -4,7 +4,7 @@ Thin: split the command line, compose + check + render one sbatch script per job
 (per sweep point with ``-m``; three chained jobs for ``pipeline``) via
 :mod:`imaging.launch`, submit, print where everything is. Not a ``@hydra.main``
 app because the first word names the job whose config is composed
-(``conf/train.yaml`` ...) and ``-m`` is expanded here into separate Slurm jobs.
+(``imaging/conf/train.yaml`` ...) and ``-m`` is expanded here into separate Slurm jobs.
 Exit 2 on a config error (one line naming the key, nothing submitted), 1 when
 sbatch refused a job.
 """

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from imaging.resources import CONF_DIR
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="synth")
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="synth")
 def main(cfg: DictConfig) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -8,7 +8,6 @@ stopped for a signal after checkpointing: the Slurm script requeues on it.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hydra
@@ -18,14 +17,12 @@ from rich.table import Table
 
 from imaging.launch.env import dist_env
 from imaging.launch.preempt import EXIT_PREEMPTED
+from imaging.resources import CONF_DIR
 
 if TYPE_CHECKING:
     from imaging.pipelines.train import TrainResult
 
 log = logging.getLogger(__name__)
-# Absolute: imported through `imaging.cli`, a relative config_path would be read as a
-# Python package ('conf'), which the repo's conf/ folder is not.
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def summary_table(r: TrainResult) -> Table:
@@ -53,7 +50,7 @@ def summary_table(r: TrainResult) -> Table:
     return table
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
     from imaging.pipelines.train import run
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from pathlib import Path
 
 from imaging.project import MARKER, find_root, write_marker
-
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+from imaging.resources import CONF_DIR
 
 
 def store_uris() -> tuple[str, str, str | None]:
@@ -18,7 +16,7 @@ def store_uris() -> tuple[str, str, str | None]:
 
     from imaging.tracking.runs import tracking_uri_from_config
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train")
     uri, location = tracking_uri_from_config(cfg, probe=False)
     return uri, os.environ.get("MLFLOW_REGISTRY_URI") or uri, location

@@ -1,6 +1,6 @@
 """Options of `imaging deid`: which PS3.15 options are on, the safe-private list, counters.
 
-Built from the ``deid.options`` config block by :meth:`DeidOptions.from_mapping`.
+Built from the ``deid.options`` config block (``deid_options``) by :meth:`DeidOptions.from_mapping`.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class DeidOptions:
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> DeidOptions:
-        """Options from the ``deid.options`` config mapping.
+        """Options from the ``deid_options`` config mapping.
 
         Raises:
             ValueError: an unknown key, or an invalid safe-private entry or override.

@@ -235,7 +235,7 @@ def deidentified_header(ds: Dataset, pseudo: Pseudonymizer, options: DeidOptions
     patient ID, dates and every UID identical to the de-identified copy of the study.
     A series ``imaging deid`` withholds (burned-in annotation) still gets the same
     keyed IDs and UIDs here, with every other patient/study attribute dropped.
-    ``options`` are the configured ``deid.options`` (the same as ``imaging deid``'s).
+    ``options`` are the configured ``deid_options`` (the same as ``imaging deid``'s).
     """
     from imaging.deid.apply import deidentify_dataset, map_uid, shift_da, truncate_tm
     from imaging.keys import subject_identity

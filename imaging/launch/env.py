@@ -119,7 +119,7 @@ def first_host(nodelist: str) -> str:
 # Rendezvous ports: below Linux's ephemeral range (net.ipv4.ip_local_port_range,
 # 32768-60999 by default), where the kernel hands out ports for outgoing
 # connections and a rendezvous port could already be taken. The same formula is in
-# slurm/train.sbatch.j2.
+# imaging/launch/templates/train.sbatch.j2.
 PORT_BASE, PORT_SPAN = 20000, 10000
 
 

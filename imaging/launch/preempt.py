@@ -3,7 +3,7 @@
 Slurm sends ``--signal=B:USR1@LEAD`` seconds before the time limit, and SIGTERM
 on preemption. A handler only sets a flag; the training loop polls
 :meth:`PreemptionFlag.requested` after each step/epoch, writes a checkpoint and
-returns, and the batch script requeues the job (see ``slurm/train.sbatch.j2``).
+returns, and the batch script requeues the job (see ``imaging/launch/templates/train.sbatch.j2``).
 Doing real work inside a signal handler would race with the loop.
 """
 
@@ -20,7 +20,7 @@ DEFAULT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 # Exit code of a process that stopped for a signal after writing its checkpoint:
 # the sbatch script sees it and requeues the job (bounded by launcher.max_requeues).
 EXIT_PREEMPTED = 3
-# Set by slurm/train.sbatch.j2: rank 0 creates this file once every rank has checkpointed and
+# Set by imaging/launch/templates/train.sbatch.j2: rank 0 creates this file once every rank has checkpointed and
 # stopped. With `srun --kill-on-bad-exit=1` the first rank to exit 3 makes Slurm kill the others,
 # and srun then reports 143, not 3; the batch script reads the marker instead.
 MARKER_ENV = "IMAGING_PREEMPT_MARKER"

@@ -1,4 +1,4 @@
-"""Render the sbatch scripts in ``slurm/*.sbatch.j2`` from the ``launcher`` config.
+"""Render the sbatch scripts in ``imaging/launch/templates/*.sbatch.j2`` from the ``launcher`` config.
 
 The templates are plain bash with ``#SBATCH`` lines and comments, so a rendered
 script can be read, edited and submitted by hand. Rendering is a pure function
@@ -30,8 +30,10 @@ class LauncherConfigError(UsageError):
 
 
 def default_templates_dir() -> Path:
-    """``slurm/`` next to the package (a source checkout or an editable install)."""
-    return Path(__file__).resolve().parents[2] / "slurm"
+    """The templates shipped in the package (``imaging/launch/templates``)."""
+    from imaging.resources import TEMPLATES_DIR
+
+    return TEMPLATES_DIR
 
 
 @dataclass(frozen=True)

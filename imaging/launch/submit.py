@@ -1,9 +1,9 @@
 """``imaging submit train|infer|ingest OVERRIDES...``: compose, render, ``sbatch``.
 
-The job's own config (``conf/train.yaml`` ...) is composed with the job's
+The job's own config (``imaging/conf/train.yaml`` ...) is composed with the job's
 overrides to find where the job writes (training: the deterministic run dir
 ``run_dir``; inference/ingest: ``output_dir``). The launcher is composed
-separately from ``conf/submit.yaml`` with the ``launcher*`` overrides, so the
+separately from ``imaging/conf/submit.yaml`` with the ``launcher*`` overrides, so the
 command inside the job carries exactly the user's overrides plus the few this
 module pins (``paths.root_dir`` so the job resolves the same directories,
 ``tracking.uri`` when the launcher names a server, ``trainer.resume=auto``).
@@ -34,11 +34,11 @@ from omegaconf import DictConfig, OmegaConf
 from imaging.errors import UsageError
 from imaging.fsutil import atomic_write_json, atomic_write_text
 from imaging.launch.render import JOB_KINDS, JobSpec, LauncherConfigError, render
+from imaging.resources import CONF_DIR
 from imaging.tracking.store import embedded_uri, tracking_uri
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 _LAUNCHER_RE = re.compile(r"^[+~]*launcher([.=@]|$)")
 
 
@@ -104,15 +104,19 @@ def _has(overrides: Sequence[str], key: str) -> bool:
 
 
 def compose(config_name: str, overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` as the app would (``hydra:`` resolvers included)."""
+    """Compose ``<config_name>.yaml`` of the shipped configs (and the site's) as the app would
+    (``hydra:`` resolvers included)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
+    from imaging.resources import searchpath_override
+
     GlobalHydra.instance().clear()
+    site = [] if any(o.lstrip("+").startswith("hydra.searchpath") for o in overrides) else searchpath_override()
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+        cfg = hydra_compose(config_name=config_name, overrides=[*overrides, *site], return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)  # `${hydra:runtime.cwd}` in paths/ resolves as in the app
         OmegaConf.set_struct(cfg, False)
         del cfg["hydra"]  # its run/sweep dirs need a job number that only a real launch has
@@ -155,7 +159,7 @@ def prepare(kind: str, overrides: Sequence[str], *, cwd: Path | None = None,
             "(launcher=slurm or a cluster profile such as launcher=cluster_h100); run `imaging "
             f"{kind} ...` directly to run here")
     if kind == "infer":
-        # `imaging infer` accepts `model=models:/...` for `model_uri=` (conf/model/ is a group): same here.
+        # `imaging infer` accepts `model=models:/...` for `model_uri=` (imaging/conf/model/ is a group): same here.
         job_ov = [("model_uri=" + o[len("model="):]) if o.startswith("model=models:/") else o for o in job_ov]
     cfg = compose(kind, job_ov, conf_dir)
     job_ov = list(job_ov)

@@ -59,7 +59,7 @@ def _seg_deid_options(cfg: DictConfig) -> Any:
     """The configured de-identification options for the SEG header (as `imaging deid` uses them)."""
     from imaging.deid.options import DeidOptions
 
-    raw = cfg.seg.get("deid_options")
+    raw = cfg.get("deid_options")
     return DeidOptions.from_mapping(OmegaConf.to_container(raw, resolve=True)) if raw else None  # type: ignore[arg-type]
 
 

@@ -1,6 +1,6 @@
 """Where the review notebooks look by default: the ``make demo`` outputs.
 
-The root is ``$IMAGING_ROOT`` when set (as ``conf/paths/default.yaml`` reads it),
+The root is ``$IMAGING_ROOT`` when set (as ``imaging/conf/paths/default.yaml`` reads it),
 else the repository the package lives in. Under it, as the demo writes them:
 ``demo/{export,dataset,heldout,predictions}`` and the embedded MLflow store
 ``mlflow/mlflow.db``.

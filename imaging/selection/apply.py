@@ -1,6 +1,6 @@
 """The hooks `imaging infer` and registration call: resolve the rule, subset labels, finish outputs.
 
-Which rule applies (``select`` in ``conf/infer.yaml``, group ``conf/inference/select``):
+Which rule applies (``select`` in ``imaging/conf/infer.yaml``, group ``imaging/conf/inference/select``):
 
 * ``use_model_rule: true`` (the default, ``from_model.yaml``): the rule stored with
   the registered model; other non-null keys of ``select`` (``per_study``,
@@ -111,7 +111,7 @@ class LabelSubsetPredictor:
 
 @dataclass
 class OutputSettings:
-    """``output.*`` of ``conf/infer.yaml`` and what the finishing step needs."""
+    """``output.*`` of ``imaging/conf/infer.yaml`` and what the finishing step needs."""
 
     rtstruct: bool = False
     preview: bool = False

@@ -1,6 +1,6 @@
 """Series selection rules: which series of a study a model runs on (parsed, validated, evaluated).
 
-A rule (``conf/inference/select/*.yaml``, stored with the registered model) is::
+A rule (``imaging/conf/inference/select/*.yaml``, stored with the registered model) is::
 
     name: ct_axial_soft
     per_study: one                      # one: the best match per study | all: every match

@@ -3,7 +3,7 @@
 Order, the same for every command (``imaging train``, ``imaging model``, notebooks):
 an explicit URI (``tracking.uri``, ``--tracking-uri``), else ``$MLFLOW_TRACKING_URI``,
 else the embedded SQLite store ``sqlite:///<paths.mlflow_db>``
-(``<project root>/mlflow/mlflow.db``, see ``conf/paths/default.yaml``).
+(``<project root>/mlflow/mlflow.db``, see ``imaging/conf/paths/default.yaml``).
 Light on purpose (mlflow is imported only when a client is made), so notebooks
 and ``imaging where`` can use it without the training stack.
 """

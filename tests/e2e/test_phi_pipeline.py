@@ -51,8 +51,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     imaging("train", *TINY, f"data.dataset_dir={p['dataset']}", root=root)
     imaging("infer", "model=models:/demo_seg@candidate", f"input={p['export']}", f"output_dir={p['pred']}",
             "demo_key=true", root=root)  # fmt: skip
-    imaging("deid", f"input_dir={p['export']}", f"output_dir={p['deid']}", "deid.demo_key=true",
-            f"deid.link_table={p['links']}", "progress=false", root=root)  # fmt: skip
+    imaging("deid", f"input_dir={p['export']}", f"output_dir={p['deid']}", "demo_key=true",
+            f"link_table={p['links']}", "progress=false", root=root)  # fmt: skip
     return p
 
 

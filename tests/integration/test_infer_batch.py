@@ -33,6 +33,7 @@ from imaging.engine.report import read_report
 from imaging.keys import Pseudonymizer, subject_identity
 from imaging.models.registry import build_network
 from imaging.pipelines.infer import run_inference
+from imaging.resources import CONF_DIR
 from imaging.synth import generate
 from imaging.synth.canaries import CANARY_TOKEN
 from imaging.tracking.registry import register_model
@@ -71,7 +72,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
 
 
 def config(env: dict[str, Path], out: Path, *extra: str, source: Path | None = None):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("infer", overrides=[
             "model_uri=models:/tiny@champion", f"input={source or env['export']}", f"output_dir={out}",
             f"paths.root_dir={env['root']}", "demo_key=true", "inference.sw_batch_size=2", *extra])

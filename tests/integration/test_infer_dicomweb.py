@@ -29,6 +29,7 @@ from imaging.errors import UsageError
 from imaging.models.registry import build_network
 from imaging.pipelines.infer import run_inference
 from imaging.pipelines.remote import read_transfers
+from imaging.resources import CONF_DIR
 from imaging.synth import generate
 from imaging.tracking.registry import register_model
 from tests.fixtures.orthanc import Orthanc
@@ -75,7 +76,7 @@ def env(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def _config(env: dict, orthanc: Orthanc, out: Path, *extra: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("infer", overrides=[
             "model_uri=models:/tiny@champion", f"input={orthanc.dicomweb}", f"output_dir={out}",
             f"paths.root_dir={env['root']}", "demo_key=true", "inference.sw_batch_size=2", "overlay=false",

@@ -33,6 +33,7 @@ from imaging.dicom.seg import frame_geometry, read_seg_frames
 from imaging.keys import Pseudonymizer
 from imaging.models.registry import build_network
 from imaging.pipelines.infer import run_inference
+from imaging.resources import CONF_DIR
 from imaging.selection.rules import parse_rule
 from imaging.synth import generate
 from imaging.tracking.registry import load_bundle, register_model
@@ -77,7 +78,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     uri = embedded_uri(root / "mlflow" / "mlflow.db")
     mlflow.set_tracking_uri(uri)
     exp = mlflow.create_experiment("train", artifact_location=(root / "mlflow" / "artifacts").as_uri())
-    rule = parse_rule(yaml.safe_load((REPO / "conf/inference/select/ct_axial_soft.yaml").read_text())).source
+    rule = parse_rule(yaml.safe_load((CONF_DIR / "inference/select/ct_axial_soft.yaml").read_text())).source
     torch.manual_seed(0)
     net_cfg = {"name": "unet", "spatial_dims": 3, "in_channels": 1, "out_channels": 4, "channels": [4, 8],
                "strides": [2], "num_res_units": 0}
@@ -161,7 +162,7 @@ def test_seg_and_rtstruct_read_back_to_the_same_mask(fresh: Path) -> None:
 
 
 def test_config_override_replaces_the_model_rule(env: dict[str, Any], fresh: Path, tmp_path: Path) -> None:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("infer", overrides=[
             # The dataset the CLI run ingested, with its private side: no second ingest.
             "model_uri=models:/tiny_sel@champion", f"input={fresh / 'work' / 'dataset'}",

@@ -60,8 +60,23 @@ def test_missing_input_folder(project: Path) -> None:
 def test_a_file_where_a_folder_is_expected(project: Path) -> None:
     f = project / "export.zip"
     f.write_text("not a folder")
-    assert_one_line(imaging(["deid", f"input_dir={f}", f"output_dir={project}/out", "deid.demo_key=true"], project),
+    assert_one_line(imaging(["deid", f"input_dir={f}", f"output_dir={project}/out", "demo_key=true"], project),
                     "input_dir", "export.zip", "expected a folder")
+
+
+@pytest.mark.parametrize(("cmd", "old", "new"), [
+    ("deid", "deid.secret_file=/k", "secret_file"), ("deid", "deid.options.keep_age_90_plus=true",
+                                                       "deid_options.keep_age_90_plus"),
+    ("infer", "seg.deid_options.keep_age_90_plus=true", "deid_options.keep_age_90_plus"),
+])
+def test_an_old_key_is_refused_with_its_new_name(project: Path, cmd: str, old: str, new: str) -> None:
+    """One key per setting in every command; the old spelling says which key replaced it."""
+    assert_one_line(imaging([cmd, old], project), old.split("=")[0], f"renamed to {new}")
+
+
+def test_version(project: Path) -> None:
+    proc = imaging(["--version"], project)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"imaging {__import__('imaging').__version__}"
 
 
 def test_output_folder_that_cannot_be_written(project: Path) -> None:

@@ -128,7 +128,7 @@ def test_cli_refuses_without_secret_and_runs_with_demo_key(export: Path, tmp_pat
     assert res.returncode == 2 and "no project secret" in res.stdout + res.stderr
     assert not out.exists()
     res = _cli(
-        f"input_dir={export}", f"output_dir={out}", "deid.demo_key=true", logs=tmp_path / "logs"
+        f"input_dir={export}", f"output_dir={out}", "demo_key=true", logs=tmp_path / "logs"
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "written (de-identified)" in res.stdout and CANARY not in res.stdout

@@ -12,9 +12,10 @@ from hydra import compose, initialize_config_dir
 from imaging.deid.apply import deidentify_dataset
 from imaging.deid.options import DeidOptions
 from imaging.dicom.seg import load_source, write_seg
+from imaging.resources import CONF_DIR
 from tests.unit.test_seg_writer import CODES, PSEUDO, nifti_mask, write_source
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = CONF_DIR
 
 
 def test_seg_header_follows_the_configured_options(tmp_path: Path) -> None:
@@ -41,14 +42,14 @@ def test_infer_config_carries_the_deid_options() -> None:
     """`imaging infer` and `imaging deid` compose the same options file."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         infer = compose("infer", overrides=["model_uri=x", "input=x", "output_dir=x",
-                                            "seg.deid_options.keep_age_90_plus=true"])
+                                            "deid_options.keep_age_90_plus=true"])
         deid = compose("deid", overrides=["input_dir=x", "output_dir=x"])
         ingest = compose("ingest", overrides=["input_dir=x", "output_dir=x"])
     from imaging.pipelines.infer import _seg_deid_options
 
     opts = _seg_deid_options(infer)
     assert isinstance(opts, DeidOptions) and opts.keep_age_90_plus
-    assert DeidOptions.from_mapping(dict(deid.deid.options)) == DeidOptions.from_mapping(dict(ingest.deid_options))
+    assert DeidOptions.from_mapping(dict(deid.deid_options)) == DeidOptions.from_mapping(dict(ingest.deid_options))
 
 
 _WHEN = {"ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime", "StructureSetDate",

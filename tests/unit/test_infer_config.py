@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from imaging.engine.predict import InferenceOptions
 from imaging.pipelines.infer import _shard, _window
+from imaging.resources import CONF_DIR
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = CONF_DIR
 
 
 def _cfg(*overrides: str):

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from imaging.dicom.catalog import read_catalog
 from imaging.keys import Pseudonymizer
 from imaging.pipelines.ingest import ingest
+from imaging.resources import CONF_DIR
 from imaging.selection.apply import resolve_rule
 from imaging.selection.report import write_study_report
 from imaging.selection.select import select_series
@@ -41,7 +42,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def _rule(*overrides: str) -> Any:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("infer", overrides=["model_uri=models:/x@champion", "input=/x", "output_dir=/x",
                                           "inference/select@select=ct_axial_soft", *overrides])
     return resolve_rule(OmegaConf.to_container(cfg.select), None)
@@ -112,7 +113,7 @@ def test_per_study_all_and_contrast_condition(synth: dict[str, Any]) -> None:
     for uid in normal_ct:  # thin and thick both pass: all of them are kept
         assert len(next(s for s in sel.studies if s.study_key == _key(uid, "study")).selected) == 2
     # The synthetic CT carries a contrast agent: a non-contrast rule matches nothing.
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("infer", overrides=["model_uri=models:/x@champion", "input=/x", "output_dir=/x",
                                           "inference/select@select=ct_axial_soft"])
     raw = OmegaConf.to_container(cfg.select)

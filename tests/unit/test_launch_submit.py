@@ -96,8 +96,10 @@ def test_apptainer_recipe() -> None:
     assert re.match(r"(nvcr\.io/nvidia/pytorch:|pytorch/pytorch:.*-cuda)", base), base
     assert {"files", "post", "runscript", "test", "environment", "help", "labels"} <= set(s)
     copied = {line.split()[0] for line in s["files"]}
-    assert {"pyproject.toml", "imaging", "conf", "slurm"} <= copied  # conf/ and slurm/ travel with the package
-    assert any("pip install" in line and "/opt/imaging" in line for line in s["post"])
+    assert {"pyproject.toml", "imaging"} <= copied  # configs and templates travel inside the package
+    assert any("pip wheel" in line and "/opt/imaging" in line for line in s["post"])
+    assert any("pip install" in line and ".whl" in line for line in s["post"])  # installed as a wheel
+    assert not any(" -e " in line for line in s["post"])
     assert s["runscript"] == ['exec imaging "$@"']
     assert any(line.startswith("imaging --help") for line in s["test"])
     assert "apptainer build imaging.sif slurm/imaging.def" in text  # the documented build command

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from imaging.resources import CONF_DIR
 from imaging.review.paths import demo_paths, embedded_tracking_uri, project_root, require_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +31,7 @@ def test_env_var_moves_the_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 
 def test_same_store_as_the_shipped_paths_config(tmp_path: Path) -> None:
     # conf/paths/default.yaml: mlflow_db = ${paths.root_dir}/mlflow/mlflow.db; demo_dir = .../demo
-    cfg = OmegaConf.create({"paths": OmegaConf.load(REPO / "conf" / "paths" / "default.yaml")})
+    cfg = OmegaConf.create({"paths": OmegaConf.load(CONF_DIR / "paths" / "default.yaml")})
     cfg.paths.root_dir = str(tmp_path)
     assert embedded_tracking_uri(tmp_path) == f"sqlite:///{Path(cfg.paths.mlflow_db).resolve()}"
     assert demo_paths(tmp_path).demo_dir == Path(cfg.paths.demo_dir)

@@ -13,9 +13,10 @@ from omegaconf import DictConfig
 from imaging.data.splits import split_by_subject
 from imaging.engine.config import ConfigError, validate_config
 from imaging.pipelines.train import run
+from imaging.resources import CONF_DIR
 from tests.fixtures.train_data import make_train_dataset
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
+CONF = str(CONF_DIR)
 
 
 def shipped(tmp: Path, *overrides: str) -> DictConfig:

@@ -16,9 +16,10 @@ from imaging.data.splits import split_by_subject
 from imaging.data.transforms import build_train_transforms
 from imaging.engine.config import validate_config
 from imaging.engine.identity import RESUMABLE, config_hash, differing_keys, identity_config
+from imaging.resources import CONF_DIR
 from tests.fixtures.train_data import make_train_dataset
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
+CONF = str(CONF_DIR)
 
 
 def shipped(*overrides: str) -> DictConfig:
