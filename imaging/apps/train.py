@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from imaging.launch.env import dist_env
+from imaging.jobenv import dist_env
 from imaging.launch.preempt import EXIT_PREEMPTED
 from imaging.resources import CONF_DIR
 

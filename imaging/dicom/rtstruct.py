@@ -29,10 +29,9 @@ import datetime as dt
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
@@ -40,7 +39,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
-from imaging.dicom.seg import FrameGeometry, SourceSeries, deidentified_headers, sample_labels
+from imaging.dicom.seg import FrameGeometry, SourceSeries, sample_labels
 from imaging.fsutil import atomic_path
 from imaging.keys import Pseudonymizer
 
@@ -136,7 +135,7 @@ def write_rtstruct(
     algorithm_version: str,
     pseudonymizer: Pseudonymizer | None = None,
     identity: str = "deidentified",
-    deid_options: Any = None,
+    header_deid: Callable[[Sequence[Dataset]], list[Dataset]] | None = None,
 ) -> RtstructResult | None:
     """Write an RT Structure Set of ``labels`` (an (i, j, k) integer volume, RAS affine) over the source slices.
 
@@ -144,7 +143,8 @@ def write_rtstruct(
     contour per outline per source frame, each referencing its source instance (and
     frame, for a multi-frame source). Returns None (writes nothing) when the mask is empty.
 
-    ``deid_options``: the ``DeidOptions`` the SEG header used (None: defaults).
+    ``header_deid``: the SEG's header de-identification (:func:`imaging.deid.seg_header.header_deid`,
+    the same options), so both objects carry the same pseudonyms.
 
     Raises:
         ValueError: ``identity`` unknown, or deidentified without a pseudonymizer.
@@ -152,16 +152,16 @@ def write_rtstruct(
     """
     if identity not in IDENTITIES:
         raise ValueError(f"rtstruct identity '{identity}' is not one of {IDENTITIES}")
-    if identity == "deidentified" and pseudonymizer is None:
-        raise ValueError("identity=deidentified needs the project secret (pseudonymizer)")
+    if identity == "deidentified" and (pseudonymizer is None or header_deid is None):
+        raise ValueError("identity=deidentified needs the project secret (pseudonymizer) and header_deid")
     present = [int(v) for v in np.unique(labels) if v != 0]
     if not present:
         return None
     headers = source.headers
     if identity == "deidentified":
-        assert pseudonymizer is not None
+        assert header_deid is not None
         # The same de-identified header as the SEG's (same options): same pseudonyms in both.
-        headers = deidentified_headers(headers, pseudonymizer, deid_options)
+        headers = header_deid(headers)
     first = headers[0]
     multi = source.is_multiframe
     seed = f"rtstruct:{first.SeriesInstanceUID}:{algorithm_name}:{algorithm_version}"

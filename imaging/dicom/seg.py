@@ -11,7 +11,8 @@ construction, and every SEG frame references the exact source instance/frame.
 
 ``identity="deidentified"`` (default) writes the keyed pseudonyms instead of the
 patient/study identifiers (the same mapping ``imaging deid`` uses, so the SEG
-resolves against the de-identified copy of the study); ``identity="source"``
+resolves against the de-identified copy of the study: the caller passes the header
+de-identification of :mod:`imaging.deid.seg_header`); ``identity="source"``
 keeps the original identifiers for writing back to the hospital PACS.
 """
 
@@ -23,24 +24,20 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import highdicom as hd
 import numpy as np
 import pydicom
 from highdicom.seg import SegmentationTypeValues
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from imaging.fsutil import atomic_path
 from imaging.keys import Pseudonymizer
-
-if TYPE_CHECKING:
-    from imaging.deid.options import DeidOptions
 
 log = logging.getLogger(__name__)
 
@@ -209,97 +206,8 @@ def segment_descriptions(
     return out
 
 
-# Patient- and study-level attributes highdicom copies from the first source image;
-# in deidentified mode all are dropped and only the keyed pseudonyms below are set.
-def _patient_study_keywords() -> set[str]:
-    # The same tables highdicom copies by (every module of the Patient and Study IEs).
-    from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map
-
-    modules = {m["key"] for iod in get_iod_module_map().values() for m in iod if m["ie"] in ("Patient", "Study")}
-    attrs = get_module_attribute_map()
-    return {str(it["keyword"]) for key in modules for it in attrs.get(key, []) if len(it["path"]) == 0}
-
-
-_PATIENT_STUDY = _patient_study_keywords()
-_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
-
-
 _TYPE2 = ("PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
           "StudyTime", "ReferringPhysicianName")
-
-
-def deidentified_header(ds: Dataset, pseudo: Pseudonymizer, options: DeidOptions | None = None) -> Dataset:
-    """A metadata copy of ``ds`` de-identified exactly as ``imaging deid`` does it.
-
-    Running the de-identification itself (not a re-implementation) keeps the SEG's
-    patient ID, dates and every UID identical to the de-identified copy of the study.
-    A series ``imaging deid`` withholds (burned-in annotation) still gets the same
-    keyed IDs and UIDs here, with every other patient/study attribute dropped.
-    ``options`` are the configured ``deid_options`` (the same as ``imaging deid``'s).
-    """
-    from imaging.deid.apply import deidentify_dataset, map_uid, shift_da, truncate_tm
-    from imaging.keys import subject_identity
-
-    header = copy.deepcopy(ds)  # deid works in place; the source header stays as read
-    header.pop("PixelData", None)
-    out = deidentify_dataset(header, pseudo, options)
-    if out is None:
-        out = Dataset()
-        for elem in ds:
-            if elem.keyword not in _PATIENT_STUDY and elem.tag.group != 0x0010 and elem.keyword != "PixelData":
-                out.add(copy.deepcopy(elem))
-        identity, _ = subject_identity(str(ds.get("PatientID", "")), str(ds.get("IssuerOfPatientID", "")),
-                                       str(ds.get("StudyInstanceUID", "")))
-        out.PatientID = pseudo.pseudo_id(identity, "subject", options.subject_prefix if options else "SUBJ")
-        out.PatientName = out.PatientID
-        out.StudyDate = shift_da(str(ds.get("StudyDate", "")), pseudo.date_shift_days(identity))
-        out.StudyTime = truncate_tm(str(ds.get("StudyTime", "")))
-        for kw in _UID_KEYWORDS:
-            if kw in ds:
-                setattr(out, kw, map_uid(str(ds.get(kw)), pseudo, options))
-        out.PatientIdentityRemoved = "YES"
-    return _fill_type2(out)  # ``out`` is a copy already: filled in place
-
-
-# What highdicom reads from each source image after the first (the first gives the patient,
-# study and equipment modules): the instance, its series and frame of reference, its plane
-# (PS3.3 C.7.6.2) and size. Geometry is kept by the de-identification; the UIDs are mapped.
-_PER_IMAGE_KEPT = ("SOPClassUID", "Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient",
-                   "PixelSpacing", "SliceThickness", "SpacingBetweenSlices")
-_PER_IMAGE_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
-
-
-def deidentified_headers(headers: Sequence[Dataset], pseudo: Pseudonymizer,
-                         options: DeidOptions | None = None) -> list[Dataset]:
-    """:func:`deidentified_header` of every source header as highdicom reads them, fast.
-
-    The first header is de-identified whole (the SEG copies its patient and study
-    modules). Of the others highdicom reads only the instance, series and plane:
-    those attributes are copied and their UIDs mapped by the de-identification's own
-    :func:`~imaging.deid.apply.map_uid`. De-identifying each slice's whole header was
-    half of a SEG's writing time (a deep copy and a walk of every element per slice);
-    ``tests/unit/test_deid_seg_header.py`` checks the SEG and RTSTRUCT are the same.
-    """
-    if not headers:
-        return []
-    per_image = _per_image_deidentified
-    if options is not None and {kw for kw, _ in options.overrides} & {*_PER_IMAGE_KEPT, *_PER_IMAGE_UIDS}:
-        per_image = deidentified_header  # an override acts on these attributes: the whole path decides
-    return [deidentified_header(headers[0], pseudo, options)] + [per_image(h, pseudo, options) for h in headers[1:]]
-
-
-def _per_image_deidentified(ds: Dataset, pseudo: Pseudonymizer, options: DeidOptions | None) -> Dataset:
-    from imaging.deid.apply import map_uid
-
-    out = Dataset()
-    for kw in _PER_IMAGE_KEPT:
-        if kw in ds:
-            elem = ds[kw]  # flat values (no sequences): a new element, a copied value
-            out.add(DataElement(elem.tag, elem.VR, copy.copy(elem.value)))
-    for kw in _PER_IMAGE_UIDS:
-        if kw in ds:
-            setattr(out, kw, map_uid(str(ds[kw].value), pseudo, options))
-    return out
 
 
 def with_type2(ds: Dataset) -> Dataset:
@@ -347,7 +255,7 @@ def write_seg(
     geometry: str = "source",
     series_number: int = 9001,
     software_version: str = "imaging",
-    deid_options: DeidOptions | None = None,
+    header_deid: Callable[[Sequence[Dataset]], list[Dataset]] | None = None,
 ) -> SegResult | None:
     """Write a DICOM SEG of ``labels`` (an (i, j, k) integer volume) over the source frames.
 
@@ -356,15 +264,20 @@ def write_seg(
     nothing) when no label is present: a SEG must have at least one segment.
 
     Raises:
-        ValueError: ``identity`` or ``geometry`` unknown, or deidentified without a pseudonymizer.
+        ValueError: ``identity`` or ``geometry`` unknown, or deidentified without a pseudonymizer
+            and ``header_deid``.
         SegGeometryError: a source frame's geometry is missing or invalid.
+
+    ``header_deid`` de-identifies the source headers the SEG copies (with ``identity=
+    "deidentified"``): :func:`imaging.deid.seg_header.header_deid` gives the one ``imaging
+    deid`` applies. It is passed in because reading DICOM never imports the de-identification.
     """
     if identity not in IDENTITIES:
         raise ValueError(f"seg.identity '{identity}' is not one of {IDENTITIES}")
     if geometry not in GEOMETRIES:
         raise ValueError(f"seg.geometry '{geometry}' is not one of {GEOMETRIES}")
-    if identity == "deidentified" and pseudonymizer is None:
-        raise ValueError("seg.identity=deidentified needs the project secret (pseudonymizer)")
+    if identity == "deidentified" and (pseudonymizer is None or header_deid is None):
+        raise ValueError("seg.identity=deidentified needs the project secret (pseudonymizer) and header_deid")
     present = [int(v) for v in np.unique(labels) if v != 0]
     if not present:
         return None
@@ -379,8 +292,8 @@ def write_seg(
     pixel_array = remap[frames]
 
     if identity == "deidentified":
-        assert pseudonymizer is not None
-        headers = deidentified_headers(source.headers, pseudonymizer, deid_options)
+        assert header_deid is not None
+        headers = header_deid(source.headers)
     else:
         headers = [with_type2(h) for h in source.headers]
     algorithm = hd.AlgorithmIdentificationSequence(

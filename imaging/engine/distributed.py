@@ -1,6 +1,6 @@
 """torch.distributed set-up and the few collectives the loop needs.
 
-Rank and world size come from :func:`imaging.launch.env.dist_env` (torchrun or
+Rank and world size come from :func:`imaging.jobenv.dist_env` (torchrun or
 Slurm ``srun``); gloo on CPU, nccl on GPU. A single process never initialises a
 process group, and every helper here degrades to the identity in that case.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from imaging.launch.env import DistEnv, dist_env
+from imaging.jobenv import DistEnv, dist_env
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ label and prediction arrays and the voxel spacing: nothing identifying.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,15 +13,7 @@ import torch
 
 from imaging.engine.loops import predict_volume
 from imaging.engine.metrics import voxel_spacing
-
-
-@dataclass
-class ReviewCase:
-    series_key: str
-    image: np.ndarray   # (X, Y, Z) in RAS after preprocessing
-    label: np.ndarray   # (X, Y, Z) class indices
-    pred: np.ndarray    # (X, Y, Z) class indices
-    spacing: tuple[float, float, float]
+from imaging.records import ReviewCase  # re-exported: the loops produce it
 
 
 @torch.no_grad()

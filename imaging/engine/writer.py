@@ -168,12 +168,22 @@ def _write_seg(job: WriteJob) -> tuple[int, str]:
     s = job.seg
     result = write_seg(job.folder / "seg.dcm", source, job.labels, job.affine, job.names, s.segments,
                        algorithm_name=job.algorithm_name, algorithm_version=job.algorithm_version,
-                       pseudonymizer=job.pseudonymizer, identity=s.identity, deid_options=s.deid_options,
+                       pseudonymizer=job.pseudonymizer, identity=s.identity,
+                       header_deid=_header_deid(job.pseudonymizer, s.deid_options),
                        segmentation_type=s.seg_type, geometry=s.geometry)
     if result is None:
         (job.folder / "seg.dcm").unlink(missing_ok=True)  # a stale SEG from an earlier model must go
         return 0, "no foreground: no DICOM SEG written"
     return result.n_frames, ""
+
+
+def _header_deid(pseudonymizer: Any, options: Any) -> Any:
+    """The SEG header's de-identification (``imaging deid``'s), or None without a secret."""
+    if pseudonymizer is None:
+        return None
+    from imaging.deid.seg_header import header_deid
+
+    return header_deid(pseudonymizer, options)
 
 
 def errors_dir(job: WriteJob) -> Path:

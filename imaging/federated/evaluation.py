@@ -31,7 +31,7 @@ from imaging.data.splits import split_by_subject
 from imaging.engine.distributed import Dist
 from imaging.engine.metrics import SegMetricAccumulator
 from imaging.engine.predict import InferenceOptions, SeriesPredictor
-from imaging.launch.env import DistEnv
+from imaging.jobenv import DistEnv
 from imaging.models.registry import build_network
 
 log = logging.getLogger(__name__)

@@ -31,9 +31,10 @@ def main(grid: Grid, context: Context) -> None:
         return
     tracker = None
     if bool(cfg.tracking.get("enabled", True)):
+        from imaging.selection.apply import rule_for_registry
         from imaging.tracking.federation import FederationTracker
 
-        tracker = FederationTracker(cfg)
+        tracker = FederationTracker(cfg, series_rule=rule_for_registry(cfg))
     try:
         run_federation(grid, cfg, tracker)
     except BaseException:

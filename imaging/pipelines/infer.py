@@ -18,7 +18,10 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from imaging.dicom.catalog import CatalogRow, read_catalog
-from imaging.engine.batch import (
+from imaging.engine.predict import InferenceOptions, SeriesPredictor
+from imaging.keys import Pseudonymizer, SecretError
+from imaging.launch.submit import array_model_uri
+from imaging.pipelines.batch import (
     BatchResult,
     BatchRunner,
     BatchSettings,
@@ -28,9 +31,6 @@ from imaging.engine.batch import (
     resolve_input,
     shard_keys,
 )
-from imaging.engine.predict import InferenceOptions, SeriesPredictor
-from imaging.keys import Pseudonymizer, SecretError
-from imaging.launch.submit import array_model_uri
 from imaging.pipelines.remote import (
     TransferRow,
     check_push_config,

@@ -104,9 +104,10 @@ def default_tracker(cfg: DictConfig) -> Tracker | None:
     # default: callers (tests, benchmarks) may pass their own factory or none.
     if not cfg.tracking.get("enabled", True):
         return None
+    from imaging.selection.apply import rule_for_registry
     from imaging.tracking.runs import MlflowTracker
 
-    return MlflowTracker.from_config(cfg)
+    return MlflowTracker.from_config(cfg, series_rule=rule_for_registry(cfg))
 
 
 def run(cfg: DictConfig, *, tracker_factory: Callable[[DictConfig], Tracker | None] | None = default_tracker,

@@ -71,6 +71,7 @@ def series_outputs(out: Path, key: str, *, names: Mapping[int, str], flags_cfg: 
     if src_json is None or not src_json.is_file():
         atomic_write_json(folder / "rtstruct.json", {"written": False, "reason": "no private sources index"})
         return
+    from imaging.deid.seg_header import header_deid
     from imaging.dicom.rtstruct import write_rtstruct
     from imaging.dicom.seg import load_source
 
@@ -79,7 +80,8 @@ def series_outputs(out: Path, key: str, *, names: Mapping[int, str], flags_cfg: 
     try:
         result = write_rtstruct(folder / RTSTRUCT_NAME, load_source(src_json), labels, affine, names,
                                 algorithm_name=model_name, algorithm_version=model_version,
-                                pseudonymizer=pseudonymizer, identity=identity, deid_options=deid_options)
+                                pseudonymizer=pseudonymizer, identity=identity,
+                                header_deid=header_deid(pseudonymizer, deid_options) if pseudonymizer else None)
     except Exception as exc:  # noqa: BLE001 - one series' RTSTRUCT never stops the others
         # The text names source paths: it goes to the private errors.jsonl, never the log or the report.
         reason = failure_reason(exc, stage="rtstruct", where=key, private_dir=private_side(private, out))

@@ -33,9 +33,9 @@ ROUNDS_ARTIFACT = "federation/rounds.jsonl"
 class FederationTracker:
     """What :func:`imaging.federated.coordinator.run_federation` logs, on the coordinator."""
 
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, cfg: DictConfig, series_rule: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
-        self.mlflow = MlflowTracker.from_config(cfg)
+        self.mlflow = MlflowTracker.from_config(cfg, series_rule=series_rule)
         self.rounds: dict[int, dict[str, Any]] = {}  # round -> its record, as logged
 
     def start(self, run_id: str | None, cfg: DictConfig, sites: dict[str, dict[str, Any]]) -> str:

@@ -26,7 +26,6 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 
-from imaging.engine.report import read_report
 from imaging.tracking.inputs import log_dataset_input
 from imaging.tracking.summary import NOTE_TAG, inference_description
 
@@ -62,7 +61,7 @@ def log_inference_review(client: MlflowClient, run_id: str, shard_report: Path |
     Raises:
         mlflow.exceptions.MlflowException: the store refused a write.
     """
-    rows = read_report(shard_report) if shard_report is not None and shard_report.is_file() else []
+    rows = _read_rows(shard_report) if shard_report is not None and shard_report.is_file() else []
     out = shard_report.parent if shard_report is not None else None
     modality = {str(c.series_key): str(c.modality) for c in catalog}
     sha = catalog_sha256(dataset_dir) if (dataset_dir / "catalog.csv").is_file() else ""
@@ -88,3 +87,11 @@ def log_inference_review(client: MlflowClient, run_id: str, shard_report: Path |
     text = inference_description(run_id, client, rows, seg_uids, sha)
     client.set_tag(run_id, NOTE_TAG, text)
     return text
+
+
+def _read_rows(csv_path: Path) -> list[dict[str, str]]:
+    """The report's rows as written (plain CSV: tracking reads it without the engine's report module)."""
+    import csv
+
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))

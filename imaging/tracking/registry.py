@@ -1,7 +1,7 @@
 """Model registry: register a trained network, load it back, move aliases.
 
 A registered version is an MLflow pyfunc model logged *from code*
-(:mod:`imaging.tracking.pyfunc_model`) with two plain artifacts:
+(:mod:`imaging.models.pyfunc_model`) with two plain artifacts:
 ``weights.safetensors`` (the state dict) and ``bundle.json`` (network config,
 preprocessing, label names, task, input signature). Nothing is pickled:
 loading rebuilds the network with :func:`imaging.models.build_network` and
@@ -54,7 +54,7 @@ class ModelBundle:
     selection: dict[str, Any] | None = None  # the series selection rule stored with the model (issue 19)
 
 
-# What the pyfunc imports (imaging.tracking.pyfunc_model -> registry, engine.predict,
+# What the pyfunc imports (imaging.models.pyfunc_model -> tracking.registry, engine.predict,
 # data.transforms); the imaging package itself travels as code_paths.
 # mlflow-skinny: loading a pyfunc needs no tracking server, UI or SQL store (but pandas,
 # which skinny leaves out: checked by loading the model in a fresh venv).
@@ -141,7 +141,7 @@ def register_model(network: torch.nn.Module, *, network_config: dict[str, Any], 
     activate(mlflow.get_tracking_uri())
     roi = [int(s) for s in preprocessing["roi_size"]]
     channels = int(network_config.get("in_channels", 1))
-    # Two input forms (imaging.tracking.pyfunc_model): raw NIfTI paths, or preprocessed
+    # Two input forms (imaging.models.pyfunc_model): raw NIfTI paths, or preprocessed
     # float32 volumes (N, channels, X, Y, Z). An MLflow input schema admits one form only
     # and would refuse paths, so the inputs are described in the metadata and bundle.json.
     signature = ModelSignature(
@@ -154,7 +154,7 @@ def register_model(network: torch.nn.Module, *, network_config: dict[str, Any], 
     with tempfile.TemporaryDirectory(prefix="imaging-bundle-") as tmp:
         weights, bundle = write_bundle(Path(tmp), network, network_config, preprocessing, labels, task, series_rule)
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            name="model", python_model=str(Path(__file__).resolve().parents[1] / "models" / "pyfunc_model.py"),
             artifacts={"weights": str(weights), "bundle": str(bundle)},
             code_paths=[str(Path(__file__).resolve().parents[1])],  # the imaging package: loads anywhere
             pip_requirements=_requirements(), signature=signature, registered_model_name=name,

@@ -16,9 +16,9 @@ matplotlib.use("Agg")  # headless: training nodes have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from imaging.engine.evaluate import ReviewCase  # noqa: E402
 from imaging.fsutil import atomic_path  # noqa: E402
 from imaging.palette import label_cmap  # noqa: E402
+from imaging.records import ReviewCase  # noqa: E402
 
 
 def _centre(label: np.ndarray) -> tuple[int, int, int]:

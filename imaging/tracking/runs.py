@@ -15,7 +15,7 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import mlflow
 import torch
@@ -24,9 +24,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
-from imaging.engine.config import TrainPlan
-from imaging.engine.evaluate import ReviewCase
-from imaging.launch.env import job_tags
+from imaging.jobenv import job_tags
+from imaging.records import ReviewCase
 from imaging.tracking.connect import resolve_store
 from imaging.tracking.inputs import (
     EXPERIMENT_KIND,
@@ -93,6 +92,22 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
     return str(exp.experiment_id)
 
 
+class _DatasetInfo(Protocol):
+    catalog_sha256: str
+
+
+class RegistrablePlan(Protocol):
+    """What registration reads of a training plan (``imaging.engine.config.TrainPlan`` has it):
+    a protocol, so tracking does not import the engine."""
+
+    config_hash: str
+    dataset: _DatasetInfo
+    network_config: dict[str, Any]
+    preprocessing: dict[str, Any]
+    class_names: dict[int, str]
+    task: str
+
+
 class MlflowTracker:
     """The engine's :class:`imaging.pipelines.train.Tracker` backed by MLflow."""
 
@@ -112,13 +127,13 @@ class MlflowTracker:
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> MlflowTracker:
-        from imaging.selection.apply import rule_for_registry
-
+    def from_config(cls, cfg: DictConfig, series_rule: dict[str, Any] | None = None) -> MlflowTracker:
+        """``series_rule``: the inference selection rule registered with the model (the training
+        pipeline resolves it: tracking knows nothing of selection)."""
         uri, location = tracking_uri_from_config(cfg)
         tracker = cls(uri, str(cfg.tracking.experiment_name), location, str(cfg.tracking.registered_model_name),
                       str(cfg.tracking.alias))
-        tracker.selection = rule_for_registry(cfg)  # issue 19: the inference selection rule travels with the model
+        tracker.selection = series_rule  # issue 19: the inference selection rule travels with the model
         return tracker
 
     def _experiment_id(self) -> str:
@@ -178,7 +193,7 @@ class MlflowTracker:
         for path in paths:
             mlflow.log_artifact(str(path), "checkpoints")
 
-    def register(self, network: torch.nn.Module, plan: TrainPlan, metrics: dict[str, float],
+    def register(self, network: torch.nn.Module, plan: RegistrablePlan, metrics: dict[str, float],
                  selection: dict[str, Any]) -> dict[str, Any]:
         """Register the best weights with ``metrics`` (their epoch's validation) and lineage tags."""
         lineage = {"run_id": str(self.run_id), "config_hash": plan.config_hash,

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from imaging.launch.env import parse_hostlist
+from imaging.jobenv import parse_hostlist
 from imaging.launch.slurm import TaskState, job_states
 from tests.fixtures.slurm_cluster import SlurmCluster
 

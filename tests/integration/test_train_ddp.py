@@ -23,7 +23,7 @@ from imaging.engine.config import validate_config
 from imaging.engine.distributed import Dist, setup, teardown
 from imaging.engine.loops import validate
 from imaging.engine.metrics import SegMetricAccumulator
-from imaging.launch.env import DistEnv
+from imaging.jobenv import DistEnv
 from imaging.models.registry import build_network
 from tests.fixtures.train_data import compose_train, make_train_dataset, tiny_train_overrides
 

@@ -91,7 +91,7 @@ def test_load_bundle_reproduces_predictions(trained: tuple[Path, Path, TrainResu
     # Loadable elsewhere: the imaging package travels as code, requirements carry no local '+cpu' label.
     reqs = (next(local.rglob("requirements.txt"))).read_text().split()
     assert any(r.startswith("torch==") for r in reqs) and not [r for r in reqs if "+" in r]
-    assert list(local.rglob("code/imaging/tracking/pyfunc_model.py"))
+    assert list(local.rglob("code/imaging/models/pyfunc_model.py"))
 
 
 def test_promote_moves_alias(trained: tuple[Path, Path, TrainResult], capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,6 +10,7 @@ script, and takes a site's own experiment from ``IMAGING_CONFIG_DIR``.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,8 +26,15 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     tmp = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of the sources: setuptools' build/ would otherwise land in the checkout
+    # (and keep modules deleted since, which then ship in the next wheel).
+    src = tmp / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    shutil.copytree(REPO / "imaging", src / "imaging", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp / "dist"), str(REPO)], check=True, capture_output=True, timeout=600)
+                    "-w", str(tmp / "dist"), str(src)], check=True, capture_output=True, timeout=600)
     (wheel,) = (tmp / "dist").glob("imaging-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "imaging/conf/train.yaml" in names and "imaging/launch/templates/train.sbatch.j2" in names

@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from imaging.deid.apply import deidentify_dataset
 from imaging.deid.options import DeidOptions
+from imaging.deid.seg_header import header_deid
 from imaging.dicom.seg import load_source, write_seg
 from imaging.resources import CONF_DIR
 from tests.unit.test_seg_writer import CODES, PSEUDO, nifti_mask, write_source
@@ -25,7 +26,7 @@ def test_seg_header_follows_the_configured_options(tmp_path: Path) -> None:
     for name, options in (("default", None), ("full-dates", DeidOptions(retain_longitudinal_full_dates=True,
                                                                           retain_longitudinal_modified_dates=False))):
         res = write_seg(tmp_path / f"{name}.dcm", source, labels, affine, {1: "liver", 3: "spleen"}, CODES,
-                        algorithm_name="unet", algorithm_version="3", pseudonymizer=PSEUDO, deid_options=options)
+                        algorithm_name="unet", algorithm_version="3", pseudonymizer=PSEUDO, header_deid=header_deid(PSEUDO, options))
         assert res is not None
         raw = res.path.read_bytes()
         assert raw[:128] == bytes(128) and raw[128:132] == b"DICM"
@@ -80,7 +81,7 @@ def test_seg_and_rtstruct_from_per_image_headers_equal_whole_header_deid(tmp_pat
                                                                           options) -> None:
     """Slices after the first: only what highdicom reads, UIDs mapped as deid maps them; the same objects
     as with each slice's whole header de-identified, with default options and with retain_uids."""
-    import imaging.dicom.seg as seg_mod
+    import imaging.deid.seg_header as seg_mod
     from imaging.dicom.rtstruct import write_rtstruct
 
     source = load_source(write_source(tmp_path / "src", "axial", patient="CANARYxPHI"))
@@ -90,9 +91,9 @@ def test_seg_and_rtstruct_from_per_image_headers_equal_whole_header_deid(tmp_pat
         if flavour == "whole":
             monkeypatch.setattr(seg_mod, "_per_image_deidentified", seg_mod.deidentified_header)
         write_seg(tmp_path / f"{flavour}.dcm", source, labels, affine, names, CODES, algorithm_name="unet",
-                  algorithm_version="3", pseudonymizer=PSEUDO, deid_options=options)
+                  algorithm_version="3", pseudonymizer=PSEUDO, header_deid=header_deid(PSEUDO, options))
         write_rtstruct(tmp_path / f"{flavour}-rt.dcm", source, labels, affine, names, algorithm_name="unet",
-                       algorithm_version="3", pseudonymizer=PSEUDO, deid_options=options)
+                       algorithm_version="3", pseudonymizer=PSEUDO, header_deid=header_deid(PSEUDO, options))
     assert len(source.headers) > 2
     fast, whole = _content(tmp_path / "fast.dcm"), _content(tmp_path / "whole.dcm")
     assert fast == whole

@@ -13,8 +13,13 @@ import nibabel as nib
 import numpy as np
 
 from imaging.dicom.catalog import CatalogRow
-from imaging.engine.batch import BatchRunner, BatchSettings, ModelInfo, prefetch_workers_from_cpus
 from imaging.engine.predict import InferenceOptions, SeriesPredictor
+from imaging.pipelines.batch import (
+    BatchRunner,
+    BatchSettings,
+    ModelInfo,
+    prefetch_workers_from_cpus,
+)
 from tests.unit.test_infer_predict import PRE, threshold_net, write_volume
 
 

@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 
 from imaging.dicom.catalog import read_catalog
-from imaging.engine.batch import (
+from imaging.engine.predict import InferenceOptions, SeriesPredictor
+from imaging.engine.report import ReportRow, label_volumes, overlay_montage, read_report
+from imaging.keys import Pseudonymizer
+from imaging.pipelines.batch import (
     BatchRunner,
     BatchSettings,
     ModelInfo,
@@ -23,9 +26,6 @@ from imaging.engine.batch import (
     merge_reports,
     shard_keys,
 )
-from imaging.engine.predict import InferenceOptions, SeriesPredictor
-from imaging.engine.report import ReportRow, label_volumes, overlay_montage, read_report
-from imaging.keys import Pseudonymizer
 from imaging.pipelines.ingest import ingest
 from tests.unit.test_infer_predict import threshold_net
 from tests.unit.test_seg_writer import write_source

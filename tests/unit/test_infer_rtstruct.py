@@ -16,6 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from imaging.deid.seg_header import header_deid
 from imaging.dicom.rtstruct import (
     RT_STRUCTURE_SET,
     rasterise_contours,
@@ -90,9 +91,9 @@ def test_rtstruct_and_seg_read_back_to_the_same_mask(tmp_path: Path) -> None:
     source = load_source(write_source(tmp_path / "src", "oblique", rows=28, cols=30, patient=CANARY))
     labels, affine = nifti_mask()
     write_seg(tmp_path / "seg.dcm", source, labels, affine, NAMES, {}, algorithm_name="m", algorithm_version="1",
-              pseudonymizer=PSEUDO, identity="deidentified")
+              pseudonymizer=PSEUDO, header_deid=header_deid(PSEUDO), identity="deidentified")
     write_rtstruct(tmp_path / "rt.dcm", source, labels, affine, NAMES, algorithm_name="m", algorithm_version="1",
-                   pseudonymizer=PSEUDO, identity="deidentified")
+                   pseudonymizer=PSEUDO, header_deid=header_deid(PSEUDO), identity="deidentified")
     rt = pydicom.dcmread(tmp_path / "rt.dcm")
     seg = pydicom.dcmread(tmp_path / "seg.dcm")
     assert CANARY not in str(rt)  # deidentified like the SEG, same pseudonyms
@@ -129,7 +130,7 @@ def test_rtstruct_dciodvfy_accepts_it(tmp_path: Path) -> None:
     source = load_source(write_source(tmp_path / "src", "tilt"))
     labels, affine = nifti_mask()
     write_rtstruct(tmp_path / "rt.dcm", source, labels, affine, NAMES, algorithm_name="m", algorithm_version="1",
-                   pseudonymizer=PSEUDO, identity="deidentified")
+                   pseudonymizer=PSEUDO, header_deid=header_deid(PSEUDO), identity="deidentified")
     proc = subprocess.run([dciodvfy, str(tmp_path / "rt.dcm")], capture_output=True, text=True, timeout=60)
     report = proc.stdout + proc.stderr
     assert "RTStructureSet" in report or "RT Structure Set" in report, report[:2000]

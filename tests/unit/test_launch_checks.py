@@ -10,7 +10,7 @@ import pytest
 
 from imaging.apps.submit import main as submit_main
 from imaging.errors import UsageError
-from imaging.launch.env import job_tags
+from imaging.jobenv import job_tags
 from imaging.launch.pipeline import split_sections
 from imaging.launch.submit import prepare
 from tests.fixtures.train_data import make_train_dataset

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imaging.launch.env import (
+from imaging.jobenv import (
     DEFAULT_PORT,
     dist_env,
     first_host,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from imaging.launch.env import port_from_job_id
+from imaging.jobenv import port_from_job_id
 from imaging.launch.render import JobSpec, LauncherConfigError, array_spec, render, tasks_per_node
 from imaging.launch.submit import prepare, split_overrides
 

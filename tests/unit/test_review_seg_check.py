@@ -15,6 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from imaging.deid.seg_header import header_deid
 from imaging.dicom.seg import load_source, write_seg
 from imaging.review.seg_check import seg_agrees_with_source, source_files_for
 from tests.unit.test_seg_writer import CODES, PSEUDO, nifti_mask, write_source
@@ -31,7 +32,7 @@ def _make(tmp_path: Path, kind: str = "axial", identity: str = "source", seg_typ
     # As inference does: the SEG and the NIfTI share the affine as stored (float32 in the header).
     affine = nib.load(str(nifti)).affine
     result = write_seg(tmp_path / "seg.dcm", load_source(src_json), labels, affine, NAMES, CODES,
-                       algorithm_name="unet", algorithm_version="1", pseudonymizer=PSEUDO, identity=identity,
+                       algorithm_name="unet", algorithm_version="1", pseudonymizer=PSEUDO, header_deid=header_deid(PSEUDO), identity=identity,
                        segmentation_type=seg_type)
     assert result is not None
     files = [Path(p) for p in json.loads(src_json.read_text())["files"]]

@@ -16,6 +16,7 @@ import pydicom
 import pytest
 import torch
 
+from imaging.deid.seg_header import header_deid
 from imaging.dicom.seg import load_source, write_seg
 from imaging.engine.predict import InferenceOptions, SeriesPredictor
 from imaging.selection.apply import LabelSubsetPredictor
@@ -70,7 +71,8 @@ def _uids(out: Path, src_json: Path, labels: np.ndarray, affine: np.ndarray, nam
           seg_type: str = "BINARY", pseudo: bool = False) -> tuple[str, str]:
     result = write_seg(out, load_source(src_json), labels, affine, names, CODES, algorithm_name="unet",
                        algorithm_version="7", segmentation_type=seg_type,
-                       **({"pseudonymizer": PSEUDO} if pseudo else {"identity": "source"}))
+                       **({"pseudonymizer": PSEUDO, "header_deid": header_deid(PSEUDO)} if pseudo
+                          else {"identity": "source"}))
     assert result is not None
     ds = pydicom.dcmread(out, stop_before_pixels=True)
     assert (str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID)) == (result.sop_instance_uid,

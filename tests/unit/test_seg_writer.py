@@ -22,6 +22,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from imaging.deid.seg_header import header_deid
 from imaging.dicom.seg import load_source, read_seg_frames, sample_labels, write_seg
 from imaging.keys import Pseudonymizer
 
@@ -220,7 +221,7 @@ def test_seg_deidentified_identity(tmp_path: Path) -> None:
     labels, affine = nifti_mask()
     source = load_source(src_json)
     res = write_seg(tmp_path / "seg.dcm", source, labels, affine, {1: "liver", 3: "spleen"}, CODES,
-                    algorithm_name="unet", algorithm_version="3", pseudonymizer=PSEUDO)
+                    algorithm_name="unet", algorithm_version="3", pseudonymizer=PSEUDO, header_deid=header_deid(PSEUDO))
     assert res is not None
     ds = pydicom.dcmread(res.path)
     h = source.headers[0]

@@ -117,7 +117,7 @@ def test_every_network_builds_from_its_shipped_config(name: str, setup) -> None:
 def test_dice_and_hd95_per_label_skip_absent_labels() -> None:
     from imaging.engine.distributed import Dist
     from imaging.engine.metrics import SegMetricAccumulator
-    from imaging.launch.env import DistEnv
+    from imaging.jobenv import DistEnv
 
     target = torch.zeros(1, 1, 16, 16, 16, dtype=torch.long)
     target[..., 4:10, 4:10, 4:10] = 1

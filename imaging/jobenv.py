@@ -1,4 +1,8 @@
-"""Where am I in a distributed job? Rank, local rank, world size, rendezvous.
+"""Where am I in a distributed job? Rank, local rank, world size, rendezvous, job tags.
+
+A leaf module (it imports nothing of ours): the DDP set-up (engine), the run's job
+tags (tracking) and the sbatch rendering (launch) all read the same environment, and
+none of those layers may import another's.
 
 Read once from the environment that started us: torchrun (RANK, LOCAL_RANK,
 WORLD_SIZE, MASTER_ADDR/PORT), Slurm ``srun`` (SLURM_PROCID, SLURM_LOCALID,
