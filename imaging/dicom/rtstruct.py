@@ -26,6 +26,7 @@ common convention of planning systems), which is what :func:`rasterise_contours`
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
 import warnings
@@ -124,6 +125,15 @@ def _base(first: Dataset, series_uid: str, sop_uid: str, label: str, algorithm: 
     return ds
 
 
+def _mask_digest(labels: np.ndarray, affine_ras: np.ndarray, names: Mapping[int, str]) -> str:
+    """A digest of what the contours are drawn from: the mask, its grid and the ROI names."""
+    h = hashlib.sha256()
+    h.update(f"{labels.shape}|{labels.dtype.str}|{np.round(np.asarray(affine_ras, float), 4).tolist()}|".encode())
+    h.update(repr(sorted(names.items())).encode())
+    h.update(np.ascontiguousarray(labels).data)
+    return h.hexdigest()[:32]
+
+
 def write_rtstruct(
     out_path: str | os.PathLike[str],
     source: SourceSeries,
@@ -164,7 +174,10 @@ def write_rtstruct(
         headers = header_deid(headers)
     first = headers[0]
     multi = source.is_multiframe
-    seed = f"rtstruct:{first.SeriesInstanceUID}:{algorithm_name}:{algorithm_version}"
+    # The content is in the seed, as for the SEG: a mask changed by an option (largest_component,
+    # labels, tta_flip) is a new object under a new UID, never a stale one under the old UID.
+    seed = (f"rtstruct:{first.SeriesInstanceUID}:{algorithm_name}:{algorithm_version}:"
+            f"{_mask_digest(labels, affine_ras, {v: label_names.get(v, str(v)) for v in present})}")
     uid_src = pseudonymizer.uid if pseudonymizer is not None else (lambda s: generate_uid())
     ds = _base(first, uid_src(seed + ":series"), uid_src(seed + ":sop"), algorithm_name, algorithm_name,
                str(algorithm_version))

@@ -136,3 +136,22 @@ def test_rtstruct_dciodvfy_accepts_it(tmp_path: Path) -> None:
     assert "RTStructureSet" in report or "RT Structure Set" in report, report[:2000]
     errors = [line for line in report.splitlines() if line.startswith("Error")]
     assert not errors, "\n".join(errors)
+
+
+def test_rtstruct_uid_follows_the_mask(tmp_path: Path) -> None:
+    """An option that changes the mask (largest_component, labels, tta_flip) gives a new UID; the same
+    mask the same UID (a re-run stays 'already present' in the archive)."""
+    source = load_source(write_source(tmp_path / "src", "axial", rows=28, cols=30))
+    labels, affine = nifti_mask()
+
+    def uids(mask: np.ndarray, name: str) -> tuple[str, str]:
+        write_rtstruct(tmp_path / name, source, mask, affine, NAMES, algorithm_name="m", algorithm_version="1",
+                       pseudonymizer=PSEUDO, header_deid=header_deid(PSEUDO))
+        ds = pydicom.dcmread(tmp_path / name, stop_before_pixels=True)
+        return str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+
+    first, again = uids(labels, "a.dcm"), uids(labels.copy(), "b.dcm")
+    only_liver = np.where(labels == 1, labels, 0).astype(labels.dtype)
+    changed = uids(only_liver, "c.dcm")
+    assert first == again
+    assert changed[0] != first[0] and changed[1] != first[1]
