@@ -64,6 +64,9 @@ def site_config(recipe_yaml: str, settings: SiteSettings) -> DictConfig:
     cfg.data.dataset_dir = str(settings.dataset_dir)
     cfg.data.cache_dir = str(settings.work_dir / "cache")
     cfg.run_dir = str(settings.work_dir)
+    # Sites train, validate and evaluate in fp32 (amp=False below): the preprocessing the model is
+    # registered with must say so, or inference would serve it in the trainer config's precision.
+    cfg.trainer.amp = False
     return cfg
 
 

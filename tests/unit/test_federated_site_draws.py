@@ -97,3 +97,11 @@ def test_the_learning_rate_follows_the_trainer_schedule_across_rounds(tmp_path: 
         ref_opt.step()
         ref.step()
     assert seen == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_site_registers_the_precision_it_trains_in(tmp_path: Path) -> None:
+    """Sites train in fp32: the preprocessing sent to the coordinator (and registered) says amp off,
+    even where the experiment's trainer config asks for AMP."""
+    dataset = make_train_dataset(tmp_path / "ds", subjects=4, shape=(32, 32, 16))
+    site = _site(tmp_path, dataset, "work")
+    assert site.plan.preprocessing["precision"]["amp"] is False
