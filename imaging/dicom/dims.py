@@ -40,6 +40,7 @@ EXTRA_WANTED: dict[int, tuple[str, str]] = {
     0x00181312: ("InPlanePhaseEncodingDirection", "s"), 0x00189089: ("DiffusionGradientOrientation", "fdn"),
     0x0019100A: ("SiemensNumberOfImagesInMosaic", "us"), 0x0019100C: ("SiemensBValue", "is"),
     0x0019100E: ("SiemensDiffusionGradientDirection", "fdn"), 0x00291010: ("SiemensCSAImageHeader", "raw"),
+    0x00191028: ("SiemensBandwidthPerPixelPhaseEncode", "fdn"),
     0x00431039: ("GESlopInt6to9", "is"), 0x0043102F: ("GEImageType", "us"),
     0x001910BB: ("GEDiffusionX", "ds"), 0x001910BC: ("GEDiffusionY", "ds"), 0x001910BD: ("GEDiffusionZ", "ds"),
     0x20011003: ("PhilipsBValue", "fl"), 0x20011004: ("PhilipsDiffusionDirection", "s"),
@@ -159,6 +160,19 @@ def _csa(raw: Any) -> dict[str, Any]:
             value = None
         if value is not None:
             out[key] = float(value) if key == "b" else int(value)
+    try:  # per-tile acquisition times of a mosaic (ms): the BIDS SliceTiming
+        n = int(csa["tags"]["MosaicRefAcqTimes"]["n_items"])
+        times = csareader.get_vector(csa, "MosaicRefAcqTimes", n) if n > 1 else None
+    except (KeyError, IndexError, ValueError, TypeError, csareader.CSAReadError):
+        times = None
+    if times is not None:
+        out["slice_times"] = [float(x) for x in times]
+    try:
+        positive = csareader.get_scalar(csa, "PhaseEncodingDirectionPositive")
+    except (KeyError, IndexError, csareader.CSAReadError):
+        positive = None
+    if positive is not None:
+        out["pe_pos"] = int(positive)
     for key, name in (("bvec", "DiffusionGradientDirection"), ("normal", "SliceNormalVector")):
         try:
             vec = csareader.get_vector(csa, name, 3)
@@ -203,6 +217,14 @@ def header_dims(get: Callable[[str], Any]) -> dict[str, Any]:
             out["mosaic"] = csa.get("mosaic") or int(get("SiemensNumberOfImagesInMosaic"))
             if csa.get("normal"):
                 out["csa_normal"] = csa["normal"]
+            if len(csa.get("slice_times") or ()) == out["mosaic"]:
+                out["slice_times"] = csa["slice_times"]  # one per tile: mosaic.py gives each its own
+        if csa.get("pe_pos") is not None:
+            out["pe_pos"] = csa["pe_pos"]
+        bw = get("SiemensBandwidthPerPixelPhaseEncode")
+        bw = bw[0] if isinstance(bw, list) and bw else bw
+        if isinstance(bw, (int, float)) and bw > 0:
+            out["bwpppe"] = float(bw)  # Hz/pixel along phase encoding: the BIDS readout time
         if b is None:
             b = csa.get("b")
         if vec is None:

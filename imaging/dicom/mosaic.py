@@ -63,6 +63,9 @@ def mosaic_items(row: dict[str, Any], base: dict[str, Any]) -> list[dict[str, An
              + r_dir * d_col * (int(row["cols"]) - tile_cols) / 2)
     t = dict(base.get("t") or {})
     normal = t.pop("csa_normal", None)
+    times = t.pop("slice_times", None)  # CSA MosaicRefAcqTimes: tile k's acquisition time (ms)
+    if not (isinstance(times, list) and len(times) == n):
+        times = None
     if isinstance(normal, list) and len(normal) == 3 and np.linalg.norm(normal) > 0.5:
         nvec = np.asarray(normal, float) / np.linalg.norm(normal)
     else:
@@ -76,7 +79,8 @@ def mosaic_items(row: dict[str, Any], base: dict[str, Any]) -> list[dict[str, An
     tile_row = {**row, "rows": tile_rows, "cols": tile_cols, "n_frames": n,
                 "mosaic": {"n": n, "side": side, "rows": int(row["rows"]), "cols": int(row["cols"])}}
     return [{"ipp": [float(v) for v in first + k * float(dz) * nvec], "iop": iop, "sp": sp,
-             "slope": base.get("slope"), "intercept": base.get("intercept"), "t": t, "row": tile_row}
+             "slope": base.get("slope"), "intercept": base.get("intercept"),
+             "t": t if times is None else {**t, "slice_time": times[k]}, "row": tile_row}
             for k in range(n)]
 
 

@@ -95,6 +95,45 @@ def axis_codes(affine: Any) -> str:
     return "".join(out)
 
 
+def _phase_encoding(vol: VolumePlan, grid: Grid, axis: str | None, direction: str,
+                    shape: tuple[int, ...]) -> dict[str, Any]:
+    """PhaseEncodingDirection (with its sign where Siemens' CSA gives it, else PhaseEncodingAxis),
+    EffectiveEchoSpacing and TotalReadoutTime (Siemens (0019,1028) BandwidthPerPixelPhaseEncode),
+    as dcm2niix derives them: EES = 1 / (BWPPPE x ReconMatrixPE), TRT = EES x (ReconMatrixPE - 1)."""
+    import numpy as np
+
+    if axis is None:
+        return {}
+    t = vol.slices[0][0].t
+    out: dict[str, Any] = {}
+    positive = t.get("pe_pos")
+    if positive is None:
+        out["PhaseEncodingAxis"] = axis
+    else:
+        # CSA PhaseEncodingDirectionPositive=1: along +the DICOM direction (0018,1312) names
+        # (rows: the row cosine; COL: the column cosine); the sign is that of our voxel axis.
+        lps = np.asarray(grid.row_dir if direction.upper().startswith("ROW") else grid.col_dir, float)
+        ras = lps * np.array([-1.0, -1.0, 1.0]) * (1.0 if positive else -1.0)
+        column = np.asarray(grid.affine_ras, float)[:3, "ijk".index(axis)]
+        out["PhaseEncodingDirection"] = axis if float(ras @ column) > 0 else f"{axis}-"
+    bw = t.get("bwpppe")
+    n_pe = shape["ijk".index(axis)] if len(shape) > "ijk".index(axis) else 0
+    if isinstance(bw, (int, float)) and bw > 0 and n_pe > 1:
+        spacing = 1.0 / (float(bw) * n_pe)
+        out["EffectiveEchoSpacing"] = float(f"{spacing:.6g}")
+        out["TotalReadoutTime"] = float(f"{spacing * (n_pe - 1):.6g}")
+    return out
+
+
+def _slice_timing(vol: VolumePlan, grid: Grid) -> list[float] | None:
+    """Each written slice's acquisition time in s from the volume's start (Siemens mosaics:
+    CSA MosaicRefAcqTimes), in the volume's slice order; None when unknown or resampled."""
+    times = [s.t.get("slice_time") for s in vol.slices[0]]
+    if grid.resampled or not times or any(not isinstance(x, (int, float)) for x in times):
+        return None
+    return [round(float(x) / 1000.0, 6) for x in times]
+
+
 def build_sidecar(
     plan: SeriesPlan, vol: VolumePlan, data_shape: tuple[int, ...], *, keep_patient_characteristics: bool = False
 ) -> dict[str, Any]:
@@ -107,8 +146,10 @@ def build_sidecar(
     ts = params.pop("TransferSyntaxUID", None)
     pe_axis = phase_encoding_axis(grid, grid.affine_ras, params.get("InPlanePhaseEncodingDirection"))
     out: dict[str, Any] = dict(sorted(bids_keys(params).items()))
-    if pe_axis:
-        out["PhaseEncodingAxis"] = pe_axis
+    out.update(_phase_encoding(vol, grid, pe_axis, str(params.get("InPlanePhaseEncodingDirection") or ""),
+                               data_shape))
+    if (timing := _slice_timing(vol, grid)) is not None:
+        out["SliceTiming"] = timing
     out.update({
         "TransferSyntax": ts_name(ts) if ts else None,
         "NumberOfInstances": vol.n_instances,

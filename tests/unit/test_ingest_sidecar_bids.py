@@ -77,11 +77,28 @@ def test_sidecar_values_match_dcm2niix(tmp_path: Path, writer: str) -> None:
                     assert side.get(key) == pytest.approx(ref[key], rel=1e-4), key
                 compared += 1
         assert side["EchoTime"] < 1.0 and side["RepetitionTime"] < 30.0  # seconds, not ms
-        for path, t in theirs:  # the phase-encoding axis names the same world direction
-            if t.get("EchoTime") == side["EchoTime"] and "PhaseEncodingDirection" in t and "PhaseEncodingAxis" in side:
-                a, b = _world_axis(nii, side["PhaseEncodingAxis"]), _world_axis(path, t["PhaseEncodingDirection"])
+        for path, t in theirs:
+            if t.get("EchoTime") != side["EchoTime"] or "PhaseEncodingDirection" not in t:
+                continue
+            # the phase-encoding axis (and its sign, where we claim one) names the same world direction
+            ours_pe = side.get("PhaseEncodingDirection") or side.get("PhaseEncodingAxis")
+            assert ours_pe, sorted(side)
+            a, b = _world_axis(nii, ours_pe), _world_axis(path, t["PhaseEncodingDirection"])
+            if "PhaseEncodingDirection" in side:
+                a, b = a * (-1 if ours_pe.endswith("-") else 1), b * (-1 if t["PhaseEncodingDirection"].endswith("-") else 1)
+                assert float(a @ b) > 0.99, (ours_pe, t["PhaseEncodingDirection"])
+            else:
                 assert abs(float(a @ b)) > 0.99
+            for key in ("TotalReadoutTime", "EffectiveEchoSpacing"):
+                if key in t:
+                    assert side.get(key) == pytest.approx(t[key], rel=1e-4), key
+            if "SliceTiming" in t:  # matched slice by slice through the world: k may run either way
+                k_ours, k_theirs = _world_axis(nii, "k"), _world_axis(path, "k")
+                timing = side["SliceTiming"] if float(k_ours @ k_theirs) > 0 else side["SliceTiming"][::-1]
+                assert timing == pytest.approx(t["SliceTiming"], abs=1e-4)
     assert compared >= 5 * len(ours)
+    if writer == "mosaic":  # dcm2niix's Siemens-derived values are there to compare with
+        assert {"SliceTiming", "TotalReadoutTime", "PhaseEncodingDirection"} <= set(ours[0][1])
 
 
 def test_multi_echo_lists_in_seconds(tmp_path: Path) -> None:
