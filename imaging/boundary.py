@@ -102,7 +102,9 @@ def record_private(private_dir: Path | None, *, stage: str, where: str, exc: Bas
 
 def private_side(private_dir: Path | None, out: Path) -> Path:
     """Where a failure's raw text goes: the given private side, else ``<out>.private`` beside ``out``."""
-    return Path(private_dir) if private_dir is not None else out.with_name(out.name + ".private")
+    from imaging.layout import private_dir_of
+
+    return private_dir_of(out, private_dir)
 
 
 def failure_reason(exc: BaseException, *, stage: str, where: str, private_dir: Path | None,

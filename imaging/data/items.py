@@ -8,7 +8,6 @@ logged, cached and saved as the split artifact.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from imaging.dicom.catalog import CATALOG_NAME, CatalogRow, read_catalog
+from imaging.layout import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,6 @@ class DatasetInfo:
     @property
     def ok_rows(self) -> list[CatalogRow]:
         return [r for r in self.rows if r.status == "ok"]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_dataset_info(dataset_dir: str | Path) -> DatasetInfo:

@@ -68,6 +68,7 @@ from imaging.engine.writer import (
 )
 from imaging.fsutil import atomic_write_json
 from imaging.keys import Pseudonymizer
+from imaging.layout import private_dir_of
 
 log = logging.getLogger(__name__)
 OUTPUT_FILES = ("seg.nii.gz",)  # always written for an ok series; seg.dcm/overlay.png when produced
@@ -234,14 +235,14 @@ def resolve_input(input_path: str | Path, output_dir: Path, pseudonymizer: Pseud
     if path.is_file() and path.suffix == ".csv":
         path = path.parent
     if (path / "catalog.csv").is_file():
-        return path, Path(private_dir) if private_dir else path.with_name(path.name + ".private")
+        return path, private_dir_of(path, private_dir)
     if pseudonymizer is None:
         raise ValueError(f"input '{path}' is a PACS export: ingesting it needs the project secret")
     from imaging.pipelines.ingest import ingest  # only a PACS export pays for it
 
     work = output_dir / "work"
     dataset = work / "dataset"
-    private = Path(private_dir) if private_dir else output_dir.with_name(output_dir.name + ".private")
+    private = private_dir_of(output_dir, private_dir)
     work.mkdir(parents=True, exist_ok=True)
     with open(work / ".ingest.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

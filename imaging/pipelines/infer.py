@@ -21,6 +21,7 @@ from imaging.dicom.catalog import CatalogRow, read_catalog
 from imaging.engine.predict import InferenceOptions, SeriesPredictor
 from imaging.keys import Pseudonymizer, SecretError
 from imaging.launch.submit import array_model_uri
+from imaging.layout import private_dir_of
 from imaging.pipelines.batch import (
     BatchResult,
     BatchRunner,
@@ -152,8 +153,7 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
     pseudo = _pseudonymizer(cfg, needed=is_pacs or (cfg.seg.enabled and cfg.seg.identity == "deidentified"))
     if cfg.merge_only:
         dataset = out / "work" / "dataset" if is_pacs else Path(str(cfg.input))
-        private_m = Path(str(cfg.private_dir)) if cfg.get("private_dir") else (
-            out.with_name(out.name + ".private") if is_pacs else dataset.with_name(dataset.name + ".private"))
+        private_m = private_dir_of(out if is_pacs else dataset, cfg.get("private_dir"))
         catalog, chosen = _catalog(cfg, dataset, private_m, bundle, rule)
         keys = sorted(r.series_key for r in catalog)
         path, complete = merge_reports(out, keys, model)
@@ -165,7 +165,7 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
     source: str | Path = str(cfg.input)
     if remote:  # pull into the private side, then ingest it as any PACS export
         assert pseudo is not None
-        private_dir = Path(str(cfg.private_dir)) if cfg.get("private_dir") else out.with_name(out.name + ".private")
+        private_dir = private_dir_of(out, cfg.get("private_dir"))
         (out / "work").mkdir(parents=True, exist_ok=True)
         with open(out / "work" / ".pull.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # array tasks: one pulls, the others then find it on disk

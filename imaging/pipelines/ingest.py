@@ -35,6 +35,7 @@ from imaging.dicom.scan import ScanStats, open_index, scan
 from imaging.dicom.series import SEG_CLASSES
 from imaging.fsutil import atomic_open, atomic_write_json, sync_filesystems
 from imaging.keys import Pseudonymizer, Redactor, write_private_names
+from imaging.layout import DatasetLayout
 from imaging.pipelines.ingest_series import BatchResult, SeriesContext, process_batch
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ MIN_SERIES_FOR_POOL = 8
 
 
 def default_private_dir(output_dir: str | os.PathLike[str]) -> Path:
-    return Path(f"{Path(output_dir).resolve()}.private")
+    return DatasetLayout.at(output_dir).private
 
 
 def ingest(

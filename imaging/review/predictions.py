@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from imaging.layout import private_dir_of
 from imaging.review.dataset import load_catalog, load_labels, load_nifti
 from imaging.review.plots import LABEL_COLOURS
 
@@ -53,7 +54,7 @@ def prediction_paths(predictions_dir: str | os.PathLike[str], dataset_dir: str |
     if private_dir:
         priv: Path | None = Path(private_dir)
     else:
-        candidates = [out.with_name(out.name + ".private")] + ([ds.with_name(ds.name + ".private")] if ds_found else [])
+        candidates = [private_dir_of(out)] + ([private_dir_of(ds)] if ds_found else [])
         priv = next((p for p in candidates if (p / "sources").is_dir()), None)
     return PredictionPaths(out, ds_found, priv)
 

@@ -15,7 +15,6 @@ Keys, UIDs of written SEGs and counts only: no input path, no patient identifier
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 
+from imaging.layout import DatasetLayout, private_dir_of
 from imaging.tracking.inputs import log_dataset_input
 from imaging.tracking.summary import NOTE_TAG, inference_description
 
@@ -36,11 +36,7 @@ MAX_REVIEW_IMAGES = 6
 
 def catalog_sha256(dataset_dir: Path) -> str:
     """sha256 of ``catalog.csv`` (the hash training runs log as ``dataset.catalog_sha256``)."""
-    digest = hashlib.sha256()
-    with open(dataset_dir / "catalog.csv", "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return DatasetLayout(Path(dataset_dir), private_dir_of(dataset_dir)).catalog_sha256()
 
 
 def seg_series_uid(path: Path) -> str:
