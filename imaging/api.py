@@ -1,0 +1,103 @@
+"""The commands as a Python API, for notebooks and scripts: the same configs, the same pipelines.
+
+Each function composes the command's shipped config (and a site's, from
+``IMAGING_CONFIG_DIR``) with the given overrides, exactly as ``imaging <command>`` does,
+and runs the same pipeline, returning its result object instead of printing a table::
+
+    from imaging import api
+
+    api.ingest("export/", "dataset/", demo_key=True)
+    result = api.train("demo_seg", {"trainer.max_epochs": 2})
+    outcome = api.infer("models:/demo_seg@champion", "new_export/", "predictions/", demo_key=True)
+
+Overrides are Hydra's, as a mapping (``{"trainer.max_epochs": 2}``) or a list
+(``["trainer.max_epochs=2", "model=segresnet"]``). A bad key or value raises Hydra's own
+exception (the command line turns it into one line and exit 2). Like nnU-Net's
+predictor class beside its command line, this is a thin layer: the pipelines hold the work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from imaging.pipelines.federate import FederateResult
+    from imaging.pipelines.infer import InferenceOutcome
+    from imaging.pipelines.ingest import IngestSummary
+    from imaging.pipelines.train import TrainResult
+
+Overrides = Mapping[str, Any] | Sequence[str] | None
+
+
+def _override_list(overrides: Overrides, **named: Any) -> list[str]:
+    out = [f"{k}={_hydra_value(v)}" for k, v in named.items() if v is not None]
+    if isinstance(overrides, Mapping):
+        out += [f"{k}={_hydra_value(v)}" for k, v in overrides.items()]
+    elif overrides:
+        out += [str(o) for o in overrides]
+    return out
+
+
+def _hydra_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str) and any(c in value for c in " ,=[]{}'\"()"):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"  # Hydra's quoted string
+    return str(value)
+
+
+def compose(command: str, overrides: Overrides = None) -> DictConfig:
+    """The resolved config ``imaging <command>`` would run with these overrides."""
+    from imaging.launch.submit import compose as compose_resolved
+
+    return compose_resolved(command, _override_list(overrides))
+
+
+def ingest(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str], overrides: Overrides = None, *,
+           secret_file: str | os.PathLike[str] | None = None, demo_key: bool = False) -> IngestSummary:
+    """``imaging ingest``: a PACS export -> a de-identified dataset (returns its summary)."""
+    from imaging.deid.apply import DeidOptions
+    from imaging.keys import Pseudonymizer
+    from imaging.pipelines.ingest import ingest as run
+
+    cfg = compose("ingest", _override_list(overrides, input_dir=input_dir, output_dir=output_dir,
+                                           secret_file=secret_file, demo_key=demo_key or None))
+    ps = Pseudonymizer.from_config(cfg.secret_file, cfg.demo_key)
+    options = DeidOptions.from_mapping(OmegaConf.to_container(cfg.deid_options, resolve=True))  # type: ignore[arg-type]
+    return run(cfg.input_dir, cfg.output_dir, ps, private_dir=cfg.private_dir, workers=cfg.workers, tilt=cfg.tilt,
+               uneven=cfg.uneven, split_4d=cfg.split_4d, labels_dir=cfg.labels_dir,
+               philips_precise=cfg.philips_precise, keep_patient_characteristics=cfg.keep_patient_characteristics,
+               progress=cfg.progress, withhold=options.policy(), keep_age_90_plus=options.keep_age_90_plus)
+
+
+def train(experiment: str | None = None, overrides: Overrides = None) -> TrainResult:
+    """``imaging train``: one training run (MLflow run, registered model) of ``experiment``."""
+    from imaging.pipelines.train import run
+
+    return run(compose("train", _override_list(overrides, experiment=experiment)))
+
+
+def infer(model: str, input: str | os.PathLike[str], output_dir: str | os.PathLike[str],  # noqa: A002
+          overrides: Overrides = None, *, secret_file: str | os.PathLike[str] | None = None,
+          demo_key: bool = False) -> InferenceOutcome:
+    """``imaging infer``: a registered model (``models:/NAME@ALIAS``) over an export, a dataset or an archive."""
+    from imaging.pipelines.infer import run_inference
+
+    return run_inference(compose("infer", _override_list(
+        overrides, model_uri=model, input=input, output_dir=output_dir, secret_file=secret_file,
+        demo_key=demo_key or None)))
+
+
+def federate(experiment: str | None = None, overrides: Overrides = None) -> FederateResult:
+    """``imaging federate``: federated training across the experiment's sites (Flower processes)."""
+    from imaging.pipelines.federate import run
+
+    return run(compose("federate", _override_list(overrides, experiment=experiment)))
