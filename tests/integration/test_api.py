@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imaging import api
+from imaging.apps import api
 from imaging.dicom.catalog import read_catalog
 from imaging.synth import generate
 

@@ -4,7 +4,7 @@ Each function composes the command's shipped config (and a site's, from
 ``IMAGING_CONFIG_DIR``) with the given overrides, exactly as ``imaging <command>`` does,
 and runs the same pipeline, returning its result object instead of printing a table::
 
-    from imaging import api
+    from imaging.apps import api
 
     api.ingest("export/", "dataset/", demo_key=True)
     result = api.train("demo_seg", {"trainer.max_epochs": 2})
@@ -14,6 +14,7 @@ Overrides are Hydra's, as a mapping (``{"trainer.max_epochs": 2}``) or a list
 (``["trainer.max_epochs=2", "model=segresnet"]``). A bad key or value raises Hydra's own
 exception (the command line turns it into one line and exit 2). Like nnU-Net's
 predictor class beside its command line, this is a thin layer: the pipelines hold the work.
+It lives with the commands (``imaging.apps``): only they call the pipelines.
 """
 
 from __future__ import annotations
