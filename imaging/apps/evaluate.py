@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -16,7 +15,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+from imaging.resources import CONF_DIR
 
 
 def result_table(result: dict[str, Any], title: str) -> Table:
@@ -40,7 +39,7 @@ def main() -> None:
     _main()
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def _main(cfg: DictConfig) -> None:
     from imaging.pipelines.evaluate import run
 

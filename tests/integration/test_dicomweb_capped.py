@@ -32,6 +32,7 @@ from imaging.pipelines.remote import (
     read_transfers,
     write_transfers,
 )
+from imaging.resources import CONF_DIR
 from tests.fixtures.orthanc import Orthanc, run_orthanc
 
 pytestmark = [pytest.mark.integration, pytest.mark.orthanc]
@@ -92,7 +93,7 @@ def test_capped_series_arrive_whole_and_transfers_say_ok(capped: dict, tmp_path:
     server: Orthanc = capped["server"]
     study, sops = capped["long"]
     many, many_sops = capped["many"]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         # study=UID: one value, as anyone types it (issue 29, 13), through the shipped infer config.
         cfg = compose("infer", overrides=["model_uri=models:/m@champion", f"input={server.dicomweb}",
                                           f"output_dir={tmp_path / 'out'}", f"paths.root_dir={tmp_path}",
@@ -190,7 +191,7 @@ def test_every_capped_series_gets_a_seg(capped: dict, tmp_path: Path, monkeypatc
             register_model(build_network(net), network_config=net, preprocessing=pre,
                            labels={0: "background", 1: "liver"}, task="segmentation", name="capped", alias="champion")
         out = tmp_path / "out"
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("infer", overrides=[
                 "model_uri=models:/capped@champion", f"input={server.dicomweb}", f"output_dir={out}",
                 f"paths.root_dir={tmp_path}", "demo_key=true", "overlay=false", "tracking.enabled=false",
