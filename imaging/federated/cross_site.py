@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,9 @@ def run_cross_site(grid: Grid, cfg: DictConfig) -> dict[str, Any]:
     wire: list[dict[str, Any]] = []
     for reply in grid.send_and_receive(messages, timeout=float(cfg.federation.round_timeout_s)):
         if reply.has_error():
-            # The site's own error text (a config error on its side); never its data.
-            errors[f"node-{reply.metadata.src_node_id}"] = str(reply.error.reason)[-500:]
+            # Only the exception types cross: the site's text may name its own paths, and this
+            # record reaches evaluation.json and MLflow. The text stays in the site's worker.log.
+            errors[f"node-{reply.metadata.src_node_id}"] = error_summary(str(reply.error.reason))
             continue
         who = reply.content.config_records["site"]
         site = str(who["name"])
@@ -124,3 +126,12 @@ def run_cross_site(grid: Grid, cfg: DictConfig) -> dict[str, Any]:
               "received": wire, "seconds": round(time.perf_counter() - start, 2)}
     atomic_write_json(run_dir / RESULT, result)
     return result
+
+
+_ERROR_TYPE = re.compile(r"\b[A-Z][A-Za-z0-9_]*(?:Error|Exception|Exit|Interrupt)\b")
+
+
+def error_summary(reason: str) -> str:
+    """The exception type(s) named in a site's error reply, never its message text."""
+    types = list(dict.fromkeys(_ERROR_TYPE.findall(reason)))
+    return (" / ".join(types) if types else "error") + " at the site (its worker.log has the details)"

@@ -67,6 +67,10 @@ def register_random_model(root: Path, seed: int = 7) -> str:
     uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
     (root / "mlflow").mkdir(parents=True, exist_ok=True)
     activate(uri)
+    # Artifacts under the test's root: a bare set_experiment puts them in ./mlruns of the checkout.
+    client = mlflow.MlflowClient(uri)
+    if client.get_experiment_by_name(MODEL) is None:
+        client.create_experiment(MODEL, artifact_location=(root / "mlflow" / "artifacts").as_uri())
     mlflow.set_experiment(MODEL)
     with mlflow.start_run(run_name="random-weights"):
         register_model(network, network_config=net_cfg, preprocessing=pre, labels=labels, task="segmentation",

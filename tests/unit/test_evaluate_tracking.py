@@ -81,3 +81,15 @@ def test_bad_split_or_unknown_model_is_exit_2_naming_it(tmp_path: Path, arg: str
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert key in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "demo").exists(), "nothing prepared before the refusal"
+
+
+def test_a_site_error_crosses_as_its_type_only() -> None:
+    """What a failing site answers reaches evaluation.json and MLflow: only exception types, never text."""
+    from imaging.federated.cross_site import error_summary
+
+    reason = ("<class 'imaging.federated.worker.WorkerError'>:<'FileNotFoundError: [Errno 2] No such file: "
+              "/data/O'BRIEN^SEAMUS_19570312/catalog.csv'>")
+    out = error_summary(reason)
+    assert out.startswith("WorkerError / FileNotFoundError at the site")
+    assert "BRIEN" not in out and "/data" not in out and "1957" not in out
+    assert error_summary("something went wrong") == "error at the site (its worker.log has the details)"
