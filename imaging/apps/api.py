@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 if TYPE_CHECKING:
     from imaging.pipelines.federate import FederateResult
@@ -65,18 +65,15 @@ def compose(command: str, overrides: Overrides = None) -> DictConfig:
 def ingest(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str], overrides: Overrides = None, *,
            secret_file: str | os.PathLike[str] | None = None, demo_key: bool = False) -> IngestSummary:
     """``imaging ingest``: a PACS export -> a de-identified dataset (returns its summary)."""
-    from imaging.deid.apply import DeidOptions
     from imaging.keys import Pseudonymizer
     from imaging.pipelines.ingest import ingest as run
+    from imaging.pipelines.ingest import ingest_options
 
     cfg = compose("ingest", _override_list(overrides, input_dir=input_dir, output_dir=output_dir,
                                            secret_file=secret_file, demo_key=demo_key or None))
     ps = Pseudonymizer.from_config(cfg.secret_file, cfg.demo_key)
-    options = DeidOptions.from_mapping(OmegaConf.to_container(cfg.deid_options, resolve=True))  # type: ignore[arg-type]
-    return run(cfg.input_dir, cfg.output_dir, ps, private_dir=cfg.private_dir, workers=cfg.workers, tilt=cfg.tilt,
-               uneven=cfg.uneven, split_4d=cfg.split_4d, labels_dir=cfg.labels_dir,
-               philips_precise=cfg.philips_precise, keep_patient_characteristics=cfg.keep_patient_characteristics,
-               progress=cfg.progress, withhold=options.policy(), keep_age_90_plus=options.keep_age_90_plus)
+    return run(cfg.input_dir, cfg.output_dir, ps, private_dir=cfg.private_dir, workers=cfg.workers,
+               labels_dir=cfg.labels_dir, progress=cfg.progress, **ingest_options(cfg))
 
 
 def train(experiment: str | None = None, overrides: Overrides = None) -> TrainResult:

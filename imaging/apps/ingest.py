@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from imaging.deid.options import DeidOptions
 from imaging.errors import require_dir, require_writable_dir
 from imaging.keys import Pseudonymizer
-from imaging.pipelines.ingest import IngestSummary, ingest
+from imaging.pipelines.ingest import IngestSummary, ingest, ingest_options
 from imaging.resources import CONF_DIR
 
 EXIT_FAILED = 1
@@ -51,13 +50,8 @@ def main(cfg: DictConfig) -> None:
     require_dir("input_dir", cfg.input_dir)
     require_writable_dir("output_dir", cfg.output_dir)
     ps = Pseudonymizer.from_config(cfg.secret_file, cfg.demo_key)
-    options = DeidOptions.from_mapping(OmegaConf.to_container(cfg.deid_options, resolve=True))  # type: ignore[arg-type]
-    summary = ingest(
-        cfg.input_dir, cfg.output_dir, ps, private_dir=cfg.private_dir, workers=cfg.workers, tilt=cfg.tilt,
-        uneven=cfg.uneven, split_4d=cfg.split_4d, labels_dir=cfg.labels_dir, philips_precise=cfg.philips_precise,
-        keep_patient_characteristics=cfg.keep_patient_characteristics, progress=cfg.progress,
-        withhold=options.policy(), keep_age_90_plus=options.keep_age_90_plus,
-    )
+    summary = ingest(cfg.input_dir, cfg.output_dir, ps, private_dir=cfg.private_dir, workers=cfg.workers,
+                     labels_dir=cfg.labels_dir, progress=cfg.progress, **ingest_options(cfg))
     print_summary(summary, console)
     if summary.failed and cfg.fail_on_error:
         raise SystemExit(EXIT_FAILED)

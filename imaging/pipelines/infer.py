@@ -171,7 +171,9 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
             fcntl.flock(lock, fcntl.LOCK_EX)  # array tasks: one pulls, the others then find it on disk
             source, transfers = pull_for_inference(cfg, private_dir, pseudo,
                                                    str(bundle.preprocessing.get("modality", "")))
-    dataset, private = resolve_input(source, out, pseudo, cfg.get("private_dir"))
+    from imaging.pipelines.ingest import ingest_options
+
+    dataset, private = resolve_input(source, out, pseudo, cfg.get("private_dir"), **ingest_options(cfg))
     if cfg.get("prepare_only", False):
         # The job before a Slurm array (--dependency=afterok): pull + ingest once, so the array
         # tasks (input=OUT/work/dataset private_dir=OUT.private) do not each take the ingest lock.

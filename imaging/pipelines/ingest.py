@@ -84,6 +84,21 @@ SERIES_PER_TASK = 4
 MIN_SERIES_FOR_POOL = 8
 
 
+def ingest_options(cfg: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`ingest` from a composed ``imaging ingest`` or ``imaging infer``
+    config: the shared ``ingest_options`` group (tilt, uneven, ...) and the withholding policy and
+    age rule of ``deid_options``, so both commands ingest an export the same way."""
+    from omegaconf import OmegaConf
+
+    from imaging.deid.apply import DeidOptions
+
+    options = DeidOptions.from_mapping(OmegaConf.to_container(cfg.deid_options, resolve=True))  # type: ignore[arg-type]
+    return {"tilt": str(cfg.tilt), "uneven": str(cfg.uneven), "split_4d": bool(cfg.split_4d),
+            "philips_precise": bool(cfg.philips_precise),
+            "keep_patient_characteristics": bool(cfg.keep_patient_characteristics),
+            "withhold": options.policy(), "keep_age_90_plus": options.keep_age_90_plus}
+
+
 def default_private_dir(output_dir: str | os.PathLike[str]) -> Path:
     return DatasetLayout.at(output_dir).private
 
