@@ -49,6 +49,9 @@ def _main(cfg: DictConfig) -> None:
     console.print(result_table(r, f"imaging evaluate: {out.model_name} v{out.version}, split={r['split']}"))
     if r["gaps"]:
         console.print(f"no answer from site(s) {', '.join(r['gaps'])}: pooled over {', '.join(r['answered'])}")
+    if r.get("no_cases"):
+        console.print(f"no case to evaluate at site(s) {', '.join(r['no_cases'])} (the model's selection rule "
+                      "or the split left none)")
     if out.run_id:
         console.print(f"MLflow run {out.run_id} (experiment '{cfg.evaluation.experiment_name}'); "
                       f"tags eval.* on {out.model_name} v{out.version}")

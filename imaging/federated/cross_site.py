@@ -41,6 +41,8 @@ def pool(per_site: dict[str, dict[str, float]], labels: list[str]) -> dict[str, 
     reference); ``missed_*`` and ``n_*`` summed; volumes weighted by ``n_cases``;
     ``dice_mean``/``hd95_mean`` over the labels pooled."""
     out: dict[str, float] = {"n_cases": float(sum(m.get("n_cases", 0.0) for m in per_site.values()))}
+    if any("n_rule_excluded" in m for m in per_site.values()):
+        out["n_rule_excluded"] = float(sum(m.get("n_rule_excluded", 0.0) for m in per_site.values()))
     for name in labels:
         have = {s: m for s, m in per_site.items() if m.get(f"n_{name}", 0.0) > 0}
         n = sum(m[f"n_{name}"] for m in have.values())
@@ -120,8 +122,12 @@ def run_cross_site(grid: Grid, cfg: DictConfig) -> dict[str, Any]:
     if gaps:
         log.warning("no answer from site(s) %s: the pooled figures cover %s", ", ".join(gaps),
                     ", ".join(sorted(per_site)) or "no site")
+    # Answered, but the model's rule (or the split) left no case there: reported, not an error.
+    no_cases = sorted(s for s, m in per_site.items() if m.get("n_cases", 0.0) == 0)
+    if no_cases:
+        log.warning("no case to evaluate at site(s) %s (the model's selection rule or the split)", ", ".join(no_cases))
     result = {"model_uri": str(ev.model_uri), "split": str(ev.split), "sites": sites,
-              "answered": sorted(per_site), "gaps": gaps, "errors": errors, "per_site": per_site,
+              "answered": sorted(per_site), "gaps": gaps, "no_cases": no_cases, "errors": errors, "per_site": per_site,
               "catalog_sha256": catalogs, "pooled": pool(per_site, labels), "labels": labels,
               "received": wire, "seconds": round(time.perf_counter() - start, 2)}
     atomic_write_json(run_dir / RESULT, result)

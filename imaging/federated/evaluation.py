@@ -11,6 +11,11 @@ a mean over a handful of cases is already what the coordinator's training sees.
 Labels are matched to the model's classes *by name* through the site's ``dataset.json``
 (another hospital's ingest may number its labels differently); a label the site does not
 have is absent from its figures, not a zero.
+
+The cases are those ``imaging infer`` would run the model on: the series selection rule
+stored with the model (or the coordinator's ``select``) is applied to the site's catalog
+on the site, with its private side (source headers), as inference applies it; a rule
+that leaves a site without a case is a site with ``n_cases=0``, not an error.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -32,7 +38,10 @@ from imaging.engine.distributed import Dist
 from imaging.engine.metrics import SegMetricAccumulator
 from imaging.engine.predict import InferenceOptions, SeriesPredictor
 from imaging.jobenv import DistEnv
+from imaging.layout import private_dir_of
 from imaging.models.registry import build_network
+from imaging.selection.rules import parse_rule
+from imaging.selection.select import select_series
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +60,13 @@ class EvalRequest:
     fold: int = 0
     seed: int = 0
     inference: dict[str, Any] | None = None  # InferenceOptions fields (overlap, sw_batch_size, device...)
+    series_rule: dict[str, Any] | None = None  # the selection rule inference applies (imaging.selection); None: none
 
     def to_json(self) -> str:
         return json.dumps({"network_config": self.network_config, "preprocessing": self.preprocessing,
                            "labels": {str(k): v for k, v in self.labels.items()}, "split": self.split,
                            "folds": self.folds, "fold": self.fold, "seed": self.seed,
-                           "inference": self.inference or {}}, sort_keys=True)
+                           "inference": self.inference or {}, "series_rule": self.series_rule}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> EvalRequest:
@@ -66,16 +76,36 @@ class EvalRequest:
             raise ValueError(f"split={raw.get('split')!r}: choose one of {list(SPLITS)}")
         return cls(raw["network_config"], raw["preprocessing"], {int(k): str(v) for k, v in raw["labels"].items()},
                    str(raw["split"]), int(raw["folds"]), int(raw["fold"]), int(raw["seed"]),
-                   dict(raw.get("inference") or {}))
+                   dict(raw.get("inference") or {}), raw.get("series_rule") or None)
 
 
-def site_cases(info: DatasetInfo, request: EvalRequest) -> list[dict[str, Any]]:
-    """The site's labelled cases of the model's modality: all of them, or the validation
-    split federated training uses (``split_by_subject`` with the experiment's fold/seed)."""
+def site_cases(info: DatasetInfo, request: EvalRequest, private: Path | None = None) -> list[dict[str, Any]]:
+    """The site's labelled cases of the model's modality (all of them, or the validation split
+    federated training uses: ``split_by_subject`` with the experiment's fold/seed), narrowed
+    to the series the request's selection rule chooses (``private``: the site's private side,
+    where the rule reads source headers).
+
+    Raises:
+        RuleError: the request's rule is malformed (names the key).
+    """
     items = segmentation_items(info, str(request.preprocessing.get("modality") or "") or None)
     if request.split == "all" or not items:
-        return sorted(items, key=lambda i: (i["subject_key"], i["series_key"]))
-    return split_by_subject(items, request.folds, request.fold, request.seed).val
+        items = sorted(items, key=lambda i: (i["subject_key"], i["series_key"]))
+    else:
+        # The split first, on every labelled case as training split them: the validation
+        # subjects stay those the model never trained on, whatever the rule then keeps.
+        items = split_by_subject(items, request.folds, request.fold, request.seed).val
+    if request.series_rule is None:
+        return items
+    chosen = selected_series(info, request.series_rule, private)
+    return [i for i in items if i["series_key"] in chosen]
+
+
+def selected_series(info: DatasetInfo, rule: dict[str, Any], private: Path | None) -> set[str]:
+    """The series keys ``rule`` chooses in the site's whole catalog, as ``imaging infer`` applies it
+    (per study over every row: a per_study=one tie-break sees the unlabelled series too)."""
+    selection = select_series(info.rows, parse_rule(rule, "select (the model's rule)"), info.root, private)
+    return {r.series_key for r in selection.rows}
 
 
 def class_lookup(site_labels: Mapping[int, str], model_labels: Mapping[int, str]) -> np.ndarray:
@@ -156,8 +186,22 @@ def evaluate_at_site(payload: dict[str, Any]) -> dict[str, Any]:
     info = load_dataset_info(settings.dataset_dir)
     network = build_network(request.network_config)
     network.load_state_dict({k: torch.from_numpy(np.array(v, copy=True)) for k, v in payload["state"].items()})
-    items = site_cases(info, request)
+    private = _private_side(payload["node_config"], settings.dataset_dir)
+    items = site_cases(info, request, private)
+    if request.series_rule is not None:
+        labelled = site_cases(info, replace(request, series_rule=None))
+        log.info("the model's selection rule keeps %d of %d labelled case(s)", len(items), len(labelled))
     log.info("evaluating the model on %d case(s) (split=%s)", len(items), request.split)
     metrics = evaluate_cases(network, request, items, class_lookup(info.labels, request.labels))
+    if request.series_rule is not None:
+        metrics["n_rule_excluded"] = float(len(labelled) - len(items))  # a count: what the rule left out here
     return {"site": settings.name, "catalog_sha256": info.catalog_sha256, "metrics": metrics}
+
+
+def _private_side(node_config: Mapping[str, Any], dataset_dir: Path) -> Path | None:
+    """The site's private side: ``private-dir`` of its node config, else ``<dataset>.private``;
+    None when absent (a rule's conditions on source headers then see "unknown" and fail)."""
+    given = str(node_config.get("private-dir", "") or "").strip()
+    path = Path(given) if given else private_dir_of(dataset_dir)
+    return path if path.is_dir() else None
 

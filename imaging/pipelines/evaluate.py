@@ -29,6 +29,7 @@ from imaging.federated.evaluation import SPLITS, EvalRequest
 from imaging.federated.processes import LocalFederation
 from imaging.fsutil import atomic_write_text
 from imaging.pipelines.federate import site_datasets
+from imaging.selection.apply import resolve_rule
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,16 @@ def _write_model(bundle: Any, cfg: DictConfig, run_dir: Path) -> None:
     from imaging.tracking.registry import write_bundle
 
     model_dir = run_dir / MODEL_DIR
-    write_bundle(model_dir, bundle.network, bundle.network_config, bundle.preprocessing, bundle.labels, bundle.task)
+    # The rule the sites apply: the model's own (``select`` as `imaging infer` reads it), validated here
+    # so that a malformed one stops the run before any site starts.
+    rule = resolve_rule(cfg.get("select"), getattr(bundle, "selection", None))
+    write_bundle(model_dir, bundle.network, bundle.network_config, bundle.preprocessing, bundle.labels, bundle.task,
+                 bundle.selection)
     inference = OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") else {}
     request = EvalRequest(bundle.network_config, bundle.preprocessing, bundle.labels, str(cfg.split),
                           int(cfg.data.split.folds), int(cfg.data.split.fold), int(cfg.data.split.seed),
-                          {k: v for k, v in dict(inference or {}).items() if k != "labels"})  # type: ignore[arg-type]
+                          {k: v for k, v in dict(inference or {}).items() if k != "labels"},  # type: ignore[arg-type]
+                          rule.source if rule is not None else None)
     atomic_write_text(model_dir / "request.json", request.to_json())
 
 

@@ -42,7 +42,9 @@ def run_metrics(result: dict[str, Any]) -> dict[str, float]:
 def version_tags(result: dict[str, Any], run_id: str) -> dict[str, str]:
     """The version's ``eval.*`` tags: Dice per site and pooled per label (4 decimals)."""
     tags = {"eval.run_id": run_id, "eval.split": str(result["split"]),
-            "eval.pooled.sites": ",".join(result["answered"]), "eval.gaps": ",".join(result["gaps"]) or "-"}
+            "eval.pooled.sites": ",".join(pooled_sites(result)), "eval.gaps": ",".join(result["gaps"]) or "-"}
+    if result.get("no_cases"):
+        tags["eval.no_cases"] = ",".join(result["no_cases"])
     for site, m in [*result["per_site"].items(), ("pooled", result["pooled"])]:
         for name in result["labels"]:
             if math.isfinite(m.get(f"dice_{name}", math.nan)):
@@ -50,14 +52,21 @@ def version_tags(result: dict[str, Any], run_id: str) -> dict[str, str]:
     return tags
 
 
+def pooled_sites(result: dict[str, Any]) -> list[str]:
+    """The sites the pooled figures cover: those that answered with at least one case."""
+    empty = set(result.get("no_cases") or [])
+    return [s for s in result["answered"] if s not in empty]
+
+
 def description_line(result: dict[str, Any], run_id: str) -> str:
     """One line for the version's description: pooled mean Dice, per site, gaps."""
     pooled = result["pooled"]
     per_site = ", ".join(f"{s} {m.get('dice_mean', math.nan):.3f} ({int(m.get('n_cases', 0))} cases)"
+                         if m.get("n_cases", 0) else f"{s} no case selected"
                          for s, m in sorted(result["per_site"].items()))
     gaps = f"; no answer from {', '.join(result['gaps'])}" if result["gaps"] else ""
     return (f"{LINE_PREFIX} (split={result['split']}, MLflow run {run_id}): pooled Dice "
-            f"{pooled.get('dice_mean', math.nan):.3f} over {', '.join(result['answered']) or 'no site'} "
+            f"{pooled.get('dice_mean', math.nan):.3f} over {', '.join(pooled_sites(result)) or 'no site'} "
             f"({int(pooled.get('n_cases', 0))} cases); {per_site}{gaps}")
 
 
@@ -85,6 +94,7 @@ def log_evaluation(result: dict[str, Any], *, tracking_uri: str, artifact_locati
                          "model.uri": f"models:/{model_name}/{version}", "model.requested": result["model_uri"],
                          "evaluation.answered": ",".join(result["answered"]),
                          "evaluation.gaps": ",".join(result["gaps"]) or "-",
+                         "evaluation.no_cases": ",".join(result.get("no_cases") or []) or "-",
                          **{f"site.{s}.catalog_sha256": h for s, h in result["catalog_sha256"].items()}})
         mlflow.log_metrics(run_metrics(result))
         mlflow.log_dict(result, ARTIFACT)
