@@ -14,8 +14,6 @@ import hmac
 import json
 import logging
 import os
-import re
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,189 +130,42 @@ def new_secret_file(path: str | os.PathLike[str]) -> Path:
     return out
 
 
-# The last net for paths nobody registered (see Redactor): a quoted relative path after "file",
-# any quoted or bare absolute path, and UIDs (4+ numeric components). Quote-delimited patterns
-# end at an apostrophe inside a name (O'Brien), which is why registered paths go first, literally.
-_FILE_REF = re.compile(r"(?P<what>(?:label |source )?file) '(?P<path>[^']*)'")
-# A quoted path: has a '/', or is a Windows path; multi-valued DICOM values ('A\\B') are not.
-_QUOTED_PATH = re.compile(r"""(?P<q>['"])(?P<path>[^'"\n]*/[^'"\n]*|[A-Za-z]:\\[^'"\n]*|\\\\[^'"\n]*)(?P=q)""")
-_UID = re.compile(r"(?<![\w.])(?:\d+\.){3,}\d+(?![\w.])")
-# Class and syntax UIDs name no one: an unknown one stays readable in an error.
-_CLASS_TAGS = re.compile(r"\((0002,0002|0002,0010|0008,0016|0008,1150)\)[^(]*$")
-# Pieces of a folder or file name the net also removes: split where a message may cut a name.
-_NAME_CUTS = re.compile(r"['\"\\\n\r\t]")
-_WORDLIKE = re.compile(r"[^\W\d_]{4,}")  # four letters in a row: a file name that may be a name
-_MIN_PIECE = 4  # shorter pieces ("CT", "S1") are not names and would eat ordinary words
-_HOLD = "\x00{}\x00"  # placeholder for a key already put in, so later passes leave it alone
-_HELD = re.compile("\x00(\\d+)\x00")
-
-
-def _spellings(path: str) -> list[str]:
-    """A path as messages write it: as is, repr-escaped (newlines, non-ASCII) and JSON-escaped."""
-    if path.isascii() and path.isprintable() and not any(c in path for c in "'\"\\"):
-        return [path]  # the usual name: every spelling is the same
-    # repr() escapes a ' only when the text also holds a ": a file name alone is spelt without the
-    # escape, inside its full path with it. repr(path + '"') is always the single-quoted spelling.
-    out = [path, path.encode("unicode_escape").decode("ascii"), json.dumps(path)[1:-1],
-           json.dumps(path, ensure_ascii=False)[1:-1], repr(path)[1:-1], repr(path + '"')[1:-2]]
-    return list(dict.fromkeys(out))
-
-
 @dataclass
-class Redactor:
-    """Replace file paths and raw UIDs in messages by keyed names, remembering the originals.
+class FileNames:
+    """Keyed names of the files a message names, remembering each original on the private side.
 
-    Catalog reasons, logs and reports on the dataset side must name a file or a
-    series by keyed hash only (folder names of real exports often carry the
-    patient's name); :attr:`found` maps each key to the relative path or UID so the
-    owner-only ``<dataset>.private/names.jsonl`` lets an engineer find the file.
-
-    Messages are composed by our code with the paths of the files it read, so the
-    paths are known before the text: :meth:`know` registers them, and every spelling
-    of a registered path (absolute or relative, quoted or bare, escaped) is replaced
-    literally, whatever characters the names hold (apostrophes, quotes, commas,
-    parentheses, newlines). What a message may still hold of a name (a piece cut
-    at a quote, a folder named alone) is removed by the folder and file names of the
-    registered paths. Patterns for paths nobody registered are the last net only.
+    Catalog reasons, logs and reports on the dataset side name a file by keyed hash only
+    (folder names of real exports often carry the patient's name and birth date). The
+    message is *composed* with the key (``file file-<key>: ...``): the reading code is
+    handed :meth:`file_key` and never sees a path it could write, so no pattern has to
+    find a path in the text afterwards (one that did missed names with an apostrophe).
+    :attr:`found` maps each key handed out to the relative path, which ingest writes to
+    the owner-only ``<dataset>.private/names.jsonl``: an engineer finds the file from the key
+    (every file the reading code was handed a name for: the files the reasons name and a few more).
 
     Attributes:
         pseudo: the keys' secret.
-        root: the input root: absolute paths under it are named relative to it.
-        found: key -> ``{"path": ...}`` or ``{"uid": ...}``.
+        root: the input root: paths are keyed relative to it (the same key ingest's file rows use).
+        found: key -> ``{"path": <path relative to root>}``.
     """
 
     pseudo: Pseudonymizer
     root: Path | None = None
     found: dict[str, dict[str, str]] = field(default_factory=dict)
-    # folder -> names of its files; folder -> the spellings of its name (the cheap test of
-    # _registered: a message names a file with its folder, so only named folders are searched)
-    _known: dict[str, dict[str, None]] = field(default_factory=dict, repr=False)
-    _folders: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
-    _pieces: set[str] = field(default_factory=set, repr=False)
-    _pending: list[str] = field(default_factory=list, repr=False)
 
-    def know(self, paths: Iterable[str | os.PathLike[str]]) -> None:
-        """Register the files (absolute, or relative to :attr:`root`) messages may name.
-
-        Indexed only when a message needs it: most series end with no reason to redact.
-        """
-        self._pending.extend(os.fspath(p) for p in paths)
-
-    def _index(self) -> None:
-        pending, self._pending = self._pending, []
-        by_folder: dict[str, list[str]] = {}
-        for path in pending:  # one split per file; relative folders once per folder (7,050 files: ~5 ms)
-            head, _, name = path.rpartition(os.sep)
-            by_folder.setdefault(head, []).append(name)
-        for head, names in by_folder.items():
-            folder = self._relative(head) if head else ""
-            folder = "" if folder == "." else folder
-            files = self._known.get(folder)
-            if files is None:
-                files = self._known[folder] = {}
-                self._folders[folder] = tuple(_spellings(folder.rpartition(os.sep)[2]))
-                for part in folder.split(os.sep):
-                    self._add_pieces(part)
-            files.update(dict.fromkeys(names))
-
-    def _add_pieces(self, part: str) -> None:
-        for piece in (part, *_NAME_CUTS.split(part)):
-            if len(piece) >= _MIN_PIECE and any(c.isalpha() for c in piece):
-                self._pieces.add(piece)
-
-    def file_key(self, rel: str) -> str:
-        """``file-<key>`` of a path relative to the input root (the key ingest's file rows use)."""
-        rel = self._relative(rel)
+    def file_key(self, path: str | os.PathLike[str]) -> str:
+        """``file-<key>`` of a path (absolute, or relative to :attr:`root`)."""
+        rel = self.relative(path)
         key = "file-" + self.pseudo.key(rel, "file")
         self.found.setdefault(key, {"path": rel})
         return key
 
-    def uid_key(self, uid: str) -> str:
-        key = "uid-" + self.pseudo.key(uid, "uid")
-        self.found.setdefault(key, {"uid": uid})
-        return key
-
-    def _relative(self, path: str) -> str:
-        if self.root is not None:
-            root = str(self.root)
-            if path == root:
-                return "."
-            if path.startswith(root + os.sep):
-                return path[len(root) + 1 :]
-        return path
-
-    def __call__(self, text: str) -> str:
-        """``text`` with every file path and non-standard UID replaced by its key."""
-        if not text:
+    def relative(self, path: str | os.PathLike[str]) -> str:
+        """``path`` relative to :attr:`root` (as ``os.path.relpath``), or as given without a root."""
+        text = os.fspath(path)
+        if self.root is None or not os.path.isabs(text):
             return text
-        held: list[str] = []
-
-        def hold(key: str) -> str:
-            held.append(key)
-            return _HOLD.format(len(held) - 1)
-
-        text = self._registered(text, hold)
-        text = _FILE_REF.sub(lambda m: f"{m['what']} {hold(self.file_key(m['path']))}", text)
-        text = _QUOTED_PATH.sub(lambda m: hold(self.file_key(m["path"])), text)
-        if self.root is not None:
-            # A bare path nobody registered ends at a space or punctuation here: registered paths
-            # (any characters) went first; this net only keys what it can still see.
-            root = re.escape(str(self.root))
-            text = re.sub(root + r"(?:[/\\][^\s'\":,;\x00]*)?", lambda m: hold(self.file_key(m.group())), text)
-        text = self._pieces_out(text)
-
-        def uid(m: re.Match[str]) -> str:
-            value = m.group()
-            if _is_standard_uid(value) or _CLASS_TAGS.search(text[max(0, m.start() - 80) : m.start()]):
-                return value
-            return self.uid_key(value)
-
-        text = _UID.sub(uid, text)
-        return _HELD.sub(lambda m: held[int(m[1])], text)
-
-    def _registered(self, text: str, hold: Callable[[str], str]) -> str:
-        """Every spelling of every registered path, longest first (a folder never cuts a file's path)."""
-        if self._pending:
-            self._index()
-        named = []
-        for folder, files in self._known.items():
-            if folder and not any(spelt in text for spelt in self._folders[folder]):
-                continue
-            for name in files:
-                if any(spelt in text for spelt in _spellings(name)):
-                    named.append(f"{folder}{os.sep}{name}" if folder else name)
-                    if _WORDLIKE.search(name):  # IM0001, 1.2.840....dcm name no one; O'BRIEN.dcm may
-                        self._add_pieces(name)
-        for rel in sorted(named, key=len, reverse=True):
-            token = hold(self.file_key(rel))
-            forms = [str(self.root / rel)] if self.root is not None else []
-            for form in (*forms, rel):
-                for spelt in _spellings(form):
-                    for q in ("'", '"'):
-                        text = text.replace(f"{q}{spelt}{q}", token)
-                    # Bare: an absolute path or one with a folder is distinctive; a bare "1" is not.
-                    if os.sep in spelt or "/" in spelt:
-                        text = text.replace(spelt, token)
-        return text
-
-    def _pieces_out(self, text: str) -> str:
-        # A substring test per piece first: one regex of thousands of alternatives (a 4D series'
-        # file names) costs ~100 ms a message; the few pieces present are replaced by word.
-        present = [p for p in self._pieces if p in text]
-        if not present:
-            return text
-        alternatives = "|".join(re.escape(p) for p in sorted(present, key=len, reverse=True))
-        # Only where a path left it: next to a separator or a quote. A folder piece met as an
-        # ordinary word of our own message ("burned" in "burned-in-annotation", "DICOM") is
-        # not a leak, and eating it garbled the reason.
-        return re.sub(rf"(?:(?<=[/\\'\"])(?:{alternatives})(?!\w)|(?<!\w)(?:{alternatives})(?=[/\\'\"]))",
-                      "<name>", text)
-
-
-def _is_standard_uid(value: str) -> bool:
-    from pydicom.uid import UID_dictionary
-
-    return value in UID_dictionary
+        return os.path.relpath(text, self.root)
 
 
 def write_private_names(path: str | os.PathLike[str], found: dict[str, dict[str, str]]) -> Path:

@@ -172,7 +172,7 @@ class LabelCanvas:
         return Labels(self.onehot, ONEHOT)
 
 
-def seg_frames(ds: Any, rel: str) -> np.ndarray:
+def seg_frames(ds: Any, file_ref: str) -> np.ndarray:
     """Every frame of a SEG as ``(n, rows, cols)`` stored values (0/1 for BINARY).
 
     Raises:
@@ -181,7 +181,7 @@ def seg_frames(ds: Any, rel: str) -> np.ndarray:
     ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
     n, rows, cols = int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns)
     bits = int(ds.BitsAllocated)
-    where = f"file '{rel}': (7FE0,0010) PixelData in (0002,0010) TransferSyntaxUID = '{ts}' ({_ts_name(ts)})"
+    where = f"file {file_ref}: (7FE0,0010) PixelData in (0002,0010) TransferSyntaxUID = '{ts}' ({_ts_name(ts)})"
     try:
         if ts in (RLE_LOSSLESS, DEFLATED_IMAGE_FRAME) and (bits == 1 or ts == DEFLATED_IMAGE_FRAME):
             return np.stack([_native_frame(_decompress(f, ts), bits, rows, cols) for f in _encapsulated(ds, n)])
@@ -247,7 +247,7 @@ def _native_frame(raw: bytes, bits: int, rows: int, cols: int) -> np.ndarray:
     return np.frombuffer(raw, f"<u{size}", count=n).reshape(rows, cols)
 
 
-def seg_to_labels(seg_path: str, grid: Grid, table: LabelTable, rel: str) -> Labels:
+def seg_to_labels(seg_path: str, grid: Grid, table: LabelTable, file_ref: str) -> Labels:
     """Rasterise one DICOM SEG onto ``grid`` (a label map, or one-hot where its segments overlap).
 
     Each SEG frame is placed by its PlanePositionSequence position: the frame's
@@ -258,13 +258,13 @@ def seg_to_labels(seg_path: str, grid: Grid, table: LabelTable, rel: str) -> Lab
         LabelError: unreadable SEG, or frames not on the volume's grid.
     """
     canvas = LabelCanvas(grid.shape, table)
-    for k, value, plane in _seg_planes(seg_path, grid, table, rel):
+    for k, value, plane in _seg_planes(seg_path, grid, table, file_ref):
         canvas.paint(value, plane, k)
     return canvas.result()
 
 
 def segs_to_labels(segs: list[tuple[str, str]], grid: Grid, table: LabelTable) -> Labels:
-    """Several SEG instances of one image volume, ``(path, relative path)``, as one label volume.
+    """Several SEG instances of one image volume, ``(path, keyed file name)``, as one label volume.
 
     Policy: one label volume holds every instance whole. Instances with different segments
     are combined (one-hot where they overlap); the same segment in several instances (one
@@ -279,22 +279,22 @@ def segs_to_labels(segs: list[tuple[str, str]], grid: Grid, table: LabelTable) -
         return seg_to_labels(segs[0][0], grid, table, segs[0][1])
     canvas = LabelCanvas(grid.shape, table)
     seen: dict[int, tuple[str, np.ndarray]] = {}
-    for path, rel in sorted(segs):
-        one = seg_to_labels(path, grid, table, rel)
+    for path, file_ref in sorted(segs):
+        one = seg_to_labels(path, grid, table, file_ref)
         for value in one.values():
             mask = one.mask(value)
             if value in seen and not np.array_equal(seen[value][1], mask):
                 name = table.as_json()[str(value)]
                 raise LabelError(
-                    f"SEG files '{seen[value][0]}' and '{rel}' both have segment '{name}' on different voxels "
+                    f"SEG files {seen[value][0]} and {file_ref} both have segment '{name}' on different voxels "
                     f"({int(seen[value][1].sum())} vs {int(mask.sum())}): two annotations of one structure, "
                     "no single label volume holds both")
-            seen.setdefault(value, (rel, mask))
+            seen.setdefault(value, (file_ref, mask))
             canvas.paint(value, mask)
     return canvas.result()
 
 
-def _seg_planes(seg_path: str, grid: Grid, table: LabelTable, rel: str) -> Iterator[tuple[int, int, np.ndarray]]:
+def _seg_planes(seg_path: str, grid: Grid, table: LabelTable, file_ref: str) -> Iterator[tuple[int, int, np.ndarray]]:
     """``(slice k, label value, boolean (x, y) plane)`` for every segment of every frame of a SEG."""
     import pydicom
     from scipy import ndimage
@@ -305,14 +305,14 @@ def _seg_planes(seg_path: str, grid: Grid, table: LabelTable, rel: str) -> Itera
         seg = pydicom.dcmread(seg_path)
     except Exception as exc:  # noqa: BLE001 - a bad SEG is that series' label error, never fatal
         # Not the library's text: cut at 120 characters it may hold a path cut where no key replaces it.
-        raise LabelError(f"file '{rel}': cannot read SEG: {type(exc).__name__}") from exc
+        raise LabelError(f"file {file_ref}: cannot read SEG: {type(exc).__name__}") from exc
     for tag, keyword in _REQUIRED:
         if keyword not in seg:
-            raise LabelError(f"file '{rel}': not a readable SEG: no {tag} {keyword}")
-    frames = seg_frames(seg, rel)
+            raise LabelError(f"file {file_ref}: not a readable SEG: no {tag} {keyword}")
+    frames = seg_frames(seg, file_ref)
     n_items = len(seg.PerFrameFunctionalGroupsSequence)
     if n_items != len(frames):  # a frame without its position (or a position without a frame) cannot be placed
-        raise LabelError(f"file '{rel}': (5200,9230) PerFrameFunctionalGroupsSequence has {n_items} item(s) "
+        raise LabelError(f"file {file_ref}: (5200,9230) PerFrameFunctionalGroupsSequence has {n_items} item(s) "
                          f"for {len(frames)} frame(s) ((0028,0008) NumberOfFrames)")
     names = {int(s.SegmentNumber): normalise(s.get("SegmentLabel", f"segment {s.SegmentNumber}"))
              for s in seg.SegmentSequence}
@@ -322,7 +322,7 @@ def _seg_planes(seg_path: str, grid: Grid, table: LabelTable, rel: str) -> Itera
     shared = seg.get("SharedFunctionalGroupsSequence", [None])[0]
     inv = np.linalg.inv(grid.affine_lps)
     for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        where = f"file '{rel}' frame {i + 1}"
+        where = f"file {file_ref} frame {i + 1}"
         ci, cj, k = _frame_slice(item, shared, grid, inv, where)
         if frames[i].shape[1] > grid.shape[0] or frames[i].shape[0] > grid.shape[1]:
             raise LabelError(f"{where}: (0028,0010)/(0028,0011) frame size {frames[i].shape} differs from the volume's")
@@ -383,11 +383,11 @@ def nifti_to_labels(path: str | os.PathLike[str], grid: Grid, table: LabelTable,
         img: Any = nib.load(str(path))
         src = np.asarray(img.dataobj)
     except Exception as exc:  # noqa: BLE001
-        raise LabelError(f"label file '{Path(path).name}': unreadable NIfTI: {type(exc).__name__}") from exc
+        raise LabelError(f"label file: unreadable NIfTI: {type(exc).__name__}") from exc
     if src.ndim == 4 and src.shape[3] == 1:
         src = src[..., 0]
     if src.ndim != 3:
-        raise LabelError(f"label file '{Path(path).name}': expected 3D labels, got shape {src.shape}")
+        raise LabelError(f"label file: expected 3D labels, got shape {src.shape}")
     src = np.rint(src).astype(np.int64)
     values = sorted(int(v) for v in np.unique(src) if v > 0)
     table.add([names.get(v, f"label {v}") for v in values])

@@ -142,7 +142,7 @@ def read_native_into(dest: np.ndarray, path: str, fmt: PixelFormat, frame: int) 
     return True
 
 
-def read_file_frames(path: str, row: dict[str, Any], rel: str) -> np.ndarray:
+def read_file_frames(path: str, row: dict[str, Any], file_ref: str) -> np.ndarray:
     """All stored frames of one file as ``(frames, rows, cols)`` stored values (no rescale).
 
     Raises:
@@ -151,25 +151,25 @@ def read_file_frames(path: str, row: dict[str, Any], rel: str) -> np.ndarray:
     if row.get("mosaic"):  # Siemens mosaic: read the whole image, return its tiles as frames
         m = row["mosaic"]
         whole = read_file_frames(path, {**row, "rows": m["rows"], "cols": m["cols"], "n_frames": 1, "mosaic": None},
-                                 rel)
+                                 file_ref)
         return unmosaic(whole[0], m)
     fmt = PixelFormat.of(row)
     if fmt.native:
         count = fmt.rows * fmt.cols * fmt.n_frames
         if (fmt.length or 0) < count * fmt.dtype.itemsize:
-            raise VolumeError(f"file '{rel}': (7FE0,0010) PixelData length {fmt.length} < "
+            raise VolumeError(f"file {file_ref}: (7FE0,0010) PixelData length {fmt.length} < "
                               f"{count * fmt.dtype.itemsize} for (0028,0010) Rows={fmt.rows} "
                               f"(0028,0011) Columns={fmt.cols}")
         arr = np.fromfile(path, dtype=fmt.dtype, count=count, offset=int(fmt.offset or 0))
         if arr.size != count:
-            raise VolumeError(f"file '{rel}': truncated (7FE0,0010) PixelData")
+            raise VolumeError(f"file {file_ref}: truncated (7FE0,0010) PixelData")
         return to_stored(arr, fmt).reshape(fmt.n_frames, fmt.rows, fmt.cols)
     try:  # compressed, big endian, deflated or bare: pydicom decodes (and masks to BitsStored)
         arr = read_dataset(path).pixel_array
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's error row
         raise VolumeError(
-            f"file '{rel}': cannot decode (7FE0,0010) PixelData with (0002,0010) TransferSyntaxUID = "
-            f"'{fmt.ts}' ({ts_name(fmt.ts)}): {type(exc).__name__}: {str(exc)[:120]}"
+            f"file {file_ref}: cannot decode (7FE0,0010) PixelData with (0002,0010) TransferSyntaxUID = "
+            f"'{fmt.ts}' ({ts_name(fmt.ts)}): {type(exc).__name__}"
         ) from exc
     arr = arr.reshape(fmt.n_frames, fmt.rows, fmt.cols)
     if arr.dtype.kind in "iu" and arr.dtype.itemsize * 8 == fmt.bits_alloc and fmt.bits_stored < fmt.bits_alloc:

@@ -10,8 +10,8 @@ volume must be resampled (and why) or refused.
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -36,6 +36,10 @@ KEY_TAGS = dict(AXIS_NAMES)
 MIN_SLICES = MIN_POSITIONS
 # Several orientations, each with fewer slices than this: a localizer (tri-plane scout).
 LOCALIZER_SLICES = 3
+# How a reason names a file: absolute path -> its keyed name (``file-<key>``, from imaging.keys).
+# Reasons reach the dataset side, and folder names of real exports are patient names: a reason
+# is composed with the key, never with the path (nothing is scrubbed afterwards).
+FileNamer = Callable[[str], str]
 
 
 @dataclass
@@ -85,16 +89,9 @@ def ts_supported(ts: str | None) -> bool:
         return False
 
 
-def _rel(path: str, root: str) -> str:
-    try:
-        return os.path.relpath(path, root)
-    except ValueError:
-        return os.path.basename(path)
-
-
 def plan_series(
     rows: list[dict[str, Any]],
-    input_dir: str,
+    name_of: FileNamer,
     *,
     tilt: str = "resample",
     uneven: str = "refuse",
@@ -105,7 +102,7 @@ def plan_series(
 
     Args:
         rows: decoded index rows (see :func:`imaging.dicom.scan.decode_row`) of kind ``dicom``.
-        input_dir: the export root, to name files relative to it in reasons.
+        name_of: names a file in reasons by key (``FileNames.file_key``), never by path.
         tilt: ``resample`` (onto an orthogonal grid) or ``refuse`` a gantry-tilted stack.
         uneven: ``refuse`` (default: an error row) or ``resample`` (interpolate) uneven or missing slices.
         split_4d: write each timepoint as its own 3D volume instead of one 4D volume.
@@ -124,28 +121,28 @@ def plan_series(
         params=dict(first.get("params") or {}), rows=rows,
     )
     sop = plan.sop_class
-    rel = _rel(first["path"], input_dir)
+    rel = name_of(first["path"])
     if sop in SEG_CLASSES:
         return _done(plan, "seg", "segmentation (SEG) object: used as ground-truth labels")
     if sop.startswith(SC_PREFIX):
-        return _done(plan, "skipped", f"secondary capture: file '{rel}' (0008,0016) SOPClassUID = '{sop}' ({ts_name(sop)})")
+        return _done(plan, "skipped", f"secondary capture: file {rel} (0008,0016) SOPClassUID = '{sop}' ({ts_name(sop)})")
     # pixel_length 0: a complete file of a class without PixelData (header.needs_pixel_data).
     if sop.startswith(NON_IMAGE_PREFIXES) or not any(r.get("rows") and r.get("pixel_length") != 0 for r in rows):
         name = ts_name(sop)
-        return _done(plan, "skipped", f"non-image SOP class: file '{rel}' (0008,0016) SOPClassUID = '{sop}' ({name})")
+        return _done(plan, "skipped", f"non-image SOP class: file {rel} (0008,0016) SOPClassUID = '{sop}' ({name})")
     for r in rows:
         itype = [str(v).upper() for v in (r.get("image_type") or [])]
         if "LOCALIZER" in itype:
             value = "\\".join(r["image_type"])
-            return _done(plan, "skipped", f"localizer: file '{_rel(r['path'], input_dir)}' (0008,0008) ImageType = '{value}'")
+            return _done(plan, "skipped", f"localizer: file {name_of(r['path'])} (0008,0008) ImageType = '{value}'")
     for r in rows:
         problem = _file_problem(r)
         if problem:
-            return _done(plan, "error", f"file '{_rel(r['path'], input_dir)}': {problem}")
-    problem = _mixed_identity(rows, input_dir)
+            return _done(plan, "error", f"file {name_of(r['path'])}: {problem}")
+    problem = _mixed_identity(rows, name_of)
     if problem:
         return _done(plan, "error", problem)
-    slices, problem = _expand(rows, input_dir, philips_precise=philips_precise)
+    slices, problem = _expand(rows, name_of, philips_precise=philips_precise)
     if problem:
         return _done(plan, "error", problem)
     _plan_volumes(plan, slices, tilt=tilt, uneven=uneven, split_4d=split_4d)
@@ -167,7 +164,7 @@ def _file_problem(r: dict[str, Any]) -> str | None:
     return pixel_problem(r)
 
 
-def _mixed_identity(rows: list[dict[str, Any]], input_dir: str) -> str | None:
+def _mixed_identity(rows: list[dict[str, Any]], name_of: FileNamer) -> str | None:
     """One series must belong to one patient and one study: anything else is a broken export."""
     for col, tag in (("patient_id", "(0010,0020) PatientID"), ("study_uid", "(0020,000D) StudyInstanceUID")):
         first: dict[str, dict[str, Any]] = {}
@@ -177,18 +174,18 @@ def _mixed_identity(rows: list[dict[str, Any]], input_dir: str) -> str | None:
             a, b = list(first.values())[:2]
             # Values are identifiers (PHI): name the files, never the values.
             return (f"{len(first)} different {tag} values in one series (e.g. files "
-                    f"'{_rel(a['path'], input_dir)}' and '{_rel(b['path'], input_dir)}')")
+                    f"{name_of(a['path'])} and {name_of(b['path'])})")
     return None
 
 
-def _expand(rows: list[dict[str, Any]], input_dir: str, *,
+def _expand(rows: list[dict[str, Any]], name_of: FileNamer, *,
             philips_precise: bool = False) -> tuple[list[Slice], str | None]:
     """All frames of all files as :class:`Slice` records, or the first geometry problem."""
     out: list[Slice] = []
     for r in rows:
         frames = r.get("frames")
         if frames is None and (r.get("n_frames") or 1) > 1:
-            return [], (f"file '{_rel(r['path'], input_dir)}': multi-frame (0028,0008) NumberOfFrames = {r['n_frames']} "
+            return [], (f"file {name_of(r['path'])}: multi-frame (0028,0008) NumberOfFrames = {r['n_frames']} "
                         "without (5200,9230) PerFrameFunctionalGroupsSequence geometry")
         items = frames or [{"ipp": r.get("ipp"), "iop": r.get("iop"), "sp": r.get("spacing"),
                             "slope": r.get("slope"), "intercept": r.get("intercept"), "t": r.get("tkey") or {}}]
@@ -196,22 +193,22 @@ def _expand(rows: list[dict[str, Any]], input_dir: str, *,
             try:  # Siemens mosaic: one slice per tile, positions corrected from the mosaic to the tile
                 items = mosaic_items(r, items[0])
             except MosaicError as exc:
-                return [], f"{_where(r, 0, None, input_dir)}: {exc}"
+                return [], f"{_where(r, 0, None, name_of)}: {exc}"
         for i, f in enumerate(items):
             for key, tag, n in (("iop", "(0020,0037) ImageOrientationPatient", 6),
                                 ("ipp", "(0020,0032) ImagePositionPatient", 3),
                                 ("sp", "(0028,0030) PixelSpacing", 2)):
                 value = f.get(key)
                 if value is None:
-                    return [], f"{_where(r, i, frames, input_dir)}: missing {tag}"
+                    return [], f"{_where(r, i, frames, name_of)}: missing {tag}"
                 if not isinstance(value, list) or len(value) != n \
                         or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
-                    return [], f"{_where(r, i, frames, input_dir)}: invalid {tag} = {value!r}"
+                    return [], f"{_where(r, i, frames, name_of)}: invalid {tag} = {value!r}"
             if not _orthonormal(tuple(f["iop"])):
-                return [], (f"{_where(r, i, frames, input_dir)}: invalid (0020,0037) ImageOrientationPatient = "
+                return [], (f"{_where(r, i, frames, name_of)}: invalid (0020,0037) ImageOrientationPatient = "
                             f"{f['iop']!r} (not orthonormal)")
             if min(f["sp"]) <= 0:
-                return [], f"{_where(r, i, frames, input_dir)}: invalid (0028,0030) PixelSpacing = {f['sp']!r}"
+                return [], f"{_where(r, i, frames, name_of)}: invalid (0028,0030) PixelSpacing = {f['sp']!r}"
             slope, intercept = _rescale_of(r, f, philips_precise)
             out.append(Slice(
                 path=r["path"], frame=i, ipp=tuple(f["ipp"]), iop=tuple(f["iop"]), spacing=tuple(f["sp"]),
@@ -260,8 +257,8 @@ def _orthonormal(iop: tuple[float, ...]) -> bool:
         and abs(dot) <= ORTHONORMAL_TOL
 
 
-def _where(r: dict[str, Any], i: int, frames: Any, input_dir: str) -> str:
-    return f"file '{_rel(r['path'], input_dir)}'" + (f" frame {i + 1}" if frames else "")
+def _where(r: dict[str, Any], i: int, frames: Any, name_of: FileNamer) -> str:
+    return f"file {name_of(r['path'])}" + (f" frame {i + 1}" if frames else "")
 
 
 def _geometry_key(s: Slice) -> tuple[Any, ...]:

@@ -31,7 +31,7 @@ from imaging.dicom.pixels import (
     read_file_frames,
     read_native_into,
 )
-from imaging.dicom.series import Slice, VolumePlan
+from imaging.dicom.series import FileNamer, Slice, VolumePlan
 from imaging.fsutil import atomic_path
 
 try:  # ISA-L deflate: same gzip format, several times faster than zlib (optional)
@@ -64,7 +64,7 @@ def gzip_threads(nbytes: int) -> int:
     return max(1, min(MAX_GZIP_THREADS, usable_cpus()))
 
 
-def assemble(plan: VolumePlan, input_dir: str) -> np.ndarray:
+def assemble(plan: VolumePlan, name_of: FileNamer) -> np.ndarray:
     """The volume in NIfTI order ``(x=column, y=row, z[, t])``, rescaled and resampled.
 
     Raises:
@@ -89,10 +89,10 @@ def assemble(plan: VolumePlan, input_dir: str) -> np.ndarray:
         if (len(where) == 1 and not rows[path].get("mosaic")
                 and read_native_into(raw[where[0][1], where[0][2]], path, fmts[path], where[0][0])):
             continue  # the common case: straight from the file into the volume, no temporary
-        frames = read_file_frames(path, rows[path], _rel(path, input_dir))
+        frames = read_file_frames(path, rows[path], name_of(path))
         for frame, t, k in where:
             raw[t, k] = frames[frame]  # stored values: each fits the common type, no wrap-around
-    remark = _check_duplicates(grid, input_dir)
+    remark = _check_duplicates(grid, name_of)
     if remark:
         plan.remarks.append(remark)
     padding = _padding_mask(raw, plan.slices, fmts)
@@ -107,11 +107,7 @@ def assemble(plan: VolumePlan, input_dir: str) -> np.ndarray:
     return out[..., 0] if nt == 1 else out
 
 
-def _rel(path: str, root: str) -> str:
-    return os.path.relpath(path, root)
-
-
-def _check_duplicates(grid: Grid, input_dir: str) -> str | None:
+def _check_duplicates(grid: Grid, name_of: FileNamer) -> str | None:
     """Prove every dropped repeat of a position a true duplicate; the remark naming what was dropped.
 
     A repeat is dropped only when its modality values (stored values decoded with its own
@@ -125,10 +121,10 @@ def _check_duplicates(grid: Grid, input_dir: str) -> str | None:
     dropped_names: list[str] = []
     for kept, dropped in grid.duplicates:
         if (kept.path, kept.frame) != (dropped.path, dropped.frame):
-            a, b = _values(kept, frames, input_dir), _values(dropped, frames, input_dir)
+            a, b = _values(kept, frames, name_of), _values(dropped, frames, name_of)
             if a.shape != b.shape or not np.array_equal(a, b):
-                raise VolumeError(_duplicate_problem(kept, dropped, a, b, input_dir))
-        dropped_names.append(_name(dropped, input_dir))
+                raise VolumeError(_duplicate_problem(kept, dropped, a, b, name_of))
+        dropped_names.append(_name(dropped, name_of))
     if not dropped_names:
         return None
     shown = ", ".join(dropped_names[:MAX_NAMED])
@@ -137,18 +133,18 @@ def _check_duplicates(grid: Grid, input_dir: str) -> str | None:
             f"pixel values identical to the slice kept: {shown}{more}")
 
 
-def _values(s: Slice, cache: dict[str, np.ndarray], input_dir: str) -> np.ndarray:
+def _values(s: Slice, cache: dict[str, np.ndarray], name_of: FileNamer) -> np.ndarray:
     """Modality values of one slice (float64: exact for 32-bit stored values and any rescale)."""
     if s.path not in cache:
         if len(cache) >= 4:  # a few files at a time: duplicates come in position order
             cache.clear()
-        cache[s.path] = read_file_frames(s.path, s.row, _rel(s.path, input_dir))
+        cache[s.path] = read_file_frames(s.path, s.row, name_of(s.path))
     return cache[s.path][s.frame].astype(np.float64) * s.slope + s.intercept
 
 
-def _name(s: Slice, input_dir: str) -> str:
+def _name(s: Slice, name_of: FileNamer) -> str:
     multi = int(s.row.get("n_frames") or 1) > 1 or bool(s.row.get("mosaic"))
-    return f"file '{_rel(s.path, input_dir)}'" + (f" frame {s.frame + 1}" if multi else "")
+    return f"file {name_of(s.path)}" + (f" frame {s.frame + 1}" if multi else "")
 
 
 # What may tell two instances at one position apart: (tag, how to read it from a slice).
@@ -166,7 +162,7 @@ _DIFFERENCES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def _duplicate_problem(kept: Slice, dropped: Slice, a: np.ndarray, b: np.ndarray, input_dir: str) -> str:
+def _duplicate_problem(kept: Slice, dropped: Slice, a: np.ndarray, b: np.ndarray, name_of: FileNamer) -> str:
     """The error for a repeated position whose values differ: files, what differs and how much."""
     what = [f"{tag} {get(kept)} vs {get(dropped)}" for tag, get in _DIFFERENCES if get(kept) != get(dropped)]
     if kept.sop_uid and kept.sop_uid == dropped.sop_uid:
@@ -176,7 +172,7 @@ def _duplicate_problem(kept: Slice, dropped: Slice, a: np.ndarray, b: np.ndarray
     else:
         values = f"{int(np.count_nonzero(a != b))} of {a.size} pixel values differ"
     return (f"duplicate slice position (0020,0032) ImagePositionPatient = {list(kept.ipp)} in "
-            f"{_name(kept, input_dir)} and {_name(dropped, input_dir)} with different pixels ({values}"
+            f"{_name(kept, name_of)} and {_name(dropped, name_of)} with different pixels ({values}"
             f"{'; ' + ', '.join(what) if what else ''}) and no temporal/echo tag to separate them")
 
 

@@ -3,8 +3,8 @@
 Output (see docs/architecture.md): ``volumes/<series_key>.nii.gz`` + ``.json``,
 ``labels/<series_key>.nii.gz``, ``catalog.csv``, ``dataset.json``. Private side
 (never inside the dataset): ``index.sqlite``, ``links.csv`` (0600) and
-``sources/<series_key>.json`` and ``names.jsonl`` (0600: key -> relative path or
-UID of every file and UID a reason names). Keys come only from the :class:`Pseudonymizer`.
+``sources/<series_key>.json`` and ``names.jsonl`` (0600: key -> relative path of
+every file a reason names). Keys come only from the :class:`Pseudonymizer`.
 A series that fails becomes an ``error`` row naming file (by key), tag and value; the
 rest of the export still ingests. A series the withholding policy of
 :mod:`imaging.deid.withhold` refuses (burned-in text risk) is a ``skipped`` row whose
@@ -34,7 +34,7 @@ from imaging.dicom.labels import LabelTable, read_nifti_label_names
 from imaging.dicom.scan import ScanStats, open_index, scan
 from imaging.dicom.series import SEG_CLASSES
 from imaging.fsutil import atomic_open, atomic_write_json, sync_filesystems
-from imaging.keys import Pseudonymizer, Redactor, write_private_names
+from imaging.keys import FileNames, Pseudonymizer, write_private_names
 from imaging.layout import DatasetLayout
 from imaging.pipelines.ingest_series import BatchResult, SeriesContext, process_batch
 
@@ -193,8 +193,8 @@ def _ingest(src: Path, out: Path, private: Path, lab_dir: Path, pseudonymizer: P
                             for n, name in json.loads(seg["segments"] or "[]")]
                            + list(ctx.label_names.items()) + _unnamed_label_values(ctx.labels_dir, ctx.label_names, ctx.ps))
     summary = IngestSummary(out, private, out / CATALOG_NAME, [], stats)
-    redact = Redactor(pseudonymizer, src)
-    summary.rows.extend(_unreadable_rows(con, ctx, redact))
+    names = FileNames(pseudonymizer, src)
+    summary.rows.extend(_unreadable_rows(con, ctx, names))
     uids = [r[0] for r in con.execute(
         "SELECT DISTINCT series_uid FROM files WHERE kind='dicom' AND series_uid IS NOT NULL ORDER BY series_uid")]
     con.close()
@@ -211,7 +211,7 @@ def _ingest(src: Path, out: Path, private: Path, lab_dir: Path, pseudonymizer: P
         "format_version": FORMAT_VERSION, "demo_key": pseudonymizer.is_demo, "options": ctx.options,
     })
     _write_links(private / "links.csv", result.links)
-    write_private_names(private / NAMES_FILE, {**redact.found, **result.names})
+    write_private_names(private / NAMES_FILE, {**names.found, **result.names})
     log.info("ingest: %s (%d written, %d unchanged)", summary.counts, summary.n_written, summary.n_reused)
     return summary
 
@@ -289,26 +289,24 @@ def _seg_index(con: Any) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _unreadable_rows(con: Any, ctx: SeriesContext, redact: Redactor) -> list[CatalogRow]:
+def _unreadable_rows(con: Any, ctx: SeriesContext, names: FileNames) -> list[CatalogRow]:
     rows = []
     for r in con.execute("SELECT path, error, patient_id, study_uid, modality FROM files WHERE kind='unreadable'"):
-        rel = os.path.relpath(r["path"], ctx.input_dir)
-        redact.know([rel])
+        key = names.file_key(r["path"])
         rows.append(CatalogRow(
-            series_key="file-" + ctx.ps.key(rel, "file"),
+            series_key=key,
             subject_key=ctx.ps.key(r["patient_id"], "subject") if r["patient_id"] else "",
             study_key=ctx.ps.key(r["study_uid"], "study") if r["study_uid"] else "",
             modality=r["modality"] or "", status="error", n_instances=1,
-            reason=redact(f"file '{rel}': {_unreadable_reason(r['error'])}"),
+            reason=f"file {key}: {_unreadable_reason(r['error'])}",
         ))
     for r in con.execute("SELECT path, patient_id, modality FROM files WHERE kind='dicom' AND series_uid IS NULL"):
-        rel = os.path.relpath(r["path"], ctx.input_dir)
-        redact.know([rel])
+        key = names.file_key(r["path"])
         rows.append(CatalogRow(
-            series_key="file-" + ctx.ps.key(rel, "file"),
+            series_key=key,
             subject_key=ctx.ps.key(r["patient_id"], "subject") if r["patient_id"] else "", study_key="",
             modality=r["modality"] or "", status="error", n_instances=1,
-            reason=redact(f"file '{rel}': missing (0020,000E) SeriesInstanceUID"),
+            reason=f"file {key}: missing (0020,000E) SeriesInstanceUID",
         ))
     return rows
 

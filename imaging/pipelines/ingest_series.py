@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from imaging.dicom.series import SEG_CLASSES, SeriesPlan, VolumePlan, plan_serie
 from imaging.dicom.sidecar import axis_codes, build_sidecar
 from imaging.dicom.volume import VolumeError, assemble, write_nifti
 from imaging.fsutil import atomic_write_json, atomic_write_text
-from imaging.keys import Pseudonymizer, Redactor, subject_identity
+from imaging.keys import FileNames, Pseudonymizer, subject_identity
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ class BatchResult:
 def process_batch(uids: list[str], ctx: SeriesContext) -> BatchResult:
     """Ingest the series ``uids`` (index rows read one series at a time)."""
     result = BatchResult()
-    redact = Redactor(ctx.ps, ctx.input_dir)
+    names = FileNames(ctx.ps, ctx.input_dir)  # reasons are composed with keys; names.jsonl maps them back
     con = sqlite3.connect(f"file:{ctx.private_dir / 'index.sqlite'}?mode=ro", uri=True)
     con.row_factory = sqlite3.Row
     try:
@@ -99,13 +98,11 @@ def process_batch(uids: list[str], ctx: SeriesContext) -> BatchResult:
                     con.execute("SELECT * FROM files WHERE kind='dicom' AND series_uid=?", (uid,))]
             if not rows:
                 continue
-            # Every file a reason of this series may name: replaced literally, whatever its name holds.
-            redact.know(r["path"] for r in [*rows, *ctx.segs.get(uid, [])])
             ref = rows[0].get("ref_series_uid")
             orphan = rows[0].get("sop_class") in SEG_CLASSES and not (ref and con.execute(
                 "SELECT 1 FROM files WHERE kind='dicom' AND series_uid=? LIMIT 1", (ref,)).fetchone())
             try:
-                result.rows.extend(_ingest_series(rows, ctx, result, orphan_seg=orphan))
+                result.rows.extend(_ingest_series(rows, ctx, result, names, orphan_seg=orphan))
             except LabelTableFrozen:
                 result.deferred.append(uid)
             except Exception as exc:  # noqa: BLE001 - one series never stops the export
@@ -122,17 +119,14 @@ def process_batch(uids: list[str], ctx: SeriesContext) -> BatchResult:
                     reason))
     finally:
         con.close()
-    # Reasons name files and series by key only: folder names may be patient names.
-    for row in result.rows:
-        row.reason = redact(row.reason)
-    result.names.update(redact.found)
+    result.names.update(names.found)
     return result
 
 
-def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: BatchResult, *,
+def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: BatchResult, names: FileNames, *,
                    orphan_seg: bool = False) -> list[CatalogRow]:
     o = ctx.options
-    plan = plan_series(rows, str(ctx.input_dir), tilt=o["tilt"], uneven=o["uneven"], split_4d=o["split_4d"],
+    plan = plan_series(rows, names.file_key, tilt=o["tilt"], uneven=o["uneven"], split_4d=o["split_4d"],
                        philips_precise=o.get("philips_precise", False))
     head = read_policy_header(rows[0]["path"])
     identity, per_study = subject_identity(plan.patient_id, str(head.get("IssuerOfPatientID") or ""), plan.study_uid)
@@ -145,7 +139,7 @@ def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: Batch
               "series_number": str(plan.params.get("SeriesNumber", "")),
               "body_part": str(plan.params.get("BodyPartExamined", ""))}
     if plan.kind == "seg" and orphan_seg:
-        return _write_orphan_seg(plan, base, ctx, result, common)
+        return _write_orphan_seg(plan, base, ctx, result, common, names)
     if plan.kind == "seg":
         ref = rows[0].get("ref_series_uid")
         target = f" of series {ctx.ps.key(ref, 'series')}" if ref else " (no (0008,1115) ReferencedSeriesSequence)"
@@ -162,7 +156,7 @@ def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: Batch
         key = base if len(plan.volumes) == 1 else f"{base}_{n}"
         if key != base:
             result.links.add(("volume", plan.series_uid, key))
-        out.append(_write_volume(plan, vol, key, ctx, result, common))
+        out.append(_write_volume(plan, vol, key, ctx, result, common, names))
     if plan.reason:  # stacks of this series refused while others were written
         out.append(CatalogRow(f"{base}_refused", status="error", reason=plan.reason,
                               n_instances=plan.n_instances, **common))
@@ -218,7 +212,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_volume(plan: SeriesPlan, vol: VolumePlan, key: str, ctx: SeriesContext,
-                  result: BatchResult, common: dict[str, Any]) -> CatalogRow:
+                  result: BatchResult, common: dict[str, Any], names: FileNames) -> CatalogRow:
     # One SeriesInstanceUID under several SeriesNumbers is one volume each: each row its own number.
     number = (vol.slices[0][0].row.get("params") or {}).get("SeriesNumber")
     common = {**common, "series_number": str(number)} if number is not None else common
@@ -237,15 +231,17 @@ def _write_volume(plan: SeriesPlan, vol: VolumePlan, key: str, ctx: SeriesContex
         result.n_reused += 1
         return CatalogRow(**previous["catalog_row"])
     try:
-        data = assemble(vol, str(ctx.input_dir))
+        data = assemble(vol, names.file_key)
     except VolumeError as exc:
+        if exc.__cause__ is not None:  # a decoder's text (paths) stays private; ours names keys only
+            record_private(ctx.private_dir, stage="pixels", where=key, exc=exc)
         return CatalogRow(key, status="error", reason=str(exc), n_instances=vol.n_instances, **common)
     reason = "; ".join(vol.remarks)
     labels = None
     try:
-        labels = _labels(plan, vol, segs, label_file, ctx)
+        labels = _labels(plan, vol, segs, label_file, ctx, names)
     except LabelError as exc:
-        if exc.__cause__ is not None:  # a library's text (paths) stays private; ours is redacted below
+        if exc.__cause__ is not None:  # a library's text (paths) stays private; ours names keys only
             record_private(ctx.private_dir, stage="labels", where=key, exc=exc)
         result.label_errors += 1
         reason = "; ".join(filter(None, [reason, f"labels not written: {exc}"]))
@@ -289,7 +285,7 @@ def _write_volume(plan: SeriesPlan, vol: VolumePlan, key: str, ctx: SeriesContex
 
 
 def _write_orphan_seg(plan: SeriesPlan, key: str, ctx: SeriesContext, result: BatchResult,
-                      common: dict[str, Any]) -> list[CatalogRow]:
+                      common: dict[str, Any], names: FileNames) -> list[CatalogRow]:
     """A DICOM SEG series whose source series is not in the export: each instance its own label volume.
 
     Instances of one SEG series may differ in frame size and position (one segmentation
@@ -306,24 +302,24 @@ def _write_orphan_seg(plan: SeriesPlan, key: str, ctx: SeriesContext, result: Ba
         inst_key = key if len(rows) == 1 else f"{key}_{n}"
         if inst_key != key:
             result.links.add(("volume", plan.series_uid, inst_key))
-        out.append(_write_orphan_instance(seg, inst_key, what, ctx, result, common))
+        out.append(_write_orphan_instance(seg, inst_key, what, ctx, result, common, names))
     return out
 
 
 def _write_orphan_instance(seg: dict[str, Any], key: str, what: str, ctx: SeriesContext, result: BatchResult,
-                           common: dict[str, Any]) -> CatalogRow:
+                           common: dict[str, Any], names: FileNames) -> CatalogRow:
     """One SEG instance's labels on its own frame grid.
 
     The grid comes from the SEG's frames (PlanePositionSequence, orientation, PixelSpacing,
     Rows/Columns) like an image series' grid from its slices; frames at the same position
     (one per segment) are one slice, and positions the SEG has no frame for are empty slices.
     """
-    rel = os.path.relpath(seg["path"], ctx.input_dir)
+    ref = names.file_key(seg["path"])
     slices = []
     for i, f in enumerate(seg.get("frames") or []):
         if f.get("ipp") is None or f.get("iop") is None or f.get("sp") is None:
             return CatalogRow(key, status="error", n_instances=1, **common, reason=(
-                f"{what}: file '{rel}' frame {i + 1}: missing (0020,0032)/(0020,0037)/(0028,0030) "
+                f"{what}: file {ref} frame {i + 1}: missing (0020,0032)/(0020,0037)/(0028,0030) "
                 "in functional groups"))
         slices.append(Slice(path=seg["path"], frame=i, ipp=tuple(f["ipp"]), iop=tuple(f["iop"]),
                             spacing=tuple(f["sp"]), t={}, slope=1.0, intercept=0.0, sop_uid=f"{i}", row=seg))
@@ -333,15 +329,15 @@ def _write_orphan_instance(seg: dict[str, Any], key: str, what: str, ctx: Series
         # Frames only where a segment is: the gaps are empty slices, never interpolated data.
         grid = _one_position_grid(seg, slices) or sparse_grid(
             plan_grid([slices], tilt=ctx.options["tilt"], uneven="resample")[0])
-        labels = seg_to_labels(seg["path"], grid, ctx.table, rel)
+        labels = seg_to_labels(seg["path"], grid, ctx.table, ref)
     except (PlanError, LabelError) as exc:
-        return CatalogRow(key, status="error", reason=f"{what}: file '{rel}': {exc}", n_instances=1, **common)
+        return CatalogRow(key, status="error", reason=f"{what}: file {ref}: {exc}", n_instances=1, **common)
     lab_rel = f"labels/{key}.nii.gz"
     write_nifti(labels.data, grid, ctx.output_dir / lab_rel, fsync=False)
     result.n_written += 1
     return CatalogRow(
         key, status="ok", n_instances=1, shape="x".join(map(str, labels.data.shape)),
-        reason=f"{what}: file '{rel}': label volume in the SEG's own frame geometry (no image volume)",
+        reason=f"{what}: file {ref}: label volume in the SEG's own frame geometry (no image volume)",
         spacing="x".join(f"{v:.6g}" for v in (grid.dx, grid.dy, grid.dz)), orientation=axis_codes(grid.affine_ras),
         label_path=lab_rel, label_layout=labels.layout, tilt_deg=grid.tilt_deg, **common,
     )
@@ -366,10 +362,10 @@ def _one_position_grid(seg: dict[str, Any], slices: list[Slice]) -> Grid | None:
 
 
 def _labels(plan: SeriesPlan, vol: VolumePlan, segs: list[dict[str, Any]], label_file: Path | None,
-            ctx: SeriesContext) -> Labels | None:
+            ctx: SeriesContext, names: FileNames) -> Labels | None:
     if segs:
         # Every SEG instance of this series whole in one label volume, or a LabelError naming it.
-        return segs_to_labels([(r["path"], os.path.relpath(r["path"], ctx.input_dir)) for r in segs],
+        return segs_to_labels([(r["path"], names.file_key(r["path"])) for r in segs],
                               vol.grid, ctx.table)
     if label_file is not None:
         return Labels(nifti_to_labels(label_file, vol.grid, ctx.table, ctx.label_names), LABELMAP)

@@ -1,42 +1,39 @@
-"""Messages on the dataset side name files and UIDs by key; the private names file leads back."""
+"""Messages on the dataset side name files by key; the private names file leads back."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import stat
 from pathlib import Path
 
-from imaging.keys import Pseudonymizer, Redactor, write_private_names
+from imaging.keys import FileNames, Pseudonymizer, write_private_names
 
 PS = Pseudonymizer(b"naming-test-secret-0123456789")
 ROOT = Path("/data/exports/2024")
 
 
-def test_paths_and_uids_become_keys() -> None:
-    redact = Redactor(PS, ROOT)
-    text = redact(
-        "file 'DOE^JOHN_123/S1/IM7' frame 2: (0020,0037) missing; "
-        "label file '1.2.826.0.1.3680043.2.1125.7.nii.gz': unreadable; "
-        f"[Errno 13] Permission denied: '{ROOT}/DOE^JOHN_123/S1/IM8'; "
-        f"seen under {ROOT}/SMITH^ANNA/S2, series 1.2.826.0.1.3680043.2.1125.9"
-    )
-    for secret in ("DOE", "JOHN", "SMITH", "ANNA", str(ROOT), "1.2.826.0.1.3680043.2.1125"):
-        assert secret not in text, secret
-    assert text.startswith(f"file file-{PS.key('DOE^JOHN_123/S1/IM7', 'file')} frame 2: (0020,0037) missing")
-    assert redact.found[f"file-{PS.key('DOE^JOHN_123/S1/IM8', 'file')}"] == {"path": "DOE^JOHN_123/S1/IM8"}
-    assert {"uid": "1.2.826.0.1.3680043.2.1125.9"} in redact.found.values()
+def _oracle(rel: str) -> str:
+    """The file key from its definition (HMAC-SHA256 of b'file\\x00' + path, 16 hex), not from the code."""
+    return "file-" + hmac.new(PS.secret, b"file\x00" + rel.encode(), hashlib.sha256).hexdigest()[:16]
 
 
-def test_values_that_name_nobody_stay_readable() -> None:
-    redact = Redactor(PS, ROOT)
-    for text in (
-        "localizer: (0008,0008) ImageType = 'ORIGINAL\\PRIMARY\\LOCALIZER'",
-        "unsupported transfer syntax (0002,0010) TransferSyntaxUID = '1.2.3.4.5.6.7.8.9.10'",
-        "(0002,0010) = '1.2.840.10008.1.2.4.50' (JPEG Baseline)",
-        "spacing 0.7x0.7x5 resampled, tilt 12.5 deg",
-    ):
-        assert redact(text) == text
-    assert redact.found == {}
+def test_files_are_named_by_key_relative_to_the_root() -> None:
+    names = FileNames(PS, ROOT)
+    absolute = names.file_key(str(ROOT / "DOE^JOHN_123" / "S1" / "IM7"))
+    assert absolute == names.file_key("DOE^JOHN_123/S1/IM7") == _oracle("DOE^JOHN_123/S1/IM7")
+    assert names.file_key(ROOT / "O'BRIEN, Seamus (1957)" / "IM 8") == _oracle("O'BRIEN, Seamus (1957)/IM 8")
+    assert names.found == {_oracle("DOE^JOHN_123/S1/IM7"): {"path": "DOE^JOHN_123/S1/IM7"},
+                           _oracle("O'BRIEN, Seamus (1957)/IM 8"): {"path": "O'BRIEN, Seamus (1957)/IM 8"}}
+
+
+def test_a_key_leads_back_to_its_file_through_the_private_names_file(tmp_path: Path) -> None:
+    names = FileNames(PS, ROOT)
+    key = names.file_key(str(ROOT / "D'ANGELO\nRosa" / "IM,1"))
+    path = write_private_names(tmp_path / "names.jsonl", names.found)
+    rows = {json.loads(line)["key"]: json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()}
+    assert rows[key]["path"] == "D'ANGELO\nRosa/IM,1"
 
 
 def test_private_names_file_is_owner_only_and_merges(tmp_path: Path) -> None:
