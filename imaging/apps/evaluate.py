@@ -46,6 +46,11 @@ def _main(cfg: DictConfig) -> None:
     out = run(cfg)
     r = out.result
     console = Console()
+    if out.jobs:  # launcher=slurm: submitted; the SuperLink job logs the result when the sites have answered
+        for key, job_id in out.jobs.items():
+            console.print(f"{key}\t{job_id}\t{out.scripts[key]}")
+        console.print(f"run dir: {out.run_dir} (evaluation.json, then MLflow, when the SuperLink job ends)")
+        return
     console.print(result_table(r, f"imaging evaluate: {out.model_name} v{out.version}, split={r['split']}"))
     if r["gaps"]:
         console.print(f"no answer from site(s) {', '.join(r['gaps'])}: pooled over {', '.join(r['answered'])}")

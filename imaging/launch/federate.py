@@ -119,9 +119,11 @@ def _template(launcher: Mapping[str, Any], name: str) -> jinja2.Template:
 
 
 def render_superlink(launcher: Mapping[str, Any], fed: Mapping[str, Any], *, run_dir: Path, workdir: Path,
-                     job_name: str) -> str:
-    """The SuperLink job's script (coordinator: ``flower-superlink`` + ``flwr run``)."""
+                     job_name: str, finish: str = "") -> str:
+    """The SuperLink job's script (coordinator: ``flower-superlink`` + ``flwr run``); ``finish``:
+    a command the job runs after a successful run (``imaging evaluate`` logs its result so)."""
     ctx = _context(launcher, fed, run_dir, workdir, job_name)
+    ctx["finish"] = finish
     slurm = ctx["slurm"]
     advertise = slurm.get("advertise") or (str(fed["superlink"]).rsplit(":", 1)[0] if fed.get("superlink") else None)
     host = str(slurm.get("host") or "0.0.0.0")
@@ -203,6 +205,36 @@ def prepare(overrides: Sequence[str], *, cwd: Path | None = None,
             launcher, fed, site=site, dataset_dir=dataset, run_dir=run_dir, workdir=cwd,
             job_name=f"{base}-site-{site}"), job_dir / f"federate_supernode_{site}.sbatch"))
     return cfg, jobs
+
+
+def evaluation_jobs(cfg: DictConfig, datasets: Mapping[str, Path], *, finish: str,
+                    workdir: Path) -> list[FederationJob]:
+    """``imaging evaluate ... launcher=slurm``: the roles of a federation on Slurm (a SuperLink job,
+    one SuperNode job per site in ``datasets``) for the evaluation config ``cfg`` (its
+    ``run_dir`` holds the model files already); the SuperLink job ends with ``finish``.
+
+    Raises
+    ------
+    LauncherConfigError
+        ``cfg.launcher`` is not a Slurm launcher, or a launcher/federation value the jobs
+        cannot run with (named).
+    """
+    launcher: dict[str, Any] = OmegaConf.to_container(cfg.launcher, resolve=True)  # type: ignore[assignment]
+    if launcher.get("name") != "slurm":
+        raise LauncherConfigError(f"launcher={launcher.get('name')}: Slurm jobs need launcher=slurm (or a cluster "
+                                  "profile)")
+    run_dir = Path(str(cfg.run_dir))
+    fed: dict[str, Any] = OmegaConf.to_container(cfg.federation, resolve=True)  # type: ignore[assignment]
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"eval-{run_dir.name}")
+    job_dir = run_dir / "slurm"
+    jobs = [FederationJob("superlink", None, render_superlink(
+        launcher, fed, run_dir=run_dir, workdir=workdir, job_name=f"{base}-superlink", finish=finish),
+        job_dir / "evaluate_superlink.sbatch")]
+    for site, dataset in datasets.items():
+        jobs.append(FederationJob("supernode", site, render_supernode(
+            launcher, fed, site=site, dataset_dir=dataset, run_dir=run_dir, workdir=workdir,
+            job_name=f"{base}-site-{site}"), job_dir / f"evaluate_supernode_{site}.sbatch"))
+    return jobs
 
 
 def submit(cfg: DictConfig, jobs: Sequence[FederationJob], *, dry_run: bool = False,

@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EvaluateResult:
-    result: dict[str, Any]   # evaluation.json: per_site, pooled, answered, gaps, catalog hashes
+    result: dict[str, Any]   # evaluation.json: per_site, pooled, answered, gaps, catalog hashes ({}: submitted)
     run_dir: Path
     model_name: str
     version: str
     run_id: str | None
+    jobs: dict[str, str] = field(default_factory=dict)     # launcher=slurm: role[:site] -> Slurm job id
+    scripts: dict[str, str] = field(default_factory=dict)  # role[:site] -> its sbatch script
+
+
+# Where the coordinator's result goes (the MLflow store, experiment, run and model version): written
+# at the start, read by finish() here or at the end of the SuperLink job on Slurm.
+TARGET = "tracking.json"
 
 
 def _load_model(cfg: DictConfig) -> tuple[Any, str, str | None]:
@@ -109,11 +116,18 @@ def _federate(cfg: DictConfig, run_dir: Path, datasets: dict[str, Path]) -> None
 
 def run(cfg: DictConfig) -> EvaluateResult:
     """Evaluate ``cfg.model_uri`` at every site of ``cfg.federation``; see the module doc.
+    ``launcher=slurm``: submit the SuperLink and SuperNode jobs instead (the SuperLink job
+    logs the result); ``finish_only=true``: only log the result of ``cfg.run_dir``.
 
     Raises:
-        UsageError: bad split, model or federation settings (before anything starts).
+        UsageError: bad split, model or federation settings (before anything starts); no
+            site answered.
         RuntimeError: the Flower run failed.
     """
+    if cfg.get("finish_only"):
+        if not cfg.get("run_dir"):
+            raise UsageError("finish_only=true: name the evaluation's run_dir=...")
+        return finish(Path(str(cfg.run_dir)))
     if str(cfg.split) not in SPLITS:
         raise UsageError(f"split={cfg.split}: choose one of {list(SPLITS)}")
     if cfg.federation.get("superlink"):
@@ -123,25 +137,72 @@ def run(cfg: DictConfig) -> EvaluateResult:
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", bundle.name)
     run_name = f"{safe}-v{bundle.version}-{cfg.split}"
     run_dir = Path(str(cfg.run_dir)) if cfg.get("run_dir") else Path(str(cfg.paths.output_dir)) / "evaluation" / run_name
+    run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RESULT).unlink(missing_ok=True)
     cfg.run_dir = str(run_dir)
     cfg.evaluation.model_uri = f"models:/{bundle.name}/{bundle.version}"
     datasets = site_datasets(cfg)
     _write_model(bundle, cfg, run_dir)
+    slurm = str(cfg.launcher.get("name")) == "slurm"
+    store = str(cfg.launcher.get("mlflow_tracking_uri") or uri) if slurm else uri
+    target = {"tracking_uri": store, "artifact_location": location if store == uri else None, "enabled": bool(cfg.tracking.get("enabled", True)),
+              "experiment_name": str(cfg.evaluation.experiment_name), "run_name": run_name,
+              "model_name": bundle.name, "version": str(bundle.version), "model_uri": str(cfg.model_uri),
+              "connect_timeout_s": float(cfg.federation.connect_timeout_s)}
+    atomic_write_text(run_dir / TARGET, json.dumps(target, indent=2, sort_keys=True))
+    if slurm:
+        return _submit(cfg, run_dir, datasets, bundle)
     _federate(cfg, run_dir, datasets)
+    return finish(run_dir)
+
+
+def _submit(cfg: DictConfig, run_dir: Path, datasets: dict[str, Path], bundle: Any) -> EvaluateResult:
+    """Render and submit the Slurm jobs (``imaging.launch.federate``); the SuperLink job ends
+    with ``imaging evaluate ... finish_only=true``, which logs the result as a local run does."""
+    from imaging.launch.federate import evaluation_jobs, submit
+
+    jobs = evaluation_jobs(cfg, datasets, finish=finish_command(cfg, run_dir, bundle.name, str(bundle.version)),
+                           workdir=Path.cwd())
+    ids = submit(cfg, jobs, dry_run=bool(cfg.get("dry_run", False)),
+                 sbatch_exe=str(cfg.launcher.get("sbatch") or "sbatch"))
+    scripts = {(j.role if j.site is None else f"{j.role}:{j.site}"): str(j.script_path) for j in jobs}
+    return EvaluateResult({}, run_dir, bundle.name, str(bundle.version), None, ids, scripts)
+
+
+def finish_command(cfg: DictConfig, run_dir: Path, model_name: str, version: str) -> str:
+    """The command the SuperLink job ends with: log this run dir's result (the pinned version)."""
+    import shlex
+
+    words = [f"model=models:/{model_name}/{version}", f"run_dir={run_dir}", "finish_only=true",
+             f"paths.root_dir={cfg.paths.root_dir}"]
+    return f"{cfg.launcher.get('imaging_cmd') or 'imaging'} evaluate " + " ".join(map(shlex.quote, words))
+
+
+def finish(run_dir: Path) -> EvaluateResult:
+    """Log ``<run_dir>/evaluation.json`` (the ServerApp's result) where ``<run_dir>/tracking.json``
+    says: one MLflow run, the version's tags and description line.
+
+    Raises:
+        UsageError: no result in ``run_dir`` (the Flower run failed) or no site answered.
+    """
+    if not (run_dir / RESULT).is_file() or not (run_dir / TARGET).is_file():
+        raise UsageError(f"run_dir={run_dir}: no {RESULT} and {TARGET} (the evaluation did not run to its end; "
+                         f"see {run_dir / 'flower'} or {run_dir / 'slurm'})")
+    target = json.loads((run_dir / TARGET).read_text(encoding="utf-8"))
     result = json.loads((run_dir / RESULT).read_text(encoding="utf-8"))
-    result["model_uri"] = str(cfg.model_uri)
+    result["model_uri"] = str(target["model_uri"])
     if not result["answered"]:
         # Gaps are reported when some sites answer; none answering is no evaluation at all.
         first = next(iter(result["errors"].values()), f"none connected within federation.connect_timeout_s="
-                                                      f"{cfg.federation.connect_timeout_s}")
+                                                      f"{target['connect_timeout_s']:g}")
         raise UsageError(f"no site answered the evaluation ({len(result['errors'])} error(s)); first: {first}")
     run_id = None
-    if bool(cfg.tracking.get("enabled", True)):
+    if target["enabled"]:
         from imaging.tracking.evaluation import log_evaluation
 
-        run_id = log_evaluation(result, tracking_uri=uri, artifact_location=location,
-                                experiment_name=str(cfg.evaluation.experiment_name), run_name=run_name,
-                                model_name=bundle.name, version=bundle.version)
-    return EvaluateResult(result, run_dir, bundle.name, bundle.version, run_id)
+        run_id = log_evaluation(result, tracking_uri=str(target["tracking_uri"]),
+                                artifact_location=target["artifact_location"],
+                                experiment_name=str(target["experiment_name"]), run_name=str(target["run_name"]),
+                                model_name=str(target["model_name"]), version=str(target["version"]))
+    return EvaluateResult(result, run_dir, str(target["model_name"]), str(target["version"]), run_id)
