@@ -141,7 +141,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     ds = pydicom.dcmread(files["bad_seg_geometry"][1])
     ds.ImageOrientationPatient = OFF
     ds.save_as(files["bad_seg_geometry"][1], enforce_file_format=True)
-    runs = (("pred_rtstruct", ["seg.enabled=false", "output.rtstruct=true", "inference/select@select=any_series",
+    runs: tuple[tuple[str, list[str]], ...] = (("pred_rtstruct", ["seg.enabled=false", "output.rtstruct=true", "inference/select@select=any_series",
                                "output.preview=true"]), ("pred_seg", []))
     for out, extra in runs:
         proc = _cli(env, "infer", "model=models:/tiny_hostile@champion", f"input={dataset}",
