@@ -145,8 +145,14 @@ def read_native_into(dest: np.ndarray, path: str, fmt: PixelFormat, frame: int) 
 def read_file_frames(path: str, row: dict[str, Any], file_ref: str) -> np.ndarray:
     """All stored frames of one file as ``(frames, rows, cols)`` stored values (no rescale).
 
+    Args:
+        path: the file.
+        row: its index row.
+        file_ref: how errors name the file: its key (``file-<key>``), never its path (dataset-side text).
+
     Raises:
-        VolumeError: truncated, undecodable or wrongly sized pixel data (names the file).
+        VolumeError: truncated, undecodable or wrongly sized pixel data, naming ``file_ref``; a
+            decoder's own text only as the exception's cause (it may hold the path).
     """
     if row.get("mosaic"):  # Siemens mosaic: read the whole image, return its tiles as frames
         m = row["mosaic"]
