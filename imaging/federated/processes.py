@@ -51,9 +51,15 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float, what:
     raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s; see {logfile}")
 
 
-def _node_config(values: dict[str, str]) -> str:
-    # Flower parses TOML-like `key="value"` pairs; json.dumps quotes and escapes a string.
-    return " ".join(f"{k}={json.dumps(str(v))}" for k, v in values.items())
+def _node_config(path: Path, values: dict[str, str]) -> Path:
+    """The SuperNode's ``--node-config`` as a TOML file (JSON string escapes are TOML's basic-string escapes).
+
+    Inline ``key="value"`` pairs are cut by Flower at any quote inside a value: a dataset under a folder
+    named ``O'BRIEN`` or ``"THX"`` could not be passed, and the command line logged the path.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{k} = {json.dumps(str(v))}\n" for k, v in values.items()), encoding="utf-8")
+    return path
 
 
 @dataclass
@@ -117,8 +123,8 @@ class LocalFederation:
         logfile = self.work_dir / f"supernode-{site}.log"
         cmd = [_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
                "--host", "127.0.0.1", "--port", str(port),
-               "--node-config", _node_config({"site": site, "dataset-dir": str(dataset_dir),
-                                              "work-dir": str(work_dir)})]
+               "--node-config", str(_node_config(work_dir / "node-config.toml", {
+                   "site": site, "dataset-dir": str(dataset_dir), "work-dir": str(work_dir)}))]
         log.info("$ %s", " ".join(cmd))
         env = self.env()
         if self.threads_per_site and "OMP_NUM_THREADS" not in os.environ:

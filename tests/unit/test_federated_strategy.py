@@ -88,10 +88,13 @@ def test_min_sites_lets_a_round_finish_without_every_site() -> None:
 def test_site_settings_come_from_the_supernode_node_config(tmp_path: Path) -> None:
     from flwr.common.config import parse_config_args
 
-    text = _node_config({"site": "Hospital A", "dataset-dir": str(tmp_path), "work-dir": str(tmp_path / "w")})
-    parsed = parse_config_args([text])  # Flower's own parser of --node-config
+    dataset = tmp_path / "O'BRIEN, Seamus (Müller) \"THX\""  # quotes Flower's inline pairs cannot carry
+    dataset.mkdir()
+    path = _node_config(tmp_path / "w" / "node-config.toml",
+                        {"site": "Hospital A", "dataset-dir": str(dataset), "work-dir": str(tmp_path / "w")})
+    parsed = parse_config_args([str(path)])  # Flower's own parser of --node-config
     settings = SiteSettings.from_node_config(parsed)
-    assert (settings.name, settings.dataset_dir) == ("Hospital A", tmp_path)
+    assert (settings.name, settings.dataset_dir) == ("Hospital A", dataset)
     with pytest.raises(UsageError, match="node-config.dataset-dir"):
         SiteSettings.from_node_config({"site": "A", "dataset-dir": str(tmp_path / "nope"), "work-dir": "w"})
     with pytest.raises(UsageError, match="node-config.site"):
