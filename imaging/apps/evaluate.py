@@ -48,7 +48,9 @@ def _main(cfg: DictConfig) -> None:
     console = Console()
     if out.jobs:  # launcher=slurm: submitted; the SuperLink job logs the result when the sites have answered
         for key, job_id in out.jobs.items():
-            console.print(f"{key}\t{job_id}\t{out.scripts[key]}")
+            # Plain tab-separated lines, as `python -m imaging.launch.federate` prints: scripts parse them
+            # (rich would wrap long paths and expand the tabs).
+            sys.stdout.write(f"{key}\t{job_id}\t{out.scripts[key]}\n")
         console.print(f"run dir: {out.run_dir} (evaluation.json, then MLflow, when the SuperLink job ends)")
         return
     console.print(result_table(r, f"imaging evaluate: {out.model_name} v{out.version}, split={r['split']}"))
