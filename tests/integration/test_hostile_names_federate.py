@@ -1,7 +1,8 @@
 """`imaging federate` with a site whose export and dataset live under a patient-named folder.
 
 Site A is a synthetic hospital (PHI canaries) exported and ingested under a folder named the way
-real exports are (apostrophe, quotes, comma, parentheses, umlauts, a birth date); site B is plain.
+real exports are (apostrophe, quotes, comma, parentheses, umlauts, a birth date), with a truncated
+file under another such name (an error row at the site's ingest); site B is plain.
 The CLI runs a local federation (SuperLink + one SuperNode per site) for one round. No piece of
 the folder's name may reach the coordinator's console, its run folder (the coordinator's own files
 and logs; the SuperNodes' logs and work folders are the sites' and would live at the sites), or its MLflow run
@@ -10,6 +11,9 @@ and logs; the SuperNodes' logs and work folders are the sites' and would live at
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import hmac
 import json
 import os
 import subprocess
@@ -20,13 +24,19 @@ import pytest
 from mlflow import MlflowClient
 
 from imaging.apps.api import _hydra_value
-from imaging.keys import Pseudonymizer
+from imaging.keys import DEMO_SECRET, Pseudonymizer
 from imaging.pipelines.ingest import ingest
 from imaging.synth import generate
 from tests.integration.test_hostile_names import REPO, _file_hits, _hits
 
 pytestmark = [pytest.mark.integration, pytest.mark.federated, pytest.mark.slow]
 HOSTILE = "O'BRIEN^SEAMUS_19570312 (Müller, Jürgen 12.03.1957)/\"THX\" D'ANGELO, Rosa"
+BROKEN = "KOWALSKI, Jan (1961-07-02)/Серия 'Иванов'/IM,1"  # inside site A's export
+
+
+def _oracle(rel: str) -> str:
+    """The file key from its definition (HMAC-SHA256 of b'file' NUL path, 16 hex digits), not from the code."""
+    return hmac.new(DEMO_SECRET, b"file\x00" + rel.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def _needles() -> set[str]:
@@ -34,7 +44,7 @@ def _needles() -> set[str]:
     import re
 
     out: set[str] = set()
-    for part in HOSTILE.split("/"):
+    for part in [*HOSTILE.split("/"), *BROKEN.split("/")]:
         out.add(part)
         out.update(p for p in re.split(r"['\"]", part) if len(p) >= 4)
         out.update(w for w in re.split(r"[\W_]+", part) if (w.isdigit() and len(w) >= 6) or
@@ -49,8 +59,14 @@ def test_a_site_under_a_patient_named_folder_leaves_no_trace_at_the_coordinator(
         base = root / "hospitals" / folder
         exports[site], datasets[site] = base / "export", base / "dataset"
         generate(exports[site], subjects=3, seed=500 + i, cases="none", scanner=f"site{i}", dicomdir=False)
+        if site == "A":  # a slice that fails at the site's ingest, under the name: an error row, by key
+            data = next(p for p in sorted(exports[site].rglob("IM*")) if p.is_file()).read_bytes()
+            (exports[site] / BROKEN).parent.mkdir(parents=True)
+            (exports[site] / BROKEN).write_bytes(data[: len(data) // 2])
         ingest(exports[site], datasets[site], Pseudonymizer.from_config(demo_key=True),
                private_dir=base / "private", workers=1, progress=False)
+    reasons = [r["reason"] for r in csv.DictReader((datasets["A"] / "catalog.csv").open(encoding="utf-8"))]
+    assert any(r.startswith(f"file file-{_oracle(BROKEN)}: ") for r in reasons), reasons
     overrides = {
         "experiment": "demo_federated", "federation.sites": ["A", "B"], "federation.synthetic": "null",
         "+federation.datasets.A": datasets["A"], "+federation.datasets.B": datasets["B"],
