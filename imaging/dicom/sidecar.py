@@ -129,9 +129,10 @@ def _slice_timing(vol: VolumePlan, grid: Grid) -> list[float] | None:
     """Each written slice's acquisition time in s from the volume's start (Siemens mosaics:
     CSA MosaicRefAcqTimes), in the volume's slice order; None when unknown or resampled."""
     times = [s.t.get("slice_time") for s in vol.slices[0]]
-    if grid.resampled or not times or any(not isinstance(x, (int, float)) for x in times):
+    numbers = [float(x) for x in times if isinstance(x, (int, float))]
+    if grid.resampled or not times or len(numbers) != len(times):
         return None
-    return [round(float(x) / 1000.0, 6) for x in times]
+    return [round(x / 1000.0, 6) for x in numbers]
 
 
 def build_sidecar(

@@ -93,19 +93,27 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
 
 
 class _DatasetInfo(Protocol):
-    catalog_sha256: str
+    @property
+    def catalog_sha256(self) -> str: ...
 
 
 class RegistrablePlan(Protocol):
     """What registration reads of a training plan (``imaging.engine.config.TrainPlan`` has it):
-    a protocol, so tracking does not import the engine."""
+    a protocol, so tracking does not import the engine. Read-only members: any plan whose
+    fields have these types fits."""
 
-    config_hash: str
-    dataset: _DatasetInfo
-    network_config: dict[str, Any]
-    preprocessing: dict[str, Any]
-    class_names: dict[int, str]
-    task: str
+    @property
+    def config_hash(self) -> str: ...
+    @property
+    def dataset(self) -> _DatasetInfo: ...
+    @property
+    def network_config(self) -> dict[str, Any]: ...
+    @property
+    def preprocessing(self) -> dict[str, Any]: ...
+    @property
+    def class_names(self) -> dict[int, str]: ...
+    @property
+    def task(self) -> str: ...
 
 
 class MlflowTracker:
