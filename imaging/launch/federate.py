@@ -81,10 +81,15 @@ def superlink_port(fed: Mapping[str, Any], run_dir: Path) -> int:
 
 
 def node_config(site: str, dataset_dir: str, work_dir: str) -> str:
-    """``--node-config`` text: what the site's ClientApp reads (``imaging.federated.site``)."""
-    # TOML-like `key="value"` pairs; json.dumps quotes and escapes a string as Flower parses it.
+    """The node config file's TOML text: what the site's ClientApp reads (``imaging.federated.site``).
+
+    The job writes it to ``<work dir>/node-config.toml`` (a quoted heredoc: bash expands nothing)
+    and passes that path to ``--node-config``: Flower's inline ``key="value"`` pairs end at any
+    quote in a value, so a dataset under a folder named ``O'BRIEN`` or ``"THX"`` could not start.
+    JSON string escapes are TOML basic-string escapes.
+    """
     values = {"site": site, "dataset-dir": dataset_dir, "work-dir": work_dir}
-    return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
 
 
 def _wrap(launcher: Mapping[str, Any], run_dir: Path, workdir: Path, binds: Sequence[str]) -> str:

@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from imaging.launch.federate import FederationJob, evaluation_jobs
 from imaging.launch.render import LauncherConfigError
 from tests.fixtures.train_data import CONF_DIR, make_train_dataset
+from tests.unit.test_launch_federate import node_config_written
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference"
 RUN_DIR = Path("/project/runs/evaluation/central-v2-all")
@@ -86,7 +87,9 @@ def test_the_same_roles_as_a_federation_and_the_result_logged_at_the_end(plain: 
     for site, dataset in DATASETS.items():
         words = _command(plain[site].script, "flower-supernode")
         cfg = words[words.index("--node-config") + 1]
-        assert cfg == f'site="{site}" dataset-dir="{dataset}" work-dir="{RUN_DIR}/sites/{site}"'
+        assert cfg == f"{RUN_DIR}/sites/{site}/node-config.toml"
+        assert node_config_written(plain[site].script) == {"site": site, "dataset-dir": str(dataset),
+                                                           "work-dir": f"{RUN_DIR}/sites/{site}"}
         assert "finish_only" not in plain[site].script
         assert plain[site].script_path == RUN_DIR / "slurm" / f"evaluate_supernode_{site}.sbatch"
 

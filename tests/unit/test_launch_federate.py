@@ -77,13 +77,23 @@ def _command(script: str, exe: str) -> list[str]:
     return shlex.split(line.rstrip(" &"))
 
 
+def node_config_written(script: str) -> dict[str, str]:
+    """The node config the job writes with its quoted heredoc, read back with tomllib."""
+    import tomllib
+
+    body = script.split("<<'IMAGING_NODE_CONFIG'\n", 1)[1].split("\nIMAGING_NODE_CONFIG\n", 1)[0]
+    return tomllib.loads(body)
+
+
 def test_one_job_per_site_with_only_its_own_folders(plain: dict[str, FederationJob]) -> None:
     assert sorted(plain) == ["A", "B", "superlink"]
     run_dir = "/project/runs/demo_federated/unet-fedavg-r8x3"
     for site, dataset in (("A", "/hospital-a/dataset"), ("B", "/hospital-b/data set")):
         words = _command(plain[site].script, "flower-supernode")
         cfg = words[words.index("--node-config") + 1]
-        assert cfg == f'site="{site}" dataset-dir="{dataset}" work-dir="{run_dir}/sites/{site}"'
+        assert cfg == f"{run_dir}/sites/{site}/node-config.toml"
+        assert node_config_written(plain[site].script) == {"site": site, "dataset-dir": dataset,
+                                                           "work-dir": f"{run_dir}/sites/{site}"}
         assert "--insecure" in words and words[words.index("--host") + 1] == "127.0.0.1"
         other = "/hospital-b" if site == "A" else "/hospital-a"
         assert other not in plain[site].script
@@ -164,7 +174,11 @@ def test_superlink_port_rules() -> None:
 
 
 def test_node_config_quotes_paths() -> None:
-    assert node_config("A", '/d/we"ird', "/w") == 'site="A" dataset-dir="/d/we\\"ird" work-dir="/w"'
+    """Paths with quotes, apostrophes, backslashes and newlines come back whole through TOML (tomllib is the oracle)."""
+    import tomllib
+
+    hostile = "/d/O'BRIEN^\"THX\"\\x\n, (1957)"
+    assert tomllib.loads(node_config("A", hostile, "/w")) == {"site": "A", "dataset-dir": hostile, "work-dir": "/w"}
 
 
 @pytest.mark.parametrize(("override", "message"), [
