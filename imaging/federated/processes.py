@@ -191,6 +191,17 @@ class LocalFederation:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
+    def run_sites(self, sites: dict[str, tuple[Path, Path]], config_path: Path, timeout_s: float) -> int:
+        """Start the SuperLink and one SuperNode per site ``name -> (dataset_dir, work_dir)``, ``flwr run``
+        the FAB with ``config_path``, and stop every process whatever happened; the run's exit code."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_superlink()
+            self.start_supernodes(sites)
+            return self.run(config_path, timeout_s)
+        finally:
+            self.stop()
+
     def stop(self) -> None:
         procs = [*self.supernodes.values(), *([self.superlink] if self.superlink else [])]
         for proc in procs:

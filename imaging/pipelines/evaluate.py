@@ -101,15 +101,10 @@ def _federate(cfg: DictConfig, run_dir: Path, datasets: dict[str, Path]) -> None
     flower = run_dir / "flower"
     shutil.rmtree(flower, ignore_errors=True)  # a SuperLink database of an earlier run lists stale nodes
     local = LocalFederation(flower)
-    local.work_dir.mkdir(parents=True, exist_ok=True)
     fed = cfg.federation
     timeout = float(fed.connect_timeout_s) + float(fed.round_timeout_s) + 300
-    try:
-        local.start_superlink()
-        local.start_supernodes({site: (dataset, run_dir / "sites" / site) for site, dataset in datasets.items()})
-        code = local.run(config_path, timeout)
-    finally:
-        local.stop()
+    code = local.run_sites({site: (dataset, run_dir / "sites" / site) for site, dataset in datasets.items()},
+                           config_path, timeout)
     if code != 0 or not (run_dir / RESULT).is_file():
         raise RuntimeError(f"the Flower run ended with code {code} and no {RESULT}; see {flower / 'flwr-run.log'}")
 

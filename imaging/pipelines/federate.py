@@ -98,13 +98,8 @@ def run(cfg: DictConfig) -> FederateResult:
     datasets = site_datasets(cfg)
     config_path = write_server_config(cfg, run_dir)
     local = LocalFederation(run_dir / "flower")
-    local.work_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        local.start_superlink()
-        local.start_supernodes({site: (dataset, run_dir / "sites" / site) for site, dataset in datasets.items()})
-        code = local.run(config_path, timeout)
-    finally:
-        local.stop()
+    code = local.run_sites({site: (dataset, run_dir / "sites" / site) for site, dataset in datasets.items()},
+                           config_path, timeout)
     summary_path = run_dir / SUMMARY
     if code != 0 or not summary_path.is_file():
         raise RuntimeError(f"the Flower run ended with code {code} and no {SUMMARY}; "
