@@ -100,11 +100,6 @@ def record_private(private_dir: Path | None, *, stage: str, where: str, exc: Bas
     return path
 
 
-def private_side(private_dir: Path | None, out: Path) -> Path:
-    """Where a failure's raw text goes: the given private side, else ``<out>.private`` beside ``out``."""
-    from imaging.layout import private_dir_of
-
-    return private_dir_of(out, private_dir)
 
 
 def failure_reason(exc: BaseException, *, stage: str, where: str, private_dir: Path | None,

@@ -31,10 +31,11 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from imaging.boundary import failure_reason, private_side
+from imaging.boundary import failure_reason
 from imaging.cpus import run_in_background, usable_cpus
 from imaging.fsutil import atomic_path
 from imaging.keys import Pseudonymizer
+from imaging.layout import private_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def _header_deid(pseudonymizer: Any, options: Any) -> Any:
 
 
 def errors_dir(job: WriteJob) -> Path:
-    return private_side(job.private_dir, job.folder.parent)
+    return private_dir_of(job.folder.parent, job.private_dir)
 
 
 class _Collect(logging.Handler):

@@ -202,6 +202,6 @@ def _private_side(node_config: Mapping[str, Any], dataset_dir: Path) -> Path | N
     """The site's private side: ``private-dir`` of its node config, else ``<dataset>.private``;
     None when absent (a rule's conditions on source headers then see "unknown" and fail)."""
     given = str(node_config.get("private-dir", "") or "").strip()
-    path = Path(given) if given else private_dir_of(dataset_dir)
+    path = private_dir_of(dataset_dir, given or None)
     return path if path.is_dir() else None
 

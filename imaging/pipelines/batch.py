@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from imaging.boundary import failure_reason, private_side
+from imaging.boundary import failure_reason
 from imaging.cpus import run_in_background, usable_cpus
 from imaging.dicom.catalog import CatalogRow
 from imaging.engine.predict import Prepared, SeriesPredictor
@@ -316,7 +316,7 @@ class BatchRunner:
 
     def _reason(self, exc: BaseException, stage: str, cat: CatalogRow) -> str:
         """The row's reason: ours as is; a library's (paths, values) only as type and tag, its text private."""
-        return failure_reason(exc, stage=stage, where=cat.series_key, private_dir=private_side(self.s.private_dir, self.out),
+        return failure_reason(exc, stage=stage, where=cat.series_key, private_dir=private_dir_of(self.out, self.s.private_dir),
                               own=(SeriesError,))
 
     # -- stage 1 ---------------------------------------------------------------------

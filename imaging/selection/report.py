@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from imaging.boundary import failure_reason, private_side
+from imaging.boundary import failure_reason
 from imaging.fsutil import atomic_write_json, atomic_write_text
 from imaging.keys import Pseudonymizer
+from imaging.layout import private_dir_of
 from imaging.selection.qc import output_flags
 from imaging.selection.select import Selection
 
@@ -84,7 +85,7 @@ def series_outputs(out: Path, key: str, *, names: Mapping[int, str], flags_cfg: 
                                 header_deid=header_deid(pseudonymizer, deid_options) if pseudonymizer else None)
     except Exception as exc:  # noqa: BLE001 - one series' RTSTRUCT never stops the others
         # The text names source paths: it goes to the private errors.jsonl, never the log or the report.
-        reason = failure_reason(exc, stage="rtstruct", where=key, private_dir=private_side(private, out))
+        reason = failure_reason(exc, stage="rtstruct", where=key, private_dir=private_dir_of(out, private))
         log.warning("%s: RTSTRUCT not written (%s)", key, type(exc).__name__)
         atomic_write_json(folder / "rtstruct.json", {"written": False, "reason": reason})
         return

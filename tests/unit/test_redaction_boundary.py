@@ -18,12 +18,13 @@ import pydicom
 import pytest
 from pydicom.tag import Tag
 
-from imaging.boundary import ERRORS_FILE, failure_reason, private_side
+from imaging.boundary import ERRORS_FILE, failure_reason
 from imaging.dicom.header import header_row
 from imaging.dicom.labels import LabelError, LabelTable, seg_to_labels
 from imaging.dicom.pixels import VolumeError, read_file_frames
 from imaging.dicom.series import plan_series
 from imaging.keys import FileNames, Pseudonymizer
+from imaging.layout import private_dir_of
 
 PS = Pseudonymizer(b"boundary-test-secret-0123456789")
 ROOT = Path("/exports/Müller, Jürgen (12.03.1957)")
@@ -172,5 +173,5 @@ def test_our_own_errors_cross_as_they_are(tmp_path: Path) -> None:
 
 
 def test_the_private_side_defaults_beside_the_outputs(tmp_path: Path) -> None:
-    assert private_side(None, tmp_path / "pred") == tmp_path / "pred.private"
-    assert private_side(tmp_path / "ds.private", tmp_path / "pred") == tmp_path / "ds.private"
+    assert private_dir_of(tmp_path / "pred") == tmp_path / "pred.private"
+    assert private_dir_of(tmp_path / "pred", tmp_path / "ds.private") == tmp_path / "ds.private"
