@@ -94,7 +94,7 @@ def _dispatch(name: str, rest: list[str]) -> int:
     module_name, kind, _ = COMMANDS[name]
     module = importlib.import_module(module_name)
     if kind == "hydra":
-        _refuse_renamed(name, rest)
+        _refuse_renamed(rest)
         # The site's folders first: after flags such as `--cfg job`, argparse takes no overrides.
         sys.argv = [f"imaging {name}", *_site_searchpath(rest), *rest]
         # Hydra resolves config_path="../../conf" against the app's *file* only when the
@@ -123,7 +123,7 @@ RENAMED_KEYS = {
 }
 
 
-def _refuse_renamed(name: str, args: list[str]) -> None:
+def _refuse_renamed(args: list[str]) -> None:
     from imaging.errors import UsageError
 
     for arg in args:

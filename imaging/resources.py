@@ -11,6 +11,7 @@ names of their own), as Hydra's own ``--config-dir`` does for one command.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -19,7 +20,7 @@ TEMPLATES_DIR = PACKAGE_DIR / "launch" / "templates"
 SITE_CONFIG_ENV = "IMAGING_CONFIG_DIR"
 
 
-def site_config_dirs(environ: os._Environ[str] | dict[str, str] | None = None) -> list[Path]:
+def site_config_dirs(environ: Mapping[str, str] | None = None) -> list[Path]:
     """The site's config folders from ``IMAGING_CONFIG_DIR`` (each must exist).
 
     Raises:
@@ -35,7 +36,7 @@ def site_config_dirs(environ: os._Environ[str] | dict[str, str] | None = None) -
     return dirs
 
 
-def searchpath_override(environ: os._Environ[str] | dict[str, str] | None = None) -> list[str]:
+def searchpath_override(environ: Mapping[str, str] | None = None) -> list[str]:
     """``hydra.searchpath=[file://...]`` for the site's folders, or nothing when none is set."""
     dirs = site_config_dirs(environ)
     if not dirs:

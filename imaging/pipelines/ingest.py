@@ -35,7 +35,7 @@ from imaging.dicom.scan import ScanStats, open_index, scan
 from imaging.dicom.series import SEG_CLASSES
 from imaging.fsutil import atomic_open, atomic_write_json, sync_filesystems
 from imaging.keys import FileNames, Pseudonymizer, write_private_names
-from imaging.layout import DatasetLayout
+from imaging.layout import private_dir_of
 from imaging.pipelines.ingest_series import BatchResult, SeriesContext, process_batch
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def ingest_options(cfg: Any) -> dict[str, Any]:
 
 
 def default_private_dir(output_dir: str | os.PathLike[str]) -> Path:
-    return DatasetLayout.at(output_dir).private
+    return private_dir_of(Path(output_dir).resolve())
 
 
 def ingest(

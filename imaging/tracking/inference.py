@@ -25,7 +25,8 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 
-from imaging.layout import DatasetLayout, private_dir_of
+from imaging.dicom.catalog import CATALOG_NAME
+from imaging.layout import file_sha256
 from imaging.tracking.inputs import log_dataset_input
 from imaging.tracking.summary import NOTE_TAG, inference_description
 
@@ -36,7 +37,7 @@ MAX_REVIEW_IMAGES = 6
 
 def catalog_sha256(dataset_dir: Path) -> str:
     """sha256 of ``catalog.csv`` (the hash training runs log as ``dataset.catalog_sha256``)."""
-    return DatasetLayout(Path(dataset_dir), private_dir_of(dataset_dir)).catalog_sha256()
+    return file_sha256(Path(dataset_dir) / CATALOG_NAME)
 
 
 def seg_series_uid(path: Path) -> str:
