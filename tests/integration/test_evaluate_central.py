@@ -26,10 +26,15 @@ import pydicom
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
-from omegaconf import OmegaConf
 
 from tests.fixtures.train_data import CONF_DIR
-from tests.integration.test_evaluate_federated import LABELS, OVERRIDES, SITES, imaging
+from tests.integration.test_evaluate_federated import (
+    LABELS,
+    OVERRIDES,
+    SITES,
+    imaging,
+    register_random_model,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.federated, pytest.mark.slow]
 
@@ -41,34 +46,10 @@ RULE = {"name": "b_kernel_ct", "per_study": "one", "tie_break": ["most_slices", 
 
 def register_central_model(root: Path, seed: int = 11) -> str:
     """demo_seg's network and preprocessing with seeded random weights and RULE, as MODEL@champion."""
-    import mlflow
-    import torch
-
-    from imaging.data.transforms import preprocessing_from_config
-    from imaging.engine.config import _network_config, precision_record
-    from imaging.models.registry import build_network
-    from imaging.tracking.registry import register_model
-    from imaging.tracking.store import activate
-
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["experiment=demo_seg", f"paths.root_dir={root}"])
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    labels = {0: "background", **{i + 1: n for i, n in enumerate(LABELS)}}
-    pre = preprocessing_from_config(data, {i: i for i in labels})  # type: ignore[arg-type]
-    pre["precision"] = precision_record(cfg)
-    net_cfg = _network_config(OmegaConf.to_container(cfg.model, resolve=True), len(labels), "segmentation")  # type: ignore[arg-type]
-    torch.manual_seed(seed)
-    network = build_network(net_cfg)
-    uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
-    (root / "mlflow").mkdir(parents=True, exist_ok=True)
-    activate(uri)
-    client = mlflow.MlflowClient(uri)
-    client.create_experiment("demo_seg", artifact_location=(root / "mlflow" / "artifacts").as_uri())
-    mlflow.set_experiment("demo_seg")
-    with mlflow.start_run(run_name="central-random-weights"):
-        register_model(network, network_config=net_cfg, preprocessing=pre, labels=labels, task="segmentation",
-                       name=MODEL, alias="champion", series_rule=RULE)
-    return uri
+    return register_random_model(root, seed, cfg=cfg, name=MODEL, alias="champion", experiment="demo_seg",
+                                 series_rule=RULE)
 
 
 def labelled_ct(dataset: Path) -> dict[str, str]:

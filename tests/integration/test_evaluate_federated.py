@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -43,9 +44,11 @@ OVERRIDES = ["experiment=demo_federated", "federation.synthetic.subjects=3", "fe
              "federation.round_timeout_s=300"]
 
 
-def register_random_model(root: Path, seed: int = 7) -> str:
-    """Register the demo experiment's network with seeded random weights as MODEL@candidate
-    (what evaluation needs is a registered bundle, not a good model); returns the tracking URI."""
+def register_random_model(root: Path, seed: int = 7, *, cfg: Any = None, name: str = MODEL, alias: str = "candidate",
+                          experiment: str = MODEL, series_rule: dict[str, Any] | None = None) -> str:
+    """Register ``cfg``'s network and preprocessing (default: the demo federation's) with seeded random
+    weights as ``name@alias`` (what evaluation needs is a registered bundle, not a good model);
+    returns the tracking URI."""
     import mlflow
     import torch
 
@@ -55,8 +58,9 @@ def register_random_model(root: Path, seed: int = 7) -> str:
     from imaging.tracking.registry import register_model
     from imaging.tracking.store import activate
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("evaluate", overrides=[*OVERRIDES, f"paths.root_dir={root}", "model_uri=unused"])
+    if cfg is None:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("evaluate", overrides=[*OVERRIDES, f"paths.root_dir={root}", "model_uri=unused"])
     data = OmegaConf.to_container(cfg.data, resolve=True)
     labels = {0: "background", **{i + 1: n for i, n in enumerate(LABELS)}}
     pre = preprocessing_from_config(data, {i: i for i in labels})  # type: ignore[arg-type]
@@ -69,12 +73,12 @@ def register_random_model(root: Path, seed: int = 7) -> str:
     activate(uri)
     # Artifacts under the test's root: a bare set_experiment puts them in ./mlruns of the checkout.
     client = mlflow.MlflowClient(uri)
-    if client.get_experiment_by_name(MODEL) is None:
-        client.create_experiment(MODEL, artifact_location=(root / "mlflow" / "artifacts").as_uri())
-    mlflow.set_experiment(MODEL)
+    if client.get_experiment_by_name(experiment) is None:
+        client.create_experiment(experiment, artifact_location=(root / "mlflow" / "artifacts").as_uri())
+    mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name="random-weights"):
         register_model(network, network_config=net_cfg, preprocessing=pre, labels=labels, task="segmentation",
-                       name=MODEL, alias="candidate")
+                       name=name, alias=alias, series_rule=series_rule)
     return uri
 
 

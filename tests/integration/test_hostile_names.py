@@ -112,17 +112,14 @@ def _constant_liver(net_cfg: dict[str, Any]) -> torch.nn.Module:
     return net
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    root = tmp_path_factory.mktemp("hostile")
-    export = root / "export"
-    files = {role: _copy_series(export, role, i) for i, role in enumerate(SERIES)}
+def plant_unreadable_and_register(root: Path, export: Path, files: dict[str, list[Path]]) -> str:
+    """A truncated copy of a slice under a hostile name (ingest refuses it) and ``tiny_hostile@champion``
+    registered in an embedded store under ``root``, made MLflow's tracking store; its URI."""
     bad = export / UNREADABLE
     bad.parent.mkdir(parents=True)
     data = files["ok"][0].read_bytes()
     bad.write_bytes(data[: len(data) - 100])
     (root / "mlflow").mkdir()
-    previous = mlflow.get_tracking_uri()
     uri = embedded_uri(root / "mlflow" / "mlflow.db")
     mlflow.set_tracking_uri(uri)
     exp = mlflow.create_experiment("train", artifact_location=(root / "mlflow" / "artifacts").as_uri())
@@ -131,6 +128,16 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with mlflow.start_run(experiment_id=exp):
         register_model(_constant_liver(net_cfg), network_config=net_cfg, preprocessing=PRE, labels=LABELS,
                        task="segmentation", name="tiny_hostile", alias="champion")
+    return uri
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("hostile")
+    export = root / "export"
+    files = {role: _copy_series(export, role, i) for i, role in enumerate(SERIES)}
+    previous = mlflow.get_tracking_uri()
+    uri = plant_unreadable_and_register(root, export, files)
     env: dict[str, Any] = {"root": root, "export": export, "files": files, "uri": uri, "console": []}
     dataset = root / "dataset"
     proc = _cli(env, "ingest", f"input_dir={export}", f"output_dir={dataset}", "workers=1", "progress=false")

@@ -32,21 +32,17 @@ import pytest
 from mlflow import MlflowClient
 
 from imaging.keys import DEMO_SECRET
-from imaging.tracking.registry import register_model
-from imaging.tracking.runs import embedded_uri
 from tests.fixtures.orthanc import Orthanc
 from tests.integration.test_hostile_names import (
-    LABELS,
-    PRE,
     REPO,
     SERIES,
     UNREADABLE,
     _cli,
-    _constant_liver,
     _copy_series,
     _file_hits,
     _hits,
     _needles,
+    plant_unreadable_and_register,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.orthanc]
@@ -87,20 +83,8 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     burned = pydicom.dcmread(files[BURNED[0]][BURNED[1]])
     burned.BurnedInAnnotation = "YES"
     burned.save_as(files[BURNED[0]][BURNED[1]], enforce_file_format=True)
-    bad = export / UNREADABLE
-    bad.parent.mkdir(parents=True)
-    data = files["ok"][0].read_bytes()
-    bad.write_bytes(data[: len(data) - 100])
-    (root / "mlflow").mkdir()
     previous = mlflow.get_tracking_uri()
-    uri = embedded_uri(root / "mlflow" / "mlflow.db")
-    mlflow.set_tracking_uri(uri)
-    exp = mlflow.create_experiment("train", artifact_location=(root / "mlflow" / "artifacts").as_uri())
-    net_cfg = {"name": "unet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8],
-               "strides": [2], "num_res_units": 0}
-    with mlflow.start_run(experiment_id=exp):
-        register_model(_constant_liver(net_cfg), network_config=net_cfg, preprocessing=PRE, labels=LABELS,
-                       task="segmentation", name="tiny_hostile", alias="champion")
+    uri = plant_unreadable_and_register(root, export, files)
     yield {"root": root, "export": export, "files": files, "uri": uri, "console": []}
     mlflow.set_tracking_uri(previous)
 
