@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from tqdm import tqdm
 
 from imaging.deid.apply import DeidOptions, DeidStats, action_plan, deidentify_dataset
-from imaging.dicom.header import bare_transfer_syntax
+from imaging.dicom.syntax import bare_transfer_syntax
 from imaging.errors import UsageError
 from imaging.fsutil import atomic_path, atomic_write_json
 from imaging.keys import Pseudonymizer

@@ -15,14 +15,13 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from imaging.dicom.dims import EXTRA_WANTED, PRIVATE_KEYWORDS, header_dims, private_getter
-from imaging.dicom.fastheader import EXPLICIT_LE, IMPLICIT_LE, RWVM_KEYWORD, NeedMore, read_fast
+from imaging.dicom.fastheader import RWVM_KEYWORD, NeedMore, read_fast
+from imaging.dicom.pixel_location import pixel_location
+from imaging.dicom.syntax import bare_transfer_syntax
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
     from pydicom.tag import BaseTag
-
-DEFLATED_LE = "1.2.840.10008.1.2.1.99"
-EXPLICIT_BE = "1.2.840.10008.1.2.2"
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 # Per-instance attributes of the withholding rules (imaging.deid.withhold): every file's own
@@ -95,32 +94,6 @@ def _get(ds: Dataset, keyword: str) -> Any:
     return _plain(value)
 
 
-def bare_transfer_syntax(ds: Dataset) -> str:
-    """The transfer syntax of a file without File Meta, from the encoding pydicom detected.
-
-    A "bare" dataset (no preamble, no group 0002) carries no TransferSyntaxUID;
-    pydicom guesses implicit/explicit VR and endianness from the first elements.
-    """
-    implicit, little = getattr(ds, "original_encoding", (True, True))
-    if implicit:
-        return IMPLICIT_LE
-    return EXPLICIT_LE if little else EXPLICIT_BE
-
-
-def read_dataset(path: str, **kwargs: Any) -> Dataset:
-    """``pydicom.dcmread`` that also reads bare files and sets their (inferred) transfer syntax."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-
-    ds = pydicom.dcmread(path, force=True, **kwargs)
-    meta = getattr(ds, "file_meta", None)
-    if meta is None or not meta.get("TransferSyntaxUID"):
-        meta = meta if meta is not None else FileMetaDataset()
-        meta.TransferSyntaxUID = bare_transfer_syntax(ds)
-        ds.file_meta = meta
-    return ds
-
-
 def _first(ds: Dataset | None, seq: str) -> Dataset | None:
     if ds is None:
         return None
@@ -165,85 +138,6 @@ def _frame_info(frame: Dataset | None, shared: Dataset | None) -> dict[str, Any]
     return info
 
 
-def _pixel_location(fp: Any, rows: Any, ts: str | None, size: int,
-                    sop_class: Any = None) -> tuple[int | None, int | None, str | None]:
-    """(value offset, value length or -1 when encapsulated, truncation error) of PixelData at ``fp``.
-
-    A file that ends cleanly where PixelData would start has none: an error (truncated) for an
-    image SOP class, the normal case for a non-image one (raw data, spectroscopy, a vendor's
-    private class), whose row then has ``pixel_length`` 0.
-    """
-    if ts in (DEFLATED_LE, EXPLICIT_BE):
-        # The file position means nothing for a deflated stream; big endian is too rare to bother.
-        return None, None, None
-    start = fp.tell()
-    head = fp.read(12)
-    if len(head) < 8 or head[:4] != b"\xe0\x7f\x10\x00":
-        if not rows:
-            return None, None, None
-        if not needs_pixel_data(sop_class):
-            return None, 0, None
-        return None, None, f"truncated: no (7FE0,0010) PixelData before end of file ({size} bytes)"
-    implicit = ts == IMPLICIT_LE
-    if implicit:
-        offset, length = start + 8, int.from_bytes(head[4:8], "little")
-    else:
-        offset, length = start + 12, int.from_bytes(head[8:12], "little")
-    if length == 0xFFFFFFFF:
-        return offset, -1, _encapsulated_problem(fp, offset, size)
-    if offset + length > size:
-        return offset, length, (
-            f"truncated: (7FE0,0010) PixelData length {length} but only {size - offset} bytes in file"
-        )
-    return offset, length, None
-
-
-def _encapsulated_problem(fp: Any, pos: int, size: int) -> str | None:
-    """Why encapsulated PixelData whose items start at ``pos`` is damaged, or ``None``.
-
-    Walks the item headers (each gives its length) to the sequence delimiter (FFFE,E0DD): what
-    follows it is legal (DataSetTrailingPadding (FFFC,FFFC), digital signatures (FFFA,FFFA)), so
-    the file's last bytes prove nothing; an item running past the end of the file is truncation.
-    """
-    while pos + 8 <= size:
-        fp.seek(pos)
-        head = fp.read(8)
-        length = int.from_bytes(head[4:8], "little")
-        if head[:4] == b"\xfe\xff\xdd\xe0":
-            return None
-        if head[:4] != b"\xfe\xff\x00\xe0" or length == 0xFFFFFFFF:
-            group, elem = int.from_bytes(head[0:2], "little"), int.from_bytes(head[2:4], "little")
-            return (f"damaged: encapsulated (7FE0,0010) PixelData has ({group:04X},{elem:04X}) at byte {pos} "
-                    f"where an item (FFFE,E000) or the sequence delimiter (FFFE,E0DD) belongs")
-        pos += 8 + length
-    return (f"truncated: encapsulated (7FE0,0010) PixelData ends without its sequence delimiter "
-            f"(FFFE,E0DD) ({size} bytes in file)")
-
-
-# Standard SOP classes whose instances hold no PixelData (or keep their data elsewhere) although
-# they may carry Rows: raw data, spectroscopy, encapsulated documents, RT plans and structures.
-_NO_PIXEL_CLASSES = ("1.2.840.10008.5.1.4.1.1.66", "1.2.840.10008.5.1.4.1.1.4.2", "1.2.840.10008.5.1.4.1.1.104.",
-                     "1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.481.3", "1.2.840.10008.5.1.4.1.1.88.",
-                     "1.2.840.10008.5.1.4.1.1.9.")
-_SEG_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
-
-
-def needs_pixel_data(sop_class: Any) -> bool:
-    """Whether an instance of ``sop_class`` must hold PixelData (a standard image class, or unknown).
-
-    A vendor's private class (a root other than 1.2.840.10008, e.g. Philips' 1.3.46.670589.11.0.0.12.*
-    series data) may carry Rows without pixels: not an image, not damaged.
-    """
-    uid = str(sop_class or "")
-    if not uid:
-        return True
-    if not uid.startswith("1.2.840.10008."):
-        return False
-    if uid in _SEG_CLASSES:
-        return True
-    return not any(uid == c or (c.endswith(".") and uid.startswith(c)) for c in _NO_PIXEL_CLASSES)
-
-
 # Headers are a few kB: read that much first (not whole 512 kB CT slices, read again for pixels).
 FIRST_READ_BYTES = 1 << 14
 FAST_READ_BYTES = 1 << 20
@@ -269,7 +163,7 @@ def read_header(path: str) -> tuple[dict[str, Any], bool]:
             if fast is not None and ("SOPClassUID" in fast[0] or "SeriesInstanceUID" in fast[0]):
                 attrs, ts, pixel_pos = fast
                 fp.seek(pixel_pos if pixel_pos is not None else size)
-                location = _pixel_location(fp, attrs.get("Rows"), ts, size, attrs.get("SOPClassUID"))
+                location = pixel_location(fp, attrs.get("Rows"), ts, size, attrs.get("SOPClassUID"))
                 return _fill(row, attrs.get, ts, location, None), True
             fp.seek(0)
             import pydicom  # only for files the fast reader leaves (enhanced, SEG, unusual encodings)
@@ -282,7 +176,7 @@ def read_header(path: str) -> tuple[dict[str, Any], bool]:
             ts_value = meta.get("TransferSyntaxUID") if meta is not None else None
             # A bare file (no File Meta): the syntax pydicom detected, as deid does.
             ts_str = str(ts_value) if ts_value else bare_transfer_syntax(ds)
-            location = _pixel_location(fp, ds.get("Rows"), ts_str, size, ds.get("SOPClassUID"))
+            location = pixel_location(fp, ds.get("Rows"), ts_str, size, ds.get("SOPClassUID"))
     except Exception as exc:  # noqa: BLE001 - any parse failure makes the file unreadable, never fatal
         row["kind"] = "unreadable"
         row["error"] = f"unreadable: {type(exc).__name__}: {str(exc)[:160]}"
@@ -450,27 +344,3 @@ def _enhanced_params(params: dict[str, Any], shared: Dataset | None) -> None:
         for kw in keywords:
             if item is not None and kw in item and kw not in params:
                 params[kw] = _get(item, kw)
-
-
-def is_native(ts: str | None) -> bool:
-    """True for uncompressed little-endian transfer syntaxes (pixels readable by offset)."""
-    return ts in (IMPLICIT_LE, EXPLICIT_LE)
-
-
-# The common syntaxes by name without importing pydicom (0.5-0.8 s of a plain ingest's start-up).
-_TS_NAMES = {IMPLICIT_LE: "Implicit VR Little Endian", EXPLICIT_LE: "Explicit VR Little Endian",
-             "1.2.840.10008.1.2.2": "Explicit VR Big Endian", "1.2.840.10008.1.2.5": "RLE Lossless",
-             "1.2.840.10008.1.2.4.50": "JPEG Baseline (Process 1)",
-             "1.2.840.10008.1.2.4.70": "JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 [Selection Value 1])",
-             "1.2.840.10008.1.2.4.90": "JPEG 2000 Image Compression (Lossless Only)",
-             "1.2.840.10008.1.2.4.91": "JPEG 2000 Image Compression"}
-
-
-def ts_name(ts: str | None) -> str:
-    if not ts:
-        return "missing"
-    if ts in _TS_NAMES:
-        return _TS_NAMES[ts]
-    from pydicom.uid import UID
-
-    return UID(ts).name

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from imaging.dicom.header import is_native, read_dataset, ts_name
 from imaging.dicom.mosaic import unmosaic
+from imaging.dicom.syntax import is_native, read_dataset, ts_name
 
 
 class VolumeError(ValueError):

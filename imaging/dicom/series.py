@@ -18,9 +18,9 @@ from typing import Any
 
 from imaging.dicom.dims import AXIS_NAMES, DimensionError, split_dimensions
 from imaging.dicom.geometry import MIN_POSITIONS, Grid, PlanError, Slice, plan_grid
-from imaging.dicom.header import is_native, ts_name
 from imaging.dicom.mosaic import MosaicError, mosaic_items
 from imaging.dicom.pixels import problem as pixel_problem
+from imaging.dicom.syntax import is_native, ts_name
 
 SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
 SC_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
@@ -126,7 +126,7 @@ def plan_series(
         return _done(plan, "seg", "segmentation (SEG) object: used as ground-truth labels")
     if sop.startswith(SC_PREFIX):
         return _done(plan, "skipped", f"secondary capture: file {rel} (0008,0016) SOPClassUID = '{sop}' ({ts_name(sop)})")
-    # pixel_length 0: a complete file of a class without PixelData (header.needs_pixel_data).
+    # pixel_length 0: a complete file of a class without PixelData (pixel_location.needs_pixel_data).
     if sop.startswith(NON_IMAGE_PREFIXES) or not any(r.get("rows") and r.get("pixel_length") != 0 for r in rows):
         name = ts_name(sop)
         return _done(plan, "skipped", f"non-image SOP class: file {rel} (0008,0016) SOPClassUID = '{sop}' ({name})")

@@ -19,8 +19,8 @@ from typing import Any
 import imaging
 from imaging.dicom.diffusion import per_volume
 from imaging.dicom.geometry import Grid
-from imaging.dicom.header import ts_name
 from imaging.dicom.series import KEY_TAGS, SeriesPlan, VolumePlan
+from imaging.dicom.syntax import ts_name
 
 PATIENT_CHARACTERISTICS = ("PatientAge", "PatientSex")
 # DICOM keyword (ms) -> BIDS key (s).

@@ -265,7 +265,7 @@ def test_clean_descriptors_drop_bare_digit_tokens() -> None:
 def test_transfer_syntax_names_without_pydicom_are_pydicoms() -> None:
     from pydicom.uid import UID
 
-    from imaging.dicom.header import _TS_NAMES, ts_name
+    from imaging.dicom.syntax import _TS_NAMES, ts_name
 
     assert all(ts_name(uid) == UID(uid).name for uid in _TS_NAMES)
     assert ts_name("1.2.840.10008.1.2.4.80") == UID("1.2.840.10008.1.2.4.80").name and ts_name(None) == "missing"
