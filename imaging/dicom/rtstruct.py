@@ -2,7 +2,7 @@
 
 For radiotherapy planning systems that read RT Structure Sets and not SEG. The
 mask of each source frame is *the same* as the SEG's: the NIfTI prediction
-sampled at that frame's pixel centres (:func:`imaging.dicom.seg.sample_labels`).
+sampled at that frame's pixel centres (:func:`imaging.dicom.source_frames.sample_labels`).
 Its outlines are traced with scikit-image's marching squares
 (``skimage.measure.find_contours`` at level 0.5 on the zero-padded mask, so every
 contour is closed) and mapped to patient coordinates through *that frame's own*
@@ -40,7 +40,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
-from imaging.dicom.seg import FrameGeometry, SourceSeries, sample_labels
+from imaging.dicom.source_frames import FrameGeometry, SourceSeries, sample_labels
 from imaging.fsutil import atomic_path
 from imaging.keys import Pseudonymizer
 

@@ -153,7 +153,8 @@ def _write(job: WriteJob, outcome: WriteOutcome) -> None:
 
 
 def _write_seg(job: WriteJob) -> tuple[int, str]:
-    from imaging.dicom.seg import load_source, write_seg
+    from imaging.dicom.seg import write_seg
+    from imaging.dicom.source_frames import load_source
 
     src_json = job.private_dir / "sources" / f"{job.series_key}.json" if job.private_dir else None
     if src_json is None or not src_json.is_file():

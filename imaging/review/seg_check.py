@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 
-from imaging.dicom.seg import FrameGeometry, frame_geometry, sample_labels
+from imaging.dicom.source_frames import FrameGeometry, frame_geometry, sample_labels
 from imaging.keys import Pseudonymizer
 from imaging.review.dataset import load_nifti
 
@@ -160,7 +160,7 @@ def seg_agrees_with_source(seg_path: str | os.PathLike[str], source_files: Seque
     Raises:
         ValueError: no source file, or ``labels_nifti`` without ``label_names``.
         FileNotFoundError: the SEG or a source file is missing.
-        imaging.dicom.seg.SegGeometryError: a source frame lacks position/orientation/spacing.
+        imaging.dicom.source_frames.SegGeometryError: a source frame lacks position/orientation/spacing.
     """
     if not source_files:
         raise ValueError(f"no source files given for SEG '{seg_path}'")

@@ -54,7 +54,7 @@ def series_outputs(out: Path, key: str, *, names: Mapping[int, str], flags_cfg: 
     """For one done series: ``flags.json`` and (``rtstruct``) ``rtstruct.dcm`` from ``seg.nii.gz``.
 
     The RTSTRUCT is built from the same NIfTI mask and the same private source headers
-    as the SEG (:func:`imaging.dicom.seg.sample_labels` on every source frame). Idempotent:
+    as the SEG (:func:`imaging.dicom.source_frames.sample_labels` on every source frame). Idempotent:
     a file newer than the mask is kept.
     """
     folder = out / key
@@ -74,7 +74,7 @@ def series_outputs(out: Path, key: str, *, names: Mapping[int, str], flags_cfg: 
         return
     from imaging.deid.seg_header import header_deid
     from imaging.dicom.rtstruct import write_rtstruct
-    from imaging.dicom.seg import load_source
+    from imaging.dicom.source_frames import load_source
 
     if labels is None or affine is None:
         labels, affine = _load_mask(mask_path)

@@ -28,7 +28,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from imaging.dicom.seg import load_source, read_seg_frames
+from imaging.dicom.seg_read import read_seg_frames
+from imaging.dicom.source_frames import load_source
 from imaging.engine.report import read_report
 from imaging.keys import Pseudonymizer, subject_identity
 from imaging.models.registry import build_network

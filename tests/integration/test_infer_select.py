@@ -29,7 +29,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from imaging.dicom.rtstruct import rasterise_contours, read_rtstruct
-from imaging.dicom.seg import frame_geometry, read_seg_frames
+from imaging.dicom.seg_read import read_seg_frames
+from imaging.dicom.source_frames import frame_geometry
 from imaging.keys import Pseudonymizer
 from imaging.models.registry import build_network
 from imaging.pipelines.infer import run_inference

@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from imaging.deid.apply import deidentify_dataset
 from imaging.deid.options import DeidOptions
 from imaging.deid.seg_header import header_deid
-from imaging.dicom.seg import load_source, write_seg
+from imaging.dicom.seg import write_seg
+from imaging.dicom.source_frames import load_source
 from imaging.resources import CONF_DIR
 from tests.unit.test_seg_writer import CODES, PSEUDO, nifti_mask, write_source
 

@@ -23,7 +23,9 @@ from imaging.dicom.rtstruct import (
     read_rtstruct,
     write_rtstruct,
 )
-from imaging.dicom.seg import load_source, read_seg_frames, write_seg
+from imaging.dicom.seg import write_seg
+from imaging.dicom.seg_read import read_seg_frames
+from imaging.dicom.source_frames import load_source
 from imaging.keys import Pseudonymizer
 from tests.unit.test_seg_writer import CANARY, _expected, nifti_mask, write_source
 

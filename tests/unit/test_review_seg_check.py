@@ -16,7 +16,8 @@ import pydicom
 import pytest
 
 from imaging.deid.seg_header import header_deid
-from imaging.dicom.seg import load_source, write_seg
+from imaging.dicom.seg import write_seg
+from imaging.dicom.source_frames import load_source
 from imaging.review.seg_check import seg_agrees_with_source, source_files_for
 from tests.unit.test_seg_writer import CODES, PSEUDO, nifti_mask, write_source
 

@@ -18,7 +18,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from imaging.dicom.seg import load_source, read_seg_frames, write_seg
+from imaging.dicom.seg import write_seg
+from imaging.dicom.seg_read import read_seg_frames
+from imaging.dicom.source_frames import load_source
 from tests.unit.test_seg_writer import CODES, _expected, nifti_mask, write_source
 
 TOOL = shutil.which("segimage2itkimage") or str(Path(sys.executable).parent / "segimage2itkimage")

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from imaging.deid.seg_header import header_deid
-from imaging.dicom.seg import load_source, write_seg
+from imaging.dicom.seg import write_seg
+from imaging.dicom.source_frames import load_source
 from imaging.engine.predict import InferenceOptions, SeriesPredictor
 from imaging.selection.apply import LabelSubsetPredictor
 from tests.unit.test_seg_writer import CODES, PSEUDO, nifti_mask, write_source

@@ -23,7 +23,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from imaging.deid.seg_header import header_deid
-from imaging.dicom.seg import load_source, read_seg_frames, sample_labels, write_seg
+from imaging.dicom.seg import write_seg
+from imaging.dicom.seg_read import read_seg_frames
+from imaging.dicom.source_frames import load_source, sample_labels
 from imaging.keys import Pseudonymizer
 
 CANARY = "CANARYxPHI"
