@@ -1,4 +1,7 @@
-"""Ground truth -> label map on a volume's grid (DICOM SEG or NIfTI label files).
+"""Ground truth -> label map on a volume's grid: the label table, the canvas, NIfTI label files.
+
+DICOM SEG ground truth is placed by :mod:`imaging.dicom.seg_labels` (its frames decoded by
+:mod:`imaging.dicom.seg_decode`) onto the same :class:`LabelCanvas`.
 
 Segment names (lowercased) map to label integers that are the same across the
 whole dataset and are written to ``dataset.json`` as ``{"labels": {"0":
@@ -11,14 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from imaging.dicom.geometry import Grid, slice_normal
+from imaging.dicom.geometry import Grid
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +91,7 @@ def read_nifti_label_names(labels_dir: Path) -> dict[int, str]:
     return {}
 
 
-# DICOM SEG transfer syntaxes that no installed decoder reads: pydicom (and pylibjpeg, GDCM,
-# DCMTK 3.6.7) decode RLE only for 8/16/32 bits allocated, and none knows Deflated Image
-# Frame Compression (added to PS3.5 in 2024). Both are decoded here, frame by frame.
-RLE_LOSSLESS = "1.2.840.10008.1.2.5"
-DEFLATED_IMAGE_FRAME = "1.2.840.10008.1.2.8.1"
-_TS_NAMES = {RLE_LOSSLESS: "RLE Lossless", DEFLATED_IMAGE_FRAME: "Deflated Image Frame Compression"}
-
 LABELMAP, ONEHOT = "labelmap", "onehot"
-# Part of a volume's re-ingest fingerprint: bumped when SEG labels are written differently,
-# so labels of an older version (2: overlaps were flattened) are redone, never reused.
-SEG_LABELS_VERSION = 3
-_REQUIRED = (("(0062,0002)", "SegmentSequence"), ("(5200,9230)", "PerFrameFunctionalGroupsSequence"),
-             ("(0028,0010)", "Rows"), ("(0028,0011)", "Columns"), ("(0028,0100)", "BitsAllocated"),
-             ("(7FE0,0010)", "PixelData"))
 
 
 @dataclass
@@ -170,205 +159,6 @@ class LabelCanvas:
         assert self.onehot is not None
         self.onehot[..., 0] = ~self.onehot[..., 1:].any(axis=3)
         return Labels(self.onehot, ONEHOT)
-
-
-def seg_frames(ds: Any, file_ref: str) -> np.ndarray:
-    """Every frame of a SEG as ``(n, rows, cols)`` stored values (0/1 for BINARY).
-
-    Raises:
-        LabelError: pixel data that cannot be decoded; the reason names the transfer syntax.
-    """
-    ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-    n, rows, cols = int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns)
-    bits = int(ds.BitsAllocated)
-    where = f"file {file_ref}: (7FE0,0010) PixelData in (0002,0010) TransferSyntaxUID = '{ts}' ({_ts_name(ts)})"
-    try:
-        if ts in (RLE_LOSSLESS, DEFLATED_IMAGE_FRAME) and (bits == 1 or ts == DEFLATED_IMAGE_FRAME):
-            return np.stack([_native_frame(_decompress(f, ts), bits, rows, cols) for f in _encapsulated(ds, n)])
-        frames = np.asarray(ds.pixel_array)
-    except LabelError as exc:
-        raise LabelError(f"{where}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - the syntax is named; a decoder's text (paths) stays private
-        raise LabelError(f"{where}: no decoder here reads it ({type(exc).__name__})") from exc
-    return frames.reshape(n, rows, cols)
-
-
-def _ts_name(ts: str) -> str:
-    if ts in _TS_NAMES:
-        return _TS_NAMES[ts]
-    from pydicom.uid import UID
-
-    return UID(ts).name if ts else "missing"
-
-
-def _encapsulated(ds: Any, n: int) -> list[bytes]:
-    from pydicom.encaps import generate_frames
-
-    ext = ds.get("ExtendedOffsetTable")
-    offsets = (ext, ds.get("ExtendedOffsetTableLengths")) if ext is not None else None
-    frames = list(generate_frames(ds.PixelData, number_of_frames=n, extended_offsets=offsets))
-    if len(frames) != n:
-        raise LabelError(f"{len(frames)} encapsulated frames for (0028,0008) NumberOfFrames = {n}")
-    return frames
-
-
-def _decompress(frame: bytes, ts: str) -> bytes:
-    if ts == DEFLATED_IMAGE_FRAME:
-        import zlib
-
-        # The standard says deflate (RFC 1951); some writers add the zlib wrapper (RFC 1950).
-        for wbits in (-15, 15):
-            try:
-                unpacker = zlib.decompressobj(wbits)
-                return unpacker.decompress(frame) + unpacker.flush()
-            except zlib.error:
-                continue
-        raise LabelError("a frame is neither a deflate nor a zlib stream")
-    # PS3.5 Annex G: a 64-byte header of segment offsets, then PackBits segments. pydicom's
-    # PackBits routines are reused; its frame decoder assumes 8 bits or more per sample.
-    from pydicom.pixels.decoders.rle import _rle_decode_segment, _rle_parse_header
-
-    offsets = _rle_parse_header(frame[:64])
-    if len(offsets) != 1:
-        raise LabelError(f"{len(offsets)} RLE segments in a 1-bit frame (one expected)")
-    return bytes(_rle_decode_segment(frame[offsets[0]:]))
-
-
-def _native_frame(raw: bytes, bits: int, rows: int, cols: int) -> np.ndarray:
-    """A decompressed frame in native layout: 1-bit pixels packed from the lowest bit, each frame from a byte."""
-    n = rows * cols
-    if bits == 1:
-        if len(raw) < (n + 7) // 8:
-            raise LabelError(f"a frame decodes to {len(raw)} bytes, {(n + 7) // 8} needed for {rows}x{cols} 1-bit pixels")
-        return np.unpackbits(np.frombuffer(raw, np.uint8), count=n, bitorder="little").reshape(rows, cols)
-    size = bits // 8
-    if bits not in (8, 16) or len(raw) < n * size:
-        raise LabelError(f"a frame decodes to {len(raw)} bytes for {rows}x{cols} pixels of {bits} bits")
-    return np.frombuffer(raw, f"<u{size}", count=n).reshape(rows, cols)
-
-
-def seg_to_labels(seg_path: str, grid: Grid, table: LabelTable, file_ref: str) -> Labels:
-    """Rasterise one DICOM SEG onto ``grid`` (a label map, or one-hot where its segments overlap).
-
-    Each SEG frame is placed by its PlanePositionSequence position: the frame's
-    normal coordinate picks the output slice, its in-plane offset shifts it
-    (nearest neighbour). Frames of another orientation or pixel spacing are refused.
-
-    Raises:
-        LabelError: unreadable SEG, or frames not on the volume's grid.
-    """
-    canvas = LabelCanvas(grid.shape, table)
-    for k, value, plane in _seg_planes(seg_path, grid, table, file_ref):
-        canvas.paint(value, plane, k)
-    return canvas.result()
-
-
-def segs_to_labels(segs: list[tuple[str, str]], grid: Grid, table: LabelTable) -> Labels:
-    """Several SEG instances of one image volume, ``(path, keyed file name)``, as one label volume.
-
-    Policy: one label volume holds every instance whole. Instances with different segments
-    are combined (one-hot where they overlap); the same segment in several instances (one
-    segmentation stored several ways) must cover the same voxels. Two instances that
-    disagree on a segment are two annotations of one structure: no single label volume
-    holds both, so none is written and the reason names both files.
-
-    Raises:
-        LabelError: an unreadable instance, or two instances that disagree (both named).
-    """
-    if len(segs) == 1:  # the usual case: no comparisons, no second pass over the grid
-        return seg_to_labels(segs[0][0], grid, table, segs[0][1])
-    canvas = LabelCanvas(grid.shape, table)
-    seen: dict[int, tuple[str, np.ndarray]] = {}
-    for path, file_ref in sorted(segs):
-        one = seg_to_labels(path, grid, table, file_ref)
-        for value in one.values():
-            mask = one.mask(value)
-            if value in seen and not np.array_equal(seen[value][1], mask):
-                name = table.as_json()[str(value)]
-                raise LabelError(
-                    f"SEG files {seen[value][0]} and {file_ref} both have segment '{name}' on different voxels "
-                    f"({int(seen[value][1].sum())} vs {int(mask.sum())}): two annotations of one structure, "
-                    "no single label volume holds both")
-            seen.setdefault(value, (file_ref, mask))
-            canvas.paint(value, mask)
-    return canvas.result()
-
-
-def _seg_planes(seg_path: str, grid: Grid, table: LabelTable, file_ref: str) -> Iterator[tuple[int, int, np.ndarray]]:
-    """``(slice k, label value, boolean (x, y) plane)`` for every segment of every frame of a SEG."""
-    import pydicom
-    from scipy import ndimage
-
-    try:
-        # pydicom, not highdicom's segread: highdicom refuses a transfer syntax pydicom does
-        # not know (Deflated Image Frame Compression) before any frame is read.
-        seg = pydicom.dcmread(seg_path)
-    except Exception as exc:  # noqa: BLE001 - a bad SEG is that series' label error, never fatal
-        # Not the library's text: cut at 120 characters it may hold a path cut where no key replaces it.
-        raise LabelError(f"file {file_ref}: cannot read SEG: {type(exc).__name__}") from exc
-    for tag, keyword in _REQUIRED:
-        if keyword not in seg:
-            raise LabelError(f"file {file_ref}: not a readable SEG: no {tag} {keyword}")
-    frames = seg_frames(seg, file_ref)
-    n_items = len(seg.PerFrameFunctionalGroupsSequence)
-    if n_items != len(frames):  # a frame without its position (or a position without a frame) cannot be placed
-        raise LabelError(f"file {file_ref}: (5200,9230) PerFrameFunctionalGroupsSequence has {n_items} item(s) "
-                         f"for {len(frames)} frame(s) ((0028,0008) NumberOfFrames)")
-    names = {int(s.SegmentNumber): normalise(s.get("SegmentLabel", f"segment {s.SegmentNumber}"))
-             for s in seg.SegmentSequence}
-    table.add(list(names.values()))
-    seg_type = str(seg.get("SegmentationType", "BINARY"))
-    threshold = 0.5 * float(seg.get("MaximumFractionalValue", 255)) if seg_type == "FRACTIONAL" else 0
-    shared = seg.get("SharedFunctionalGroupsSequence", [None])[0]
-    inv = np.linalg.inv(grid.affine_lps)
-    for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        where = f"file {file_ref} frame {i + 1}"
-        ci, cj, k = _frame_slice(item, shared, grid, inv, where)
-        if frames[i].shape[1] > grid.shape[0] or frames[i].shape[0] > grid.shape[1]:
-            raise LabelError(f"{where}: (0028,0010)/(0028,0011) frame size {frames[i].shape} differs from the volume's")
-        if seg_type == "LABELMAP":
-            pairs = [(names[n], frames[i] == n) for n in names if n > 0]
-        else:
-            number = int(_pick(item, shared, "SegmentIdentificationSequence", "ReferencedSegmentNumber") or 1)
-            pairs = [(names.get(number, f"segment {number}"), frames[i] > threshold)]
-        for name, hit in pairs:
-            plane = np.asarray(hit).T
-            if not plane.any():
-                continue
-            if abs(ci) > 1e-3 or abs(cj) > 1e-3 or plane.shape != grid.shape[:2]:
-                # Placed by position (nearest): a tilted volume's grid is wider than one frame.
-                plane = ndimage.affine_transform(plane.astype(np.uint8), np.ones(2), offset=(-ci, -cj),
-                                                 output_shape=grid.shape[:2], order=0, mode="grid-constant",
-                                                 cval=0) > 0
-            yield k, table.ids[name], plane
-
-
-def _frame_slice(item: Any, shared: Any, grid: Grid, inv: np.ndarray, where: str) -> tuple[float, float, int]:
-    """A frame's in-plane offset (columns, rows) and output slice, from its functional groups."""
-    ipp = _pick(item, shared, "PlanePositionSequence", "ImagePositionPatient")
-    iop = _pick(item, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
-    spacing = _pick(item, shared, "PixelMeasuresSequence", "PixelSpacing")
-    if ipp is None or iop is None or spacing is None:
-        raise LabelError(f"{where}: missing (0020,0032)/(0020,0037)/(0028,0030) in functional groups")
-    r, c, _ = slice_normal(iop)
-    if not (np.allclose(r, grid.row_dir, atol=1e-3) and np.allclose(c, grid.col_dir, atol=1e-3)):
-        raise LabelError(f"{where}: (0020,0037) ImageOrientationPatient = {list(map(float, iop))} "
-                         "differs from the volume's")
-    if not np.allclose([float(spacing[0]), float(spacing[1])], [grid.dy, grid.dx], atol=1e-3):
-        raise LabelError(f"{where}: (0028,0030) PixelSpacing = {list(map(float, spacing))} differs from the volume's")
-    ci, cj, ck = (inv @ np.r_[np.asarray(ipp, float), 1.0])[:3]
-    k = int(round(ck))
-    if not 0 <= k < grid.shape[2] or abs(ck - k) > 0.25:
-        raise LabelError(f"{where}: (0020,0032) ImagePositionPatient = {list(map(float, ipp))} "
-                         "is not on a slice of the volume")
-    return float(ci), float(cj), k
-
-
-def _pick(item: Any, shared: Any, seq: str, keyword: str) -> Any:
-    for group in (item, shared):
-        if group is not None and seq in group and len(group[seq].value) and keyword in group[seq].value[0]:
-            return group[seq].value[0].get(keyword)
-    return None
 
 
 def nifti_to_labels(path: str | os.PathLike[str], grid: Grid, table: LabelTable, names: dict[int, str]) -> np.ndarray:

@@ -29,16 +29,14 @@ from imaging.dicom.geometry import Grid, PlanError, Slice, plan_grid, slice_norm
 from imaging.dicom.header import POLICY_TAGS
 from imaging.dicom.labels import (
     LABELMAP,
-    SEG_LABELS_VERSION,
     LabelError,
     Labels,
     LabelTable,
     LabelTableFrozen,
     nifti_to_labels,
-    seg_to_labels,
-    segs_to_labels,
 )
 from imaging.dicom.scan import decode_row
+from imaging.dicom.seg_labels import SEG_LABELS_VERSION, seg_to_labels, segs_to_labels
 from imaging.dicom.series import SEG_CLASSES, SeriesPlan, VolumePlan, plan_series
 from imaging.dicom.sidecar import axis_codes, build_sidecar
 from imaging.dicom.volume import VolumeError, assemble, write_nifti

@@ -23,7 +23,8 @@ from pydicom.pixels import pack_bits
 from pydicom.uid import generate_uid
 
 from imaging.data.items import load_dataset_info, segmentation_items
-from imaging.dicom.labels import LabelError, seg_frames
+from imaging.dicom.labels import LabelError
+from imaging.dicom.seg_decode import seg_frames
 from imaging.pipelines import ingest_series
 from imaging.synth.seg import DEFLATED_IMAGE_FRAME, RLE_LOSSLESS, encode_seg_frames, save_encoded
 from tests.fixtures.datasets import WrittenSlice, stack_positions, write_slices

@@ -20,8 +20,9 @@ from pydicom.tag import Tag
 
 from imaging.boundary import ERRORS_FILE, failure_reason
 from imaging.dicom.header import header_row
-from imaging.dicom.labels import LabelError, LabelTable, seg_to_labels
+from imaging.dicom.labels import LabelError, LabelTable
 from imaging.dicom.pixels import VolumeError, read_file_frames
+from imaging.dicom.seg_labels import seg_to_labels
 from imaging.dicom.series import plan_series
 from imaging.keys import FileNames, Pseudonymizer
 from imaging.layout import private_dir_of
