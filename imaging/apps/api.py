@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 
 if TYPE_CHECKING:
     from imaging.pipelines.federate import FederateResult
-    from imaging.pipelines.infer import InferenceOutcome
+    from imaging.pipelines.infer.run import InferenceOutcome
     from imaging.pipelines.ingest import IngestSummary
     from imaging.pipelines.train import TrainResult
 
@@ -87,7 +87,7 @@ def infer(model: str, input: str | os.PathLike[str], output_dir: str | os.PathLi
           overrides: Overrides = None, *, secret_file: str | os.PathLike[str] | None = None,
           demo_key: bool = False) -> InferenceOutcome:
     """``imaging infer``: a registered model (``models:/NAME@ALIAS``) over an export, a dataset or an archive."""
-    from imaging.pipelines.infer import run_inference
+    from imaging.pipelines.infer.run import run_inference
 
     return run_inference(compose("infer", _override_list(
         overrides, model_uri=model, input=input, output_dir=output_dir, secret_file=secret_file,

@@ -1,6 +1,6 @@
 """`imaging infer model=models:/NAME@champion input=PATH output_dir=OUT [shard.index=..] [...]`.
 
-Thin: compose the config, run :func:`imaging.pipelines.infer.run_inference`,
+Thin: compose the config, run :func:`imaging.pipelines.infer.run.run_inference`,
 print a summary table. Exit 1 when ``fail_on_error=true`` and a series failed.
 """
 
@@ -33,10 +33,10 @@ def _main(cfg: DictConfig) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from imaging.engine.report import read_report
     from imaging.errors import UsageError, require_input, require_writable_dir
     from imaging.keys import SecretError
-    from imaging.pipelines.infer import run_inference
+    from imaging.pipelines.infer.report import read_report
+    from imaging.pipelines.infer.run import run_inference
 
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every copied module at INFO
     console = Console()

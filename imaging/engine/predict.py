@@ -26,9 +26,9 @@ from monai.inferers import SlidingWindowInfererAdapt
 from monai.transforms import Compose, Invertd
 from scipy import ndimage
 
+from imaging.data.nifti import load_nifti
 from imaging.data.transforms import build_inference_transforms
 from imaging.engine.loops import autocast
-from imaging.engine.writer import load_nifti
 
 log = logging.getLogger(__name__)
 

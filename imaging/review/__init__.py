@@ -10,5 +10,7 @@ logic is tested code. Every figure is a :class:`matplotlib.figure.Figure`
 - :mod:`imaging.review.runs`: MLflow runs compared: curves, Dice, config diff.
 - :mod:`imaging.review.predictions`: inference report, volumes, best/worst cases.
 - :mod:`imaging.review.seg_check`: a DICOM SEG checked against its source series.
+- :mod:`imaging.review.overlay`: the mask-over-slices PNG (Pillow, no matplotlib) of inference
+  outputs and study previews.
 - :mod:`imaging.review.notebook`: strip outputs, inject papermill-style parameters.
 """

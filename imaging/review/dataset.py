@@ -18,8 +18,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from imaging.data.nifti import load_nifti
 from imaging.dicom.catalog import COLUMNS, read_catalog
-from imaging.engine.writer import load_nifti
 
 # Reasons name the offending file and value; for a summary they are grouped without them.
 # Today reasons name files by key (``file file-<hex>``); older catalogs by quoted path.

@@ -1,6 +1,6 @@
 """An ``imaging infer`` output for review: report tables, volume plots, best and worst cases.
 
-The layout (see :mod:`imaging.pipelines.batch`): ``<out>/report.csv`` (+ ``report.json``
+The layout (see :mod:`imaging.pipelines.infer.resume`): ``<out>/report.csv`` (+ ``report.json``
 with a summary), ``<out>/<series_key>/{seg.nii.gz,seg.dcm,overlay.png}``; a PACS
 input was ingested into ``<out>/work/dataset`` with its private side (source file
 lists) in ``<out>.private``. Label names come from the report's

@@ -98,7 +98,7 @@ def series_outputs(out: Path, key: str, *, names: Mapping[int, str], flags_cfg: 
 def preview(out: Path, study_key: str, series_key: str, dataset: Path, volume_path: str,
             names: Mapping[int, str], window: tuple[float, float] | None) -> Path | None:
     """``OUT/previews/<study_key>.png``: the chosen series with its mask (a montage of axial slices)."""
-    from imaging.engine.report import overlay_montage
+    from imaging.review.overlay import overlay_montage
 
     mask_path = out / series_key / "seg.nii.gz"
     target = out / "previews" / f"{study_key}.png"

@@ -1,6 +1,6 @@
 """What an ``imaging infer`` run shows a reviewer: input dataset, review images, description.
 
-Called by :func:`imaging.pipelines.infer.log_inference_run` inside the shard's
+Called by :func:`imaging.pipelines.infer.run.log_inference_run` inside the shard's
 active MLflow run, after the report is written. It logs
 
 - the shard's series as the run's dataset input (``context=inference``; same name

@@ -24,9 +24,10 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from imaging.dicomweb.client import DicomwebSettings
-from imaging.dicomweb.pull import Puller, as_uid_list
+from imaging.dicomweb.pull import Puller
+from imaging.dicomweb.qido import as_uid_list
 from imaging.keys import Pseudonymizer
-from imaging.pipelines.remote import (
+from imaging.pipelines.infer.remote import (
     TransferRow,
     pull_for_inference,
     read_transfers,
@@ -170,7 +171,7 @@ def test_every_capped_series_gets_a_seg(capped: dict, tmp_path: Path, monkeypatc
     from dicomweb_client.api import DICOMwebClient
 
     from imaging.models.registry import build_network
-    from imaging.pipelines.infer import run_inference
+    from imaging.pipelines.infer.run import run_inference
     from imaging.tracking.registry import register_model
 
     server: Orthanc = capped["server"]

@@ -30,10 +30,10 @@ from hydra import compose, initialize_config_dir
 
 from imaging.dicom.seg_read import read_seg_frames
 from imaging.dicom.source_frames import load_source
-from imaging.engine.report import read_report
 from imaging.keys import Pseudonymizer, subject_identity
 from imaging.models.registry import build_network
-from imaging.pipelines.infer import run_inference
+from imaging.pipelines.infer.report import read_report
+from imaging.pipelines.infer.run import run_inference
 from imaging.resources import CONF_DIR
 from imaging.synth import generate
 from imaging.synth.canaries import CANARY_TOKEN

@@ -27,8 +27,8 @@ from hydra import compose, initialize_config_dir
 
 from imaging.errors import UsageError
 from imaging.models.registry import build_network
-from imaging.pipelines.infer import run_inference
-from imaging.pipelines.remote import read_transfers
+from imaging.pipelines.infer.remote import read_transfers
+from imaging.pipelines.infer.run import run_inference
 from imaging.resources import CONF_DIR
 from imaging.synth import generate
 from imaging.tracking.registry import register_model

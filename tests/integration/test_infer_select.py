@@ -33,7 +33,7 @@ from imaging.dicom.seg_read import read_seg_frames
 from imaging.dicom.source_frames import frame_geometry
 from imaging.keys import Pseudonymizer
 from imaging.models.registry import build_network
-from imaging.pipelines.infer import run_inference
+from imaging.pipelines.infer.run import run_inference
 from imaging.resources import CONF_DIR
 from imaging.selection.rules import parse_rule
 from imaging.synth import generate

@@ -17,8 +17,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
-from imaging.pipelines.infer import run_inference
-from imaging.pipelines.train import run
+from imaging.pipelines.infer.run import run_inference
+from imaging.pipelines.train.run import run
 from tests.fixtures.mlflow_server import MlflowServer
 from tests.fixtures.train_data import CONF_DIR, compose_train, make_train_dataset
 

@@ -47,7 +47,7 @@ def test_infer_config_carries_the_deid_options() -> None:
                                             "deid_options.keep_age_90_plus=true"])
         deid = compose("deid", overrides=["input_dir=x", "output_dir=x"])
         ingest = compose("ingest", overrides=["input_dir=x", "output_dir=x"])
-    from imaging.pipelines.infer import _seg_deid_options
+    from imaging.pipelines.infer.run import _seg_deid_options
 
     opts = _seg_deid_options(infer)
     assert isinstance(opts, DeidOptions) and opts.keep_age_90_plus

@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from imaging.engine.predict import InferenceOptions
-from imaging.pipelines.infer import _shard, _window
+from imaging.pipelines.infer.run import _shard, _window
 from imaging.resources import CONF_DIR
 
 CONF = CONF_DIR

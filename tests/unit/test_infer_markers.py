@@ -14,12 +14,8 @@ import numpy as np
 
 from imaging.dicom.catalog import CatalogRow
 from imaging.engine.predict import InferenceOptions, SeriesPredictor
-from imaging.pipelines.batch import (
-    BatchRunner,
-    BatchSettings,
-    ModelInfo,
-    prefetch_workers_from_cpus,
-)
+from imaging.pipelines.infer.batch import BatchRunner, BatchSettings, prefetch_workers_from_cpus
+from imaging.pipelines.infer.resume import ModelInfo
 from tests.unit.test_infer_predict import PRE, threshold_net, write_volume
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from imaging.engine.predict import InferenceOptions, SeriesPredictor
-from imaging.engine.writer import save_mask
+from imaging.pipelines.infer.writers import save_mask
 
 PRE = {"task": "segmentation", "modality": "CT", "orientation": "RAS", "spacing": [2.0, 2.0, 2.0],
        "intensity": {"kind": "window", "a_min": 0, "a_max": 1000, "b_min": 0.0, "b_max": 1.0, "clip": True},

@@ -15,18 +15,13 @@ import pytest
 
 from imaging.dicom.catalog import read_catalog
 from imaging.engine.predict import InferenceOptions, SeriesPredictor
-from imaging.engine.report import ReportRow, label_volumes, overlay_montage, read_report
 from imaging.keys import Pseudonymizer
-from imaging.pipelines.batch import (
-    BatchRunner,
-    BatchSettings,
-    ModelInfo,
-    _record,
-    is_done,
-    merge_reports,
-    shard_keys,
-)
+from imaging.pipelines.infer.batch import BatchRunner, BatchSettings
+from imaging.pipelines.infer.inputs import shard_keys
+from imaging.pipelines.infer.report import ReportRow, label_volumes, read_report
+from imaging.pipelines.infer.resume import ModelInfo, is_done, merge_reports, record
 from imaging.pipelines.ingest import ingest
+from imaging.review.overlay import overlay_montage
 from tests.unit.test_infer_predict import threshold_net
 from tests.unit.test_seg_writer import write_source
 
@@ -60,9 +55,9 @@ def test_markers_and_merge_no_duplicates(tmp_path: Path) -> None:
     keys = ["a", "b", "c"]
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "seg.nii.gz").write_bytes(b"x")
-    _record(tmp_path, ReportRow("a", "s1", "ok", model_name="thresh", model_version="2",
+    record(tmp_path, ReportRow("a", "s1", "ok", model_name="thresh", model_version="2",
                                 voxels={"liver": 3}, volume_ml={"liver": 0.1}), ["seg.nii.gz"])
-    _record(tmp_path, ReportRow("b", "s1", "error", "read: boom", model_name="thresh", model_version="2"))
+    record(tmp_path, ReportRow("b", "s1", "error", "read: boom", model_name="thresh", model_version="2"))
     path, complete = merge_reports(tmp_path, keys, MODEL)
     assert not complete and [r["series_key"] for r in read_report(path)] == ["a", "b"]
     assert is_done(tmp_path, "a", MODEL) and not is_done(tmp_path, "b", MODEL)
@@ -70,8 +65,8 @@ def test_markers_and_merge_no_duplicates(tmp_path: Path) -> None:
     # b succeeds on a re-run: its error marker goes, the report has it once, as ok.
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "seg.nii.gz").write_bytes(b"x")
-    _record(tmp_path, ReportRow("b", "s1", "ok", model_name="thresh", model_version="2"), ["seg.nii.gz"])
-    _record(tmp_path, ReportRow("c", "s2", "ok", model_name="thresh", model_version="2"), ["seg.nii.gz"])
+    record(tmp_path, ReportRow("b", "s1", "ok", model_name="thresh", model_version="2"), ["seg.nii.gz"])
+    record(tmp_path, ReportRow("c", "s2", "ok", model_name="thresh", model_version="2"), ["seg.nii.gz"])
     path, complete = merge_reports(tmp_path, keys, MODEL)
     rows = read_report(path)
     assert complete and [(r["series_key"], r["status"]) for r in rows] == [("a", "ok"), ("b", "ok"), ("c", "ok")]
@@ -92,8 +87,8 @@ def test_overlay_png(tmp_path: Path) -> None:
 def test_overlay_panels_radiological_view_whatever_the_voxel_order() -> None:
     """A label at the patient's right-anterior lands top-left in every panel, in its palette colour,
     whether the volume is stored LPS (DICOM order) or RAS; pixels are square in millimetres."""
-    from imaging.engine.report import overlay_panels
     from imaging.palette import label_colour
+    from imaging.review.overlay import overlay_panels
 
     # world (RAS, mm): a 12 x 12 mm box at x in [6, 18) (right), y in [6, 18) (anterior), z in [0, 8)
     shape, zoom = (40, 20, 10), (1.0, 2.0, 2.0)  # 40 x 40 mm in plane, anisotropic voxels
@@ -185,7 +180,7 @@ def test_missing_source_dicom_is_an_error_without_paths(dataset: Path, tmp_path:
     assert not (out / "done" / f"{key}.json").exists()
     # the log (the console) names the series by key; the details (private paths) are in the private errors.jsonl only
     details = [r for r in caplog.records if "source DICOM unreadable" in r.getMessage()]
-    assert len(details) == 1 and details[0].name == "imaging.engine.writer"
+    assert len(details) == 1 and details[0].name == "imaging.pipelines.infer.writers"
     assert spec["files"][0] not in details[0].getMessage() and key in details[0].getMessage()
     errors = (dataset.with_name("ds.private") / "errors.jsonl").read_text(encoding="utf-8").splitlines()
     assert any(spec["files"][0] in json.loads(line)["message"] for line in errors)
@@ -194,7 +189,7 @@ def test_missing_source_dicom_is_an_error_without_paths(dataset: Path, tmp_path:
 def test_overlay_panels_of_a_sagittal_volume_keep_millimetre_proportions() -> None:
     """Voxel axes i->A, j->S, k->R (a sagittal stack, a 3-cycle of the RAS axes): the axial
     panel is 20 mm (R-L) by 40 mm (A-P), so its width is half its height."""
-    from imaging.engine.report import overlay_panels
+    from imaging.review.overlay import overlay_panels
 
     shape = (40, 30, 10)  # i: A-P, 40 x 1 mm; j: S-I, 30 x 1 mm; k: R-L, 10 x 2 mm
     affine = np.zeros((4, 4))

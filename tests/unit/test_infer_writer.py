@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from imaging.engine.writer import SegSettings, WriteJob, WriterPool
+from imaging.pipelines.infer.writers import SegSettings, WriteJob, WriterPool
 
 
 class _DiesOnUnpickle:

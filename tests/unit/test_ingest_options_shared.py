@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 
 from imaging.dicom.catalog import read_catalog
 from imaging.keys import Pseudonymizer
-from imaging.pipelines.batch import resolve_input
+from imaging.pipelines.infer.inputs import resolve_input
 from imaging.pipelines.ingest import ingest_options
 from imaging.resources import CONF_DIR
 from tests.fixtures.datasets import stack_positions, write_slices

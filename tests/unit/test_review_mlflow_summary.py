@@ -85,7 +85,7 @@ def test_a_long_description_is_clipped_to_the_tag_limit(store: Store, tmp_path: 
 
 
 def test_an_inference_run_gets_lineage_to_model_and_training(store: Store) -> None:
-    # Params, tags and metrics as imaging.pipelines.infer.log_inference_run writes them.
+    # Params, tags and metrics as imaging.pipelines.infer.run.log_inference_run writes them.
     exp = store.client.create_experiment("inference")
     rid = store.client.create_run(exp, run_name="infer-shard0-of-2").info.run_id
     for key, value in {"model_uri": "models:/demo_seg@candidate", "model_name": "demo_seg", "model_version": "1",

@@ -1,6 +1,6 @@
 """Reviewing an inference output: report tables, volume plots, best/worst cases, case views.
 
-The output is written with the real writers (``imaging.engine.report``), the dataset
+The output is written with the real writers (``imaging.pipelines.infer.report``), the dataset
 in the ingest contract; the dataset numbers its labels differently from the model
 (spleen=1, liver=2 vs liver=1, spleen=2), so matching by name is exercised.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from imaging.dicom.catalog import CatalogRow, write_catalog
-from imaging.engine.report import ReportRow, label_volumes, write_report
+from imaging.pipelines.infer.report import ReportRow, label_volumes, write_report
 from imaging.review.predictions import (
     case_scores,
     case_views,

@@ -22,8 +22,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from imaging.dicomweb.client import DicomwebError, DicomwebSettings, check_reachable
-from imaging.dicomweb.pull import Puller, PullQuery, as_uid_list, find_studies
+from imaging.dicomweb.pull import Puller
 from imaging.dicomweb.push import PushResult, c_store, stow
+from imaging.dicomweb.qido import PullQuery, as_uid_list, find_studies
 from imaging.errors import UsageError
 from imaging.fsutil import atomic_write_text
 from imaging.keys import Pseudonymizer

@@ -8,42 +8,24 @@ grow with the number of series):
 2. *model*: sliding-window inference (the main thread: it owns the GPU);
 3. *writer*: invert the probabilities to the source grid (linear) and take the argmax
    (a thread: torch releases the GIL), then hand the label volume to writer *processes*
-   (:mod:`imaging.engine.writer`: pydicom/highdicom hold the GIL, and a thread writing
+   (:mod:`imaging.pipelines.infer.writers`: pydicom/highdicom hold the GIL, and a thread writing
    SEGs slowed the model by half) for ``seg.nii.gz``, ``seg.dcm``, ``overlay.png``; then
    the ``done/<series_key>.json`` marker, last and atomically, while the model already
    runs the next series.
 
-Done markers hold the model version and a hash of the options that change the
-outputs (``ModelInfo.options_key``): other options, other outputs. Before a series is
-read, ``attempted/<series_key>.json`` counts the start; a finished series (ok or
-error) removes it, so a count that survives means the process died on it. After
-two deaths the series is skipped with an error row instead of killing a third process.
-
-A series that fails at any stage gets ``errors/<series_key>.json`` with its
-reason and the batch goes on. Report rows live in those markers, so reports are
-*derived*: the shard report and the merged ``report.csv`` are rebuilt from the
-markers, which is why a re-run after a kill never duplicates a row.
-
-Sharding: the catalog's series keys are sorted and dealt round robin
-(``keys[index::count]``): deterministic, balanced, each series in one shard.
-Merging: every shard, when it finishes, takes ``.report.lock`` and rewrites the
-merged ``report.csv``/``report.json`` from all markers, so the last shard to
-finish writes the complete report; ``merge_only=true`` does only that step.
+Resume markers and the merged report: :mod:`imaging.pipelines.infer.resume`; which
+series a shard takes: :mod:`imaging.pipelines.infer.inputs`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
-import json
 import logging
-import os
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +38,24 @@ from imaging.boundary import failure_reason
 from imaging.cpus import run_in_background, usable_cpus
 from imaging.dicom.catalog import CatalogRow
 from imaging.engine.predict import Prepared, SeriesPredictor
-from imaging.engine.report import ReportRow, label_volumes, write_report
-from imaging.engine.writer import (
+from imaging.fsutil import atomic_write_json
+from imaging.keys import Pseudonymizer
+from imaging.layout import private_dir_of
+from imaging.pipelines.infer.inputs import shard_keys
+from imaging.pipelines.infer.report import ReportRow, label_volumes, write_report
+from imaging.pipelines.infer.resume import (
+    MAX_ATTEMPTS,
+    ModelInfo,
+    attempts,
+    count_attempt,
+    drop_stale_marker_temps,
+    is_done,
+    marker_path,
+    merge_reports,
+    record,
+    report_rows,
+)
+from imaging.pipelines.infer.writers import (
     SegSettings,
     SeriesError,
     WriteJob,
@@ -66,25 +64,8 @@ from imaging.engine.writer import (
     reemit,
     write_workers_from_cpus,
 )
-from imaging.fsutil import atomic_write_json
-from imaging.keys import Pseudonymizer
-from imaging.layout import private_dir_of
 
 log = logging.getLogger(__name__)
-OUTPUT_FILES = ("seg.nii.gz",)  # always written for an ok series; seg.dcm/overlay.png when produced
-
-
-@dataclass
-class ModelInfo:
-    """Which model ran (goes into every row and marker)."""
-
-    name: str
-    version: str
-    alias: str = ""
-    labels: dict[int, str] = field(default_factory=dict)
-    # Hash of every setting that changes the outputs (inference options, seg type/geometry/
-    # identity...): a done marker made with other settings is not done for these.
-    options_key: str = ""
 
 
 @dataclass
@@ -130,127 +111,6 @@ class BatchResult:
         return done / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def shard_keys(keys: list[str], index: int, count: int) -> list[str]:
-    """This shard's series: sorted keys dealt round robin. Every key lands in exactly one shard."""
-    return sorted(set(keys))[index::count]
-
-
-def _marker(out: Path, kind: str, key: str) -> Path:
-    return out / kind / f"{key}.json"
-
-
-def is_done(out: Path, key: str, model: ModelInfo) -> bool:
-    """A series is done when its marker exists for this model and its outputs are still there."""
-    path = _marker(out, "done", key)
-    if not path.is_file():
-        return False
-    marker = json.loads(path.read_text(encoding="utf-8"))
-    same_model = (marker.get("model_name"), str(marker.get("model_version"))) == (model.name, str(model.version))
-    same_options = str(marker.get("options_key", "")) == model.options_key
-    files_there = all((out / key / f).is_file() for f in marker.get("files", OUTPUT_FILES))
-    if not same_model:
-        log.info("%s: done with another model version, predicting again", key)
-    elif not same_options:
-        log.info("%s: done with other inference options, predicting again", key)
-    return same_model and same_options and files_there
-
-
-def options_key(settings: Mapping[str, Any]) -> str:
-    """A short stable hash of the settings that change a series' outputs."""
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-MAX_ATTEMPTS = 2
-
-
-def _attempts(out: Path, key: str) -> int:
-    path = _marker(out, "attempted", key)
-    try:
-        return int(json.loads(path.read_text(encoding="utf-8")).get("attempts", 0))
-    except (OSError, ValueError):
-        return 0
-
-
-def _attempt(out: Path, key: str) -> None:
-    """Count a start on this series *before* the work: a process that dies on it leaves the count."""
-    atomic_write_json(_marker(out, "attempted", key), {"attempts": _attempts(out, key) + 1}, fsync=False)
-
-
-def _record(out: Path, row: ReportRow, files: list[str] | None = None, options: str = "") -> None:
-    """Write the row into its marker: done/ for ok (last, after the outputs), errors/ otherwise."""
-    if row.status == "ok":
-        atomic_write_json(_marker(out, "done", row.series_key), {**row.to_json(), "files": files or [],
-                                                                  "options_key": options})
-        _marker(out, "errors", row.series_key).unlink(missing_ok=True)
-    else:
-        atomic_write_json(_marker(out, "errors", row.series_key), row.to_json())
-    _marker(out, "attempted", row.series_key).unlink(missing_ok=True)  # finished, for better or worse
-
-
-def _rows(out: Path, keys: list[str]) -> Iterator[ReportRow]:
-    for key in keys:
-        for kind in ("done", "errors"):
-            path = _marker(out, kind, key)
-            if path.is_file():
-                yield ReportRow.from_json(json.loads(path.read_text(encoding="utf-8")))
-                break
-
-
-def merge_reports(out: Path, keys: list[str], model: ModelInfo) -> tuple[Path, bool]:
-    """Rebuild ``report.csv``/``report.json`` from every marker, under a lock. Returns (path, complete)."""
-    out.mkdir(parents=True, exist_ok=True)
-    names = [n for v, n in sorted(model.labels.items()) if v != 0]
-    with open(out / ".report.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # serialise: whoever merges last saw every marker
-        rows = list(_rows(out, keys))
-        n_ok = sum(r.status == "ok" for r in rows)
-        summary = {"n_series": len(keys), "n_reported": len(rows), "n_ok": n_ok, "n_error": len(rows) - n_ok,
-                   "complete": len(rows) == len(keys), "model_name": model.name,
-                   "model_version": str(model.version), "model_alias": model.alias}
-        write_report(rows, out / "report.csv", names, out / "report.json", summary)
-    return out / "report.csv", len(rows) == len(keys)
-
-
-def resolve_input(input_path: str | Path, output_dir: Path, pseudonymizer: Pseudonymizer | None,
-                  private_dir: str | Path | None = None, **ingest_kwargs: Any) -> tuple[Path, Path]:
-    """Find the dataset to run on: an ingested dataset (folder or its catalog.csv) or a PACS export.
-
-    A PACS export is ingested (the same function as ``imaging ingest``) into
-    ``<output_dir>/work/dataset`` with its private side (source paths, pseudonym links)
-    in ``<output_dir>.private`` beside, never inside, the predictions;
-    shards of an array job take a file lock so one ingests while the others wait,
-    then find the (idempotent) ingest already done.
-
-    Returns:
-        (dataset_dir, private_dir)
-
-    Raises:
-        FileNotFoundError: ``input_path`` does not exist.
-        ValueError: a PACS export but no pseudonymizer (ingest needs the project secret).
-    """
-    path = Path(input_path)
-    if not path.exists():
-        raise FileNotFoundError(f"input '{path}' does not exist")
-    if path.is_file() and path.suffix == ".csv":
-        path = path.parent
-    if (path / "catalog.csv").is_file():
-        return path, private_dir_of(path, private_dir)
-    if pseudonymizer is None:
-        raise ValueError(f"input '{path}' is a PACS export: ingesting it needs the project secret")
-    from imaging.pipelines.ingest import ingest  # only a PACS export pays for it
-
-    work = output_dir / "work"
-    dataset = work / "dataset"
-    private = private_dir_of(output_dir, private_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    with open(work / ".ingest.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        log.info("ingesting the PACS export into %s", dataset)
-        ingest(path, dataset, pseudonymizer, private_dir=private, **ingest_kwargs)
-    return dataset, private
-
-
 def prefetch_workers_from_cpus() -> int:
     """Prefetch threads: the CPUs this job may use (Slurm's cgroup/affinity), less one for the model loop."""
     return max(1, min(8, usable_cpus() - 1))
@@ -277,23 +137,6 @@ def _drop_stale_temps(folder: Path) -> None:
     for tmp in folder.glob(".*.tmp*"):
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-
-
-def _drop_stale_marker_temps(out: Path, keys: set[str]) -> None:
-    """Temp files a killed run left among the markers of *this shard's* series.
-
-    Only ours: shards of an array share the marker folders and another live shard's
-    temp file is about to be renamed.
-    """
-    for kind in ("done", "errors", "attempted"):
-        folder = out / kind
-        if not folder.is_dir():
-            continue
-        for entry in os.scandir(folder):
-            name = entry.name
-            if name.startswith(".") and ".tmp" in name and name[1:].split(".json.", 1)[0] in keys:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
 
 
 class BatchRunner:
@@ -339,7 +182,7 @@ class BatchRunner:
             q.put(_Stop())
 
     def _prepare(self, cat: CatalogRow) -> Prepared | SeriesError:
-        _attempt(self.out, cat.series_key)
+        count_attempt(self.out, cat.series_key)
         if cat.status != "ok" or not cat.volume_path:
             return SeriesError(f"ingest {cat.status}: {cat.reason or 'no volume in the catalog'}")
         if cat.n_timepoints > 1:
@@ -387,12 +230,12 @@ class BatchRunner:
                                 t_preprocess=round(writing.t_preprocess, 4), t_infer=round(writing.t_infer, 4),
                                 t_write=round(writing.t_invert + outcome.seconds, 4),
                                 seg_frames=outcome.seg_frames, voxels=voxels, volume_ml=ml)
-                _record(self.out, row, outcome.files, self.model.options_key)
+                record(self.out, row, outcome.files, self.model.options_key)
                 result.n_ok += 1
         if exc is not None:
             reason = self._reason(exc, "invert", cat)
             log.warning("%s: %s", cat.series_key, reason)
-            _record(self.out, self._row(cat, "error", reason))
+            record(self.out, self._row(cat, "error", reason))
             result.n_error += 1
         bar.update(1)
 
@@ -427,19 +270,19 @@ class BatchRunner:
         t_start = time.perf_counter()
         by_key = {r.series_key: r for r in catalog if r.status != "skipped"}  # skipped: not images
         mine = shard_keys(list(by_key), self.s.shard_index, self.s.shard_count)
-        _drop_stale_marker_temps(self.out, set(mine))
+        drop_stale_marker_temps(self.out, set(mine))
         todo = [by_key[k] for k in mine if not is_done(self.out, k, self.model)]
         result = BatchResult(n_total=len(mine), n_skipped_done=len(mine) - len(todo))
-        crashed = [c for c in todo if _attempts(self.out, c.series_key) >= MAX_ATTEMPTS]
+        crashed = [c for c in todo if attempts(self.out, c.series_key) >= MAX_ATTEMPTS]
         for cat in crashed:  # the process died on it twice: report it, do not die a third time
             row = self._row(cat, "error", f"skipped: the process died {MAX_ATTEMPTS} times while on this series "
                                           f"(remove attempted/{cat.series_key}.json to try again)")
-            atomic_write_json(_marker(self.out, "errors", cat.series_key), row.to_json())
+            atomic_write_json(marker_path(self.out, "errors", cat.series_key), row.to_json())
             log.error("%s", row.reason)
         result.n_error += len(crashed)
         # Series a dead process was on go last: the innocent ones finish (and clear their
         # markers) before a suspect can take the process down again.
-        todo = sorted((c for c in todo if c not in crashed), key=lambda c: _attempts(self.out, c.series_key) > 0)
+        todo = sorted((c for c in todo if c not in crashed), key=lambda c: attempts(self.out, c.series_key) > 0)
         log.info("shard %s: %d series, %d already done", self.shard, len(mine), result.n_skipped_done)
         prefetched: queue.Queue[Any] = queue.Queue(maxsize=max(1, self.s.prefetch))
         to_write: queue.Queue[Any] = queue.Queue(maxsize=2)
@@ -480,6 +323,6 @@ class BatchRunner:
         names = [n for v, n in sorted(self.names.items()) if v != 0]
         s = self.s
         result.shard_report = self.out / f"report.shard-{s.shard_index}-of-{s.shard_count}.csv"
-        write_report(_rows(self.out, mine), result.shard_report, names)
+        write_report(report_rows(self.out, mine), result.shard_report, names)
         result.merged_report, result.merged_complete = merge_reports(self.out, sorted(by_key), self.model)
         return result

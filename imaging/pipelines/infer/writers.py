@@ -33,6 +33,7 @@ import numpy as np
 
 from imaging.boundary import failure_reason
 from imaging.cpus import run_in_background, usable_cpus
+from imaging.data.nifti import load_nifti
 from imaging.fsutil import atomic_path
 from imaging.keys import Pseudonymizer
 from imaging.layout import private_dir_of
@@ -42,19 +43,6 @@ log = logging.getLogger(__name__)
 
 class SeriesError(Exception):
     """A series failed at a known stage; the message is the report's reason as is."""
-
-
-def load_nifti(path: str | os.PathLike[str]) -> nib.Nifti1Image:
-    """Open a NIfTI file (header now, voxels lazily).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is not NIfTI-1/2 (names the file).
-    """
-    img = nib.load(str(path))
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise ValueError(f"'{path}' is not a NIfTI image ({type(img).__name__})")
-    return img
 
 
 def save_mask(path: str | os.PathLike[str], labels: np.ndarray, source_volume: str | os.PathLike[str]) -> None:
@@ -143,7 +131,7 @@ def _write(job: WriteJob, outcome: WriteOutcome) -> None:
         outcome.remarks += [remark] if remark else []
     if job.overlay:
         outcome.stage = "overlay"
-        from imaging.engine.report import overlay_montage
+        from imaging.review.overlay import overlay_montage
 
         image = np.asarray(load_nifti(job.volume_path).dataobj)
         image = image[..., 0] if image.ndim == 4 else image
@@ -301,4 +289,4 @@ def reemit(records: list[logging.LogRecord]) -> None:
 
 def _warm() -> None:
     import imaging.dicom.seg  # noqa: F401  (pydicom, highdicom: the slow imports, done once)
-    import imaging.engine.report  # noqa: F401
+    import imaging.review.overlay  # noqa: F401

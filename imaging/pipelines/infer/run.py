@@ -22,17 +22,9 @@ from imaging.engine.predict import InferenceOptions, SeriesPredictor
 from imaging.keys import Pseudonymizer, SecretError
 from imaging.launch.submit import array_model_uri
 from imaging.layout import private_dir_of
-from imaging.pipelines.batch import (
-    BatchResult,
-    BatchRunner,
-    BatchSettings,
-    ModelInfo,
-    merge_reports,
-    options_key,
-    resolve_input,
-    shard_keys,
-)
-from imaging.pipelines.remote import (
+from imaging.pipelines.infer.batch import BatchResult, BatchRunner, BatchSettings
+from imaging.pipelines.infer.inputs import resolve_input, shard_keys
+from imaging.pipelines.infer.remote import (
     TransferRow,
     check_push_config,
     is_url,
@@ -40,6 +32,7 @@ from imaging.pipelines.remote import (
     push_segs,
     write_transfers,
 )
+from imaging.pipelines.infer.resume import ModelInfo, merge_reports, options_key
 from imaging.selection import apply as selection_hook
 from imaging.tracking.registry import ModelBundle, load_bundle, parse_model_uri
 from imaging.tracking.runs import MlflowTracker, tracking_uri_from_config
