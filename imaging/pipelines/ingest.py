@@ -90,7 +90,7 @@ def ingest_options(cfg: Any) -> dict[str, Any]:
     age rule of ``deid_options``, so both commands ingest an export the same way."""
     from omegaconf import OmegaConf
 
-    from imaging.deid.apply import DeidOptions
+    from imaging.deid.options import DeidOptions
 
     options = DeidOptions.from_mapping(OmegaConf.to_container(cfg.deid_options, resolve=True))  # type: ignore[arg-type]
     return {"tilt": str(cfg.tilt), "uneven": str(cfg.uneven), "split_4d": bool(cfg.split_4d),
