@@ -1,19 +1,13 @@
-"""The real dimensions of an MR series: what tells repeated slice positions apart.
+"""The real dimensions of an MR series, read per slice at scan time.
 
 A classic (one file per slice) series whose positions repeat holds several
 volumes. Each slice gets a dimension record at scan time (:func:`header_dims`):
 b-value and gradient direction (standard tags, else Siemens CSA read with
 nibabel, GE, Philips private tags), echo, image component (magnitude, phase,
-real, imaginary), temporal position, acquisition number and time.
-:func:`split_dimensions` then
-
-1. separates image components, echoes, ASL label/control and SeriesNumbers into separate volumes;
-2. finds the keys that are constant over a whole volume (each value covers every
-   slice position): diffusion (b, direction), temporal position, trigger time,
-   acquisition number;
-3. as a last resort numbers the repeats of each position in acquisition order
-   (AcquisitionNumber, AcquisitionTime, InstanceNumber), e.g. GE fMRI without
-   TemporalPositionIdentifier, when every position repeats the same number of times.
+real, imaginary), ASL label/control, temporal position, acquisition number and
+time; an enhanced object's frames get theirs from their functional groups
+(:func:`frame_dims` adds what the header's generic per-frame reading does not).
+:mod:`imaging.dicom.split4d` splits a series into volumes by these records.
 
 Private tags are read at their usual element numbers, gated by Manufacturer as
 dcm2niix does (``nii_dicom.cpp``); Siemens CSA headers are parsed by
@@ -25,12 +19,8 @@ from __future__ import annotations
 import logging
 import struct
 import warnings
-from collections import Counter, defaultdict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from imaging.dicom.series import Slice
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +45,12 @@ GE_COMPONENTS = {0: "M", 1: "P", 2: "R", 3: "I"}
 VOLUME_KEYS = ("diff", "tpi", "trig", "acq", "stack", "dimidx")
 AXIS_NAMES = {
     "diff": "diffusion (b-value, gradient direction)",
-    "tpi": "(0020,0100) TemporalPositionIdentifier", "trig": "(0018,1060) TriggerTime",
+    "tpi": "(0020,0100) TemporalPositionIdentifier / (0020,9128) TemporalPositionIndex", "trig": "(0018,1060) TriggerTime",
     "acq": "(0020,0012) AcquisitionNumber", "stack": "(0020,9056) StackID",
     "dimidx": "(0020,9157) DimensionIndexValues",
     "order": "acquisition order of repeated positions (AcquisitionNumber, AcquisitionTime, InstanceNumber)",
 }
 TIME_AXES = {"tpi", "acq", "order"}
-
-
-class DimensionError(ValueError):
-    """Repeated positions that look like a 4D series but do not form complete volumes."""
 
 
 def decode_value(raw: Any, kind: str) -> Any:
@@ -257,6 +243,33 @@ def header_dims(get: Callable[[str], Any]) -> dict[str, Any]:
     return out
 
 
+PHILIPS_FRAME_PRIVATE = 0x2005140F  # Philips' per-frame private item (a classic header's private tags)
+PHILIPS_DD_005 = (0x20050014, "Philips MR Imaging DD 005")  # the creator of block (2005,14xx)
+
+
+def frame_dims(frame: Any) -> dict[str, Any]:
+    """Dimension entries of one enhanced frame that the generic functional-group reading misses.
+
+    ASL label/control: (0018,9251) MRArterialSpinLabelingSequence > (0018,9257) ASLContext,
+    else Philips' private label type (2005,1429) in the frame's (2005,140F) item (its
+    classic-header copy, which dcm2niix reads too). Each context is a volume of its own, as for
+    classic Philips ASL.
+    """
+    if frame is None:
+        return {}
+    asl = frame.get("MRArterialSpinLabelingSequence")
+    context = asl[0].get("ASLContext") if asl else None
+    private = frame.get(PHILIPS_FRAME_PRIVATE)
+    items = private.value if private is not None and private.VR in ("SQ", "UN") else None
+    if not context and items and not isinstance(items, (bytes, bytearray)):
+        creator = items[0].get(PHILIPS_DD_005[0])
+        if creator is not None and decode_value(creator.value, "s") == PHILIPS_DD_005[1]:
+            label = items[0].get(0x20051429)
+            context = decode_value(label.value, "s") if label is not None else None
+    context = str(context or "").strip().upper()
+    return {"asl": context} if context in ("LABEL", "CONTROL", "M_ZERO_SCAN") else {}
+
+
 def _component(itype: list[str], complex_component: Any, ge_type: Any) -> str | None:
     if isinstance(ge_type, int) and ge_type in GE_COMPONENTS:
         return GE_COMPONENTS[ge_type]
@@ -267,139 +280,3 @@ def _component(itype: list[str], complex_component: Any, ge_type: Any) -> str | 
         if head in COMPONENTS:
             return COMPONENTS[head]
     return None
-
-
-def _norm(v: Any) -> Any:
-    if isinstance(v, float):
-        return round(v, 3)
-    if isinstance(v, list):
-        return tuple(round(x, 4) if isinstance(x, float) else x for x in v)
-    return v
-
-
-def _value(s: Slice, key: str) -> Any:
-    t = s.t
-    if key == "diff":
-        if "b" not in t and "bvec" not in t and "bvec_ge" not in t:
-            return None
-        return (_norm(t.get("b")), _norm(t.get("bvec") or t.get("bvec_ge")))
-    return _norm(t.get(key))
-
-
-def _separate_key(s: Slice) -> tuple[Any, ...]:
-    """(image component, echo, ASL label/control, SeriesNumber): each value its own volume.
-
-    Without a known component, the ImageType values after ORIGINAL/PRIMARY stand in for it
-    (e.g. a Philips B0 map beside its magnitude images). One SeriesInstanceUID under several
-    SeriesNumbers is several exports of an acquisition (a re-encoded copy, a re-send): each
-    number is a volume of its own, as dcm2niix writes it, never repeats to drop or a time axis.
-    """
-    t = s.t
-    echo = t.get("echo") if t.get("echo") is not None else t.get("te")
-    comp = t.get("comp") or "\\".join(str(v).upper() for v in (s.row.get("image_type") or [])[2:])
-    number = (s.row.get("params") or {}).get("SeriesNumber")
-    return (comp, _norm(echo), t.get("asl") or "", _norm(number) if number is not None else "")
-
-
-def _num(v: Any) -> float:
-    return float(v) if isinstance(v, (int, float)) else 0.0
-
-
-def _order(s: Slice) -> tuple[Any, ...]:
-    t = s.t
-    return (t.get("acq") if isinstance(t.get("acq"), (int, float)) else 0,
-            t.get("atime") if t.get("atime") is not None else 0.0,
-            t.get("inst") if t.get("inst") is not None else (s.row.get("instance_number") or 0), s.path, s.frame)
-
-
-def split_dimensions(
-    group: list[Slice], pos_key: Callable[[Slice], Any]
-) -> list[tuple[list[list[Slice]], str | None, str]] | None:
-    """Volumes of a same-geometry group whose positions repeat, or ``None`` when nothing separates them.
-
-    Returns:
-        ``[(stacks, axis key or None, label)]``: one entry per output volume, ``stacks[t]``
-        the slices of timepoint t; ``label`` names the component/echo for the catalog.
-
-    Raises:
-        DimensionError: every position repeats, but not equally often (an incomplete 4D series).
-    """
-    separate: dict[tuple[Any, ...], list[Slice]] = defaultdict(list)
-    for s in group:
-        separate[_separate_key(s)].append(s)
-    varying = [i for i in range(4) if len({k[i] for k in separate}) > 1]
-    out: list[tuple[list[list[Slice]], str | None, str]] = []
-    for key in sorted(separate, key=lambda k: (_num(k[3]), str(k[3]), str(k[0]), _num(k[1]), k[2])):
-        part = separate[key]
-        label = ", ".join(filter(None, [
-            f"(0020,0011) SeriesNumber {key[3] if key[3] != '' else 'absent'}" if 3 in varying else "",
-            f"component {key[0] or 'none'}" if 0 in varying else "", f"echo {key[1]}" if 1 in varying else "",
-            f"ASL {key[2].lower()}" if 2 in varying else ""]))
-        positions = {pos_key(s) for s in part}
-        if len(positions) == len({(s.sop_uid or id(s), s.frame) for s in part}):
-            out.append(([part], None, label))
-            continue
-        volumes = _volumes(part, pos_key, positions)
-        if volumes is None:
-            if len(separate) == 1:
-                return None
-            out.append(([part], None, label))  # volume.py reports the duplicate positions
-            continue
-        stacks, axis = volumes
-        out.append((stacks, axis, label))
-    return out
-
-
-def _volumes(part: list[Slice], pos_key: Callable[[Slice], Any],
-             positions: set[Any]) -> tuple[list[list[Slice]], str] | None:
-    """Split one component/echo into volumes covering every position, in acquisition order."""
-    originals: dict[tuple[Any, int], Slice] = {}
-    copies: list[Slice] = []
-    for s in part:  # the same SOP instance twice: a copy, kept beside its original (geometry drops it)
-        k = (s.sop_uid, s.frame)
-        if s.sop_uid and k in originals:
-            copies.append(s)
-        else:
-            originals[k] = s
-    uniq = list(originals.values())
-    identity: list[str] = []
-    for key in VOLUME_KEYS:
-        values: dict[Any, set[Any]] = defaultdict(set)
-        for s in uniq:
-            values[_value(s, key)].add(pos_key(s))
-        if len(values) > 1 and all(p == positions for p in values.values()):
-            identity.append(key)
-    groups: dict[tuple[Any, ...], list[Slice]] = defaultdict(list)
-    for s in uniq:
-        groups[tuple(_value(s, k) for k in identity)].append(s)
-    axis = identity[0] if identity else "order"
-    if any(len({pos_key(s) for s in g}) != len(g) for g in groups.values()):
-        # Repeats left: number them in acquisition order, if every position repeats equally.
-        ordered: dict[tuple[Any, ...], list[Slice]] = defaultdict(list)
-        for ident, g in groups.items():
-            by_pos: dict[Any, list[Slice]] = defaultdict(list)
-            for s in g:
-                by_pos[pos_key(s)].append(s)
-            counts = Counter(len(v) for v in by_pos.values())
-            if len(counts) != 1 or set(by_pos) != positions:
-                if set(by_pos) == positions and min(counts) >= 2:
-                    raise DimensionError(
-                        f"incomplete 4D series: each of {len(positions)} slice positions (0020,0032) should repeat "
-                        f"equally, but they repeat {min(counts)} to {max(counts)} times and no temporal, diffusion "
-                        "or acquisition tag completes the volumes")
-                return None
-            for items in by_pos.values():
-                for n, s in enumerate(sorted(items, key=_order)):
-                    ordered[(*ident, n)].append(s)
-        groups = ordered
-        if not identity:
-            axis = "order"
-    if any({pos_key(s) for s in g} != positions for g in groups.values()):
-        return None
-    numeric = axis in ("tpi", "trig", "acq", "stack")
-    vols = [groups[k] for k in sorted(groups, key=lambda k: (
-        tuple(v if isinstance(v, (int, float)) else 0 for v in k) if numeric else (), min(_order(s) for s in groups[k])))]
-    index = {(s.sop_uid, s.frame): i for i, g in enumerate(vols) for s in g}
-    for s in copies:
-        vols[index[(s.sop_uid, s.frame)]].append(s)
-    return vols, axis

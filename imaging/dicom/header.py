@@ -14,7 +14,13 @@ import warnings
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from imaging.dicom.dims import EXTRA_WANTED, PRIVATE_KEYWORDS, header_dims, private_getter
+from imaging.dicom.dims import (
+    EXTRA_WANTED,
+    PRIVATE_KEYWORDS,
+    frame_dims,
+    header_dims,
+    private_getter,
+)
 from imaging.dicom.fastheader import RWVM_KEYWORD, NeedMore, read_fast
 from imaging.dicom.pixel_location import pixel_location
 from imaging.dicom.syntax import bare_transfer_syntax
@@ -134,7 +140,7 @@ def _frame_info(frame: Dataset | None, shared: Dataset | None) -> dict[str, Any]
     component = pick("MRImageFrameTypeSequence", "ComplexImageComponent")
     if component:
         t["comp"] = {"MAGNITUDE": "M", "PHASE": "P", "REAL": "R", "IMAGINARY": "I"}.get(str(component).upper())
-    info["t"] = {k: v for k, v in t.items() if v is not None}
+    info["t"] = {k: v for k, v in t.items() if v is not None} | frame_dims(frame)
     return info
 
 

@@ -81,6 +81,9 @@ class PixelFormat:
 def problem(row: dict[str, Any]) -> str | None:
     """Why this file's pixels cannot be read as stored values, or ``None``."""
     alloc, stored, high = row.get("bits_alloc"), row.get("bits_stored"), row.get("high_bit")
+    if alloc is None:  # an image SOP class without its pixel description: say what is missing
+        what = "" if row.get("rows") else " and (0028,0010) Rows"
+        return f"missing (0028,0100) BitsAllocated{what}: no pixel description at the top level of the file"
     if alloc not in (8, 16, 32):
         return f"unsupported (0028,0100) BitsAllocated = {alloc}"
     if stored is not None and not 1 <= int(stored) <= int(alloc):

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from imaging.dicom.dims import AXIS_NAMES, DimensionError, split_dimensions
+from imaging.dicom.dims import AXIS_NAMES
 from imaging.dicom.geometry import MIN_POSITIONS, Grid, PlanError, Slice, plan_grid
 from imaging.dicom.mosaic import MosaicError, mosaic_items
+from imaging.dicom.pixel_location import needs_pixel_data
 from imaging.dicom.pixels import problem as pixel_problem
+from imaging.dicom.split4d import DimensionError, split_dimensions
 from imaging.dicom.syntax import is_native, ts_name
 
 SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
@@ -36,6 +38,8 @@ KEY_TAGS = dict(AXIS_NAMES)
 MIN_SLICES = MIN_POSITIONS
 # Several orientations, each with fewer slices than this: a localizer (tri-plane scout).
 LOCALIZER_SLICES = 3
+# Instances named in a remark (the rest counted).
+MAX_NAMED = 3
 # How a reason names a file: absolute path -> its keyed name (``file-<key>``, from imaging.keys).
 # Reasons reach the dataset side, and folder names of real exports are patient names: a reason
 # is composed with the key, never with the path (nothing is scrubbed afterwards).
@@ -113,7 +117,11 @@ def plan_series(
         A :class:`SeriesPlan`; problems are reported in ``kind``/``reason``, never raised.
     """
     rows = sorted(rows, key=lambda r: r["path"])
-    first = rows[0]
+    images = [r for r in rows if not _non_image(r)]
+    # Philips exports keep private series data (no pixels) under the image series' UID: such an
+    # instance is left out (and named), never read as an image without BitsAllocated.
+    left_out = [r for r in rows if _non_image(r)] if images else []
+    first = (images or rows)[0]
     plan = SeriesPlan(
         series_uid=first["series_uid"] or "", study_uid=first.get("study_uid") or "",
         patient_id=first.get("patient_id") or "", modality=first.get("modality") or "",
@@ -130,6 +138,7 @@ def plan_series(
     if sop.startswith(NON_IMAGE_PREFIXES) or not any(r.get("rows") and r.get("pixel_length") != 0 for r in rows):
         name = ts_name(sop)
         return _done(plan, "skipped", f"non-image SOP class: file {rel} (0008,0016) SOPClassUID = '{sop}' ({name})")
+    rows = images or rows
     for r in rows:
         itype = [str(v).upper() for v in (r.get("image_type") or [])]
         if "LOCALIZER" in itype:
@@ -139,14 +148,35 @@ def plan_series(
         problem = _file_problem(r)
         if problem:
             return _done(plan, "error", f"file {name_of(r['path'])}: {problem}")
-    problem = _mixed_identity(rows, name_of)
+    problem = _mixed_identity(plan.rows, name_of)
     if problem:
         return _done(plan, "error", problem)
     slices, problem = _expand(rows, name_of, philips_precise=philips_precise)
     if problem:
         return _done(plan, "error", problem)
     _plan_volumes(plan, slices, tilt=tilt, uneven=uneven, split_4d=split_4d)
+    if left_out:
+        remark = _left_out_remark(left_out, name_of)
+        for vol in plan.volumes:
+            vol.remarks.append(remark)
     return plan
+
+
+def _non_image(r: dict[str, Any]) -> bool:
+    """An instance that holds no image: a non-image SOP class, or a class that need not hold pixels
+    (a vendor's private one: Philips series data) without PixelData. SEGs are never "non-image" here."""
+    sop = str(r.get("sop_class") or "")
+    if sop in SEG_CLASSES:
+        return False
+    no_pixels = not r.get("rows") or r.get("pixel_length") == 0
+    return sop.startswith(NON_IMAGE_PREFIXES) or (no_pixels and not needs_pixel_data(sop))
+
+
+def _left_out_remark(rows: list[dict[str, Any]], name_of: FileNamer) -> str:
+    named = ", ".join(f"file {name_of(r['path'])} (0008,0016) SOPClassUID = '{r.get('sop_class') or ''}'"
+                      for r in rows[:MAX_NAMED])
+    more = f" and {len(rows) - MAX_NAMED} more" if len(rows) > MAX_NAMED else ""
+    return f"{len(rows)} non-image instance(s) of the series left out (no pixel data): {named}{more}"
 
 
 def _done(plan: SeriesPlan, kind: str, reason: str) -> SeriesPlan:
@@ -303,7 +333,9 @@ def _plan_volumes(plan: SeriesPlan, slices: list[Slice], *, tilt: str, uneven: s
         except PlanError as exc:
             problems.append(f"{label}: {exc}" if label else str(exc))
             continue
-        plan.volumes.append(VolumePlan(ordered, grid, [*remarks, *filter(None, [label]), *vol_remarks], t_key))
+        # The catalog says what the 4th axis is (the sidecar's FourthAxis says it too).
+        axis = f"4th axis ({len(ordered)}): {KEY_TAGS[t_key]}" if t_key and len(ordered) > 1 else ""
+        plan.volumes.append(VolumePlan(ordered, grid, [*remarks, *filter(None, [label, axis]), *vol_remarks], t_key))
     if problems and not plan.volumes:
         _done(plan, "error", "; ".join(problems))
     elif problems:
@@ -313,7 +345,7 @@ def _plan_volumes(plan: SeriesPlan, slices: list[Slice], *, tilt: str, uneven: s
 def _split_dimension(
     group: list[Slice], split_4d: bool, remarks: list[str]
 ) -> list[tuple[list[list[Slice]], str | None, str]]:
-    """Split slices sharing positions by their real dimensions (see :mod:`imaging.dicom.dims`)."""
+    """Split slices sharing positions by their real dimensions (see :mod:`imaging.dicom.split4d`)."""
     keys = {id(s): _pos_key(s) for s in group}  # rounded once: the split asks for each slice's many times
     if len(set(keys.values())) == len(group):
         return [([group], None, "")]

@@ -1,0 +1,144 @@
+"""Philips enhanced multi-frame pCASL and multi-echo field maps (issue 27, class 5).
+
+The files are built from a real Philips enhanced MR object (nibabel's test data, see
+tests/fixtures/philips_enhanced.py). Two oracles: dcm2niix on the same file (volumes compared
+after both are reoriented to RAS with nibabel's ``as_closest_canonical``) and the DICOM itself
+(pydicom's ``pixel_array`` per frame at its own PlanePositionSequence, times its own
+PixelValueTransformationSequence rescale, grouped by the frame's own ASLContext / echo time /
+ComplexImageComponent).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from tests.fixtures.datasets import WrittenSlice
+from tests.fixtures.philips_enhanced import (
+    PHILIPS_PRIVATE_CLASS,
+    write_philips_field_map,
+    write_philips_pcasl,
+    write_philips_private_series_data,
+)
+from tests.fixtures.vendor_mr import dcm2niix
+from tests.unit.test_ingest_geometry import assert_matches_dicom, run
+
+
+def dicom_frames(path: Path, key: Callable[[Dataset], tuple[object, ...]]) -> dict[tuple[object, ...], list[WrittenSlice]]:
+    """The file's frames by ``key(per-frame item)``: position, orientation, spacing, stored values, rescale."""
+    ds = pydicom.dcmread(path)
+    pixels = ds.pixel_array
+    out: dict[tuple[object, ...], list[WrittenSlice]] = defaultdict(list)
+    for i, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        pvt = item.PixelValueTransformationSequence[0]
+        out[key(item)].append(WrittenSlice(
+            path, tuple(map(float, item.PlanePositionSequence[0].ImagePositionPatient)),
+            tuple(map(float, item.PlaneOrientationSequence[0].ImageOrientationPatient)),
+            tuple(map(float, item.PixelMeasuresSequence[0].PixelSpacing)), pixels[i],
+            float(pvt.RescaleSlope), float(pvt.RescaleIntercept)))
+    return out
+
+
+def canonical_volumes(path: Path) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(RAS affine, each 3D volume) of a NIfTI file, reoriented to the closest canonical (RAS) axes."""
+    img = nib.as_closest_canonical(nib.load(path))
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    vols = [data] if data.ndim == 3 else [data[..., t] for t in range(data.shape[3])]
+    return img.affine, vols
+
+
+def assert_same_volumes_as_dcm2niix(ours: list[Path], theirs: list[Path]) -> None:
+    """Every 3D volume of ours equals exactly one of dcm2niix's (same affine, same values), and none is left over."""
+    their_vols = [(aff, v) for p in theirs for aff, vs in [canonical_volumes(p)] for v in vs]
+    used: set[int] = set()
+    for path in ours:
+        aff, vols = canonical_volumes(path)
+        for v in vols:
+            hits = [j for j, (a, w) in enumerate(their_vols) if w.shape == v.shape
+                    and np.allclose(a, aff, atol=1e-3) and np.allclose(w, v, atol=1e-3)]
+            assert len(hits) == 1 and hits[0] not in used, (path.name, hits)
+            used.add(hits[0])
+    assert len(used) == len(their_vols)
+
+
+def _asl_key(item: Dataset) -> tuple[object, ...]:
+    return (str(item.MRArterialSpinLabelingSequence[0].ASLContext),
+            int(item.FrameContentSequence[0].TemporalPositionIndex) - 1)
+
+
+def test_philips_pcasl_beside_private_series_data_is_label_and_control_4d(tmp_path: Path) -> None:
+    """The reported failure: Philips' private series-data object (no pixels, no BitsAllocated)
+    shares the pCASL series' UID; the series was refused as "BitsAllocated = None"."""
+    src = tmp_path / "in" / "IM_0001"
+    write_philips_pcasl(src, n_dyn=2)
+    write_philips_private_series_data(tmp_path / "in" / "XX_0001", like=src)
+    summary = run(tmp_path / "in", tmp_path)
+    assert summary.counts == {"ok": 2}, [(r.status, r.reason) for r in summary.rows]
+    frames = dicom_frames(src, _asl_key)
+    for r in summary.rows:
+        context = "LABEL" if "ASL label" in r.reason else "CONTROL"
+        assert f"ASL {context.lower()}" in r.reason and r.shape == "24x20x3x2" and r.n_instances == 1
+        assert "4th axis (2): (0020,0100) TemporalPositionIdentifier / (0020,9128) TemporalPositionIndex" in r.reason
+        assert "1 non-image instance(s) of the series left out (no pixel data): file file-" in r.reason
+        assert PHILIPS_PRIVATE_CLASS in r.reason and "XX_0001" not in r.reason
+        for dyn in range(2):
+            assert_matches_dicom(tmp_path / "ds" / r.volume_path, frames[(context, dyn)], t=dyn)
+    # one 4D file, label and control interleaved; -p n: displayed values (RescaleSlope), as ours
+    theirs = dcm2niix(tmp_path / "in", tmp_path / "d2n", "-p", "n")
+    assert len(theirs) == 1 and nib.load(theirs[0]).shape[3] == 4
+    assert_same_volumes_as_dcm2niix([tmp_path / "ds" / r.volume_path for r in summary.rows], theirs)
+
+
+def test_philips_pcasl_private_label_type_alone_separates_label_and_control(tmp_path: Path) -> None:
+    """Without the standard ASLContext, Philips' per-frame private (2005,1429) tells them apart."""
+    src = tmp_path / "in" / "IM_0001"
+    write_philips_pcasl(src, n_dyn=2)
+    ds = pydicom.dcmread(src)
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        del item.MRArterialSpinLabelingSequence
+    ds.save_as(src)
+    summary = run(tmp_path / "in", tmp_path)
+    assert summary.counts == {"ok": 2}, [(r.status, r.reason) for r in summary.rows]
+    assert {"ASL label" in r.reason for r in summary.rows} == {True, False}
+    assert {r.shape for r in summary.rows} == {"24x20x3x2"}
+
+
+def _echo_component_key(item: Dataset) -> tuple[object, ...]:
+    return (str(item.MRImageFrameTypeSequence[0].ComplexImageComponent)[0],
+            float(item.MREchoSequence[0].EffectiveEchoTime))
+
+
+def test_philips_multi_echo_field_maps_are_one_volume_per_echo_and_component(tmp_path: Path) -> None:
+    for name, comps in (("mp", ("MAGNITUDE", "PHASE")), ("ri", ("REAL", "IMAGINARY"))):
+        src = tmp_path / name / "in" / "IM_0001"
+        write_philips_field_map(src, components=comps)
+        write_philips_private_series_data(tmp_path / name / "in" / "XX_0001", like=src)
+        summary = run(tmp_path / name / "in", tmp_path / name)
+        assert summary.counts == {"ok": 4}, [(r.status, r.reason) for r in summary.rows]
+        frames = dicom_frames(src, _echo_component_key)
+        seen = set()
+        for r in summary.rows:
+            (comp, te), = [k for k in frames if f"component {k[0]}, echo {k[1]:g}" in r.reason]
+            seen.add((comp, te))
+            assert r.shape == "24x20x3"
+            assert_matches_dicom(tmp_path / name / "ds" / r.volume_path, frames[(comp, te)])
+        assert seen == set(frames)
+        theirs = dcm2niix(tmp_path / name / "in", tmp_path / name / "d2n", "-p", "n")
+        assert_same_volumes_as_dcm2niix([tmp_path / name / "ds" / r.volume_path for r in summary.rows], theirs)
+
+
+def test_image_without_bits_allocated_is_refused_naming_what_is_missing(tmp_path: Path) -> None:
+    src = tmp_path / "in" / "IM_0001"
+    write_philips_pcasl(src, n_dyn=1)
+    ds = pydicom.dcmread(src)
+    del ds.BitsAllocated  # an image SOP class: damaged, not a non-image object to leave out
+    ds.save_as(src)
+    (row,) = run(tmp_path / "in", tmp_path).rows
+    assert row.status == "error" and row.reason.startswith("file file-")
+    assert row.reason.endswith("missing (0028,0100) BitsAllocated: no pixel description at the top level of the file")
