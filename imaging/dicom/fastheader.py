@@ -191,29 +191,44 @@ _UN_CODE = _vr_code(b"UN")
 _S_PIXEL_DATA, _S_RWVM, _S_CHARSET = _swapped(PIXEL_DATA), _swapped(RWVM), _swapped(0x00080005)
 _S_ITEM_END = _swapped(0xFFFEE00D)
 _S_SPECIAL = frozenset(_swapped(t) for t in _SPECIAL) | {_S_PIXEL_DATA}
-# id(wanted) -> (wanted itself, so the id is never reused while cached; its table by swapped tag)
-_WANTED_BY_SWAPPED: dict[int, tuple[dict[int, tuple[str, str]], dict[int, tuple[str, str]]]] = {}
+# What the loop does at a tag, besides skipping it: these markers, or a wanted (keyword, kind).
+_PIXEL, _RWVM, _BAIL_HERE, _ITEM_END = 0, 1, 2, 3
+# (id(wanted), nested, collecting) -> (wanted itself, so the id is never reused while cached; its
+# size when built; the loop's table by swapped tag)
+_TABLES: dict[tuple[int, bool, bool], tuple[Any, int, dict[int, Any]]] = {}
 
 
-def _by_swapped(wanted: dict[int, tuple[str, str]]) -> dict[int, tuple[str, str]]:
-    """``wanted`` keyed by swapped tag (built once per dict, again if it grew)."""
-    entry = _WANTED_BY_SWAPPED.get(id(wanted))
-    if entry is None or entry[0] is not wanted or len(entry[1]) != len(wanted):
-        entry = _WANTED_BY_SWAPPED[id(wanted)] = (wanted, {_swapped(t): v for t, v in wanted.items()})
-    return entry[1]
+def _table(wanted: dict[int, tuple[str, str]], nested: bool, collect: bool) -> dict[int, Any]:
+    """Swapped tag -> what the walk does there (built once per wanted dict, again if it grew).
+
+    One dict lookup per element: the markers (PixelData, the mapping, bail tags at the top level;
+    the item delimiter in an item) take precedence over wanted attributes, as checked in that order.
+    """
+    key = (id(wanted), nested, collect)
+    entry = _TABLES.get(key)
+    if entry is None or entry[0] is not wanted or entry[1] != len(wanted):
+        table: dict[int, Any] = {_swapped(t): v for t, v in wanted.items()} if collect else {}
+        if nested:
+            table[_S_ITEM_END] = _ITEM_END
+        else:
+            table.update({s: _BAIL_HERE for s in _S_SPECIAL})
+            table[_S_PIXEL_DATA], table[_S_RWVM] = _PIXEL, _RWVM
+        entry = _TABLES[key] = (wanted, len(wanted), table)
+    return entry[2]
 
 
 def _walk(buf: bytes, pos: int, explicit: bool, *, nested: bool, out: dict[str, Any] | None,
           encoding: str, wanted: dict[int, tuple[str, str]] | None = None) -> tuple[int, int | None]:
     """Walk elements from ``pos``; return (position, PixelData element start or None).
 
-    The hot loop of a scan: one ``struct`` call per element and locals for lookups.
+    The hot loop of a scan (~480 elements in a Philips header): one ``struct`` call and one dict
+    lookup per element that is skipped; everything else is off that path.
     """
     n = len(buf)
     u32 = _U32.unpack_from
-    long_vrs, short_vrs, special = _LONG_VR_CODES, _SHORT_VR_CODES, _S_SPECIAL
-    table = _by_swapped(WANTED if wanted is None else wanted) if out is not None else {}
-    top = not nested
+    long_vrs, short_vrs = _LONG_VR_CODES, _SHORT_VR_CODES
+    table = _table(WANTED if wanted is None else wanted, nested, out is not None)
+    get = table.get
     head = _EXPLICIT_HEAD_S.unpack_from
     implicit_head = _IMPLICIT_HEAD_S.unpack_from
     while pos + 8 <= n:
@@ -221,39 +236,50 @@ def _walk(buf: bytes, pos: int, explicit: bool, *, nested: bool, out: dict[str, 
             stag, vr, length = head(buf, pos)
             if stag & 0xFFFF == 0xFFFE:
                 length, hdr = u32(buf, pos + 4)[0], 8
+            elif vr in short_vrs:
+                act = get(stag)
+                if act is None:  # the common case: a short element to skip (an overrun is caught after the loop)
+                    pos += 8 + length
+                    continue
+                hdr = 8
             elif vr in long_vrs:
                 length, hdr = u32(buf, pos + 8)[0], 12
-            elif vr in short_vrs:
-                hdr = 8
             else:
                 raise _Bail
         else:
             stag, length = implicit_head(buf, pos)
             vr, hdr = 0, 8
-        if top:
-            if stag in special:
-                if stag == _S_PIXEL_DATA:
-                    return pos, pos
-                if stag != _S_RWVM:
-                    raise _Bail
-                if out is not None:
-                    undefined = length == 0xFFFFFFFF
-                    item = _first_item(buf, pos + hdr, None if undefined else pos + hdr + length,
-                                       explicit and vr != _UN_CODE, RWVM_WANTED)
-                    mapping = _rwvm(item)
-                    if mapping is not None:
-                        out[RWVM_KEYWORD] = mapping
-        elif stag == _S_ITEM_END:
-            return pos + 8, None
+        act = get(stag)
+        if act is None:  # skip it (an overrun is caught after the loop)
+            if length == 0xFFFFFFFF:
+                # An undefined-length UN element holds a sequence encoded in implicit VR (PS3.5 6.2.2).
+                pos = _skip_undefined(buf, pos + hdr, explicit and vr != _UN_CODE)
+            else:
+                pos += hdr + length
+            continue
+        if act.__class__ is int:
+            if act == _ITEM_END:
+                return pos + 8, None
+            if act == _PIXEL:
+                return pos, pos
+            if act == _BAIL_HERE:
+                raise _Bail
+            if out is not None:  # the mapping's first item
+                undefined = length == 0xFFFFFFFF
+                item = _first_item(buf, pos + hdr, None if undefined else pos + hdr + length,
+                                   explicit and vr != _UN_CODE, RWVM_WANTED)
+                mapping = _rwvm(item)
+                if mapping is not None:
+                    out[RWVM_KEYWORD] = mapping
+            act = None
         if length == 0xFFFFFFFF:
-            # An undefined-length UN element holds a sequence encoded in implicit VR (PS3.5 6.2.2).
             pos = _skip_undefined(buf, pos + hdr, explicit and vr != _UN_CODE)
             continue
         end = pos + hdr + length
         if end > n:
             raise NeedMore
-        if stag in table:
-            keyword, kind = table[stag]
+        if act is not None:
+            keyword, kind = act
             value = _decode(buf[pos + hdr:end], kind, encoding)
             if stag == _S_CHARSET:
                 charset = value if isinstance(value, str) else ""
@@ -263,7 +289,7 @@ def _walk(buf: bytes, pos: int, explicit: bool, *, nested: bool, out: dict[str, 
             if value is not None and out is not None:
                 out[keyword] = value
         pos = end
-    if nested or pos < n:  # an item without its delimiter, or a partial element header
+    if nested or pos != n:  # an item without its delimiter, a partial element header, or an overrun
         raise NeedMore
     return pos, None
 
