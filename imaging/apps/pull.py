@@ -25,7 +25,8 @@ def main(cfg: DictConfig) -> None:
     from rich.table import Table
 
     from imaging.dicomweb.client import DicomwebError, DicomwebSettings, check_reachable
-    from imaging.dicomweb.pull import Puller, PullQuery, as_uid_list, find_studies
+    from imaging.dicomweb.pull import Puller
+    from imaging.dicomweb.qido import PullQuery, as_uid_list, find_studies
     from imaging.errors import UsageError, require_writable_dir
     from imaging.keys import Pseudonymizer, SecretError
 

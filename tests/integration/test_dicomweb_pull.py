@@ -18,7 +18,8 @@ import pydicom
 import pytest
 
 from imaging.dicomweb.client import DicomwebError, DicomwebSettings, check_reachable
-from imaging.dicomweb.pull import Puller, PullQuery, find_studies
+from imaging.dicomweb.pull import Puller
+from imaging.dicomweb.qido import PullQuery, find_studies
 from imaging.errors import UsageError
 from imaging.synth import generate
 from tests.fixtures.orthanc import ORTHANC_PASSWORD, ORTHANC_USER, Orthanc
