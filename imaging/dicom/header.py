@@ -231,10 +231,10 @@ def _read_fast_growing(fp: Any, buf: bytes, size: int) -> Any:
             buf = fp.read(min(size, 8 * len(buf)))
 
 
-def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, Any, Any],
+def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, Any, Any, Any],
           ds: Dataset | None) -> dict[str, Any]:
     """Fill an index row from ``get(keyword)`` (a plain value); ``ds`` adds sequences (pydicom path)."""
-    offset, length, truncated = location
+    offset, length, truncated, row["pixel_element"] = location
     row["kind"] = "dicom"
     if truncated:
         row["kind"], row["error"] = "unreadable", truncated

@@ -8,38 +8,48 @@ from typing import Any
 from imaging.dicom.fastheader import IMPLICIT_LE
 from imaging.dicom.syntax import DEFLATED_LE, EXPLICIT_BE
 
+# Floating-point pixel elements (Parametric Maps, some vendors' derived maps), by their tag bytes.
+FLOAT_ELEMENTS = {b"\xe0\x7f\x08\x00": "FloatPixelData", b"\xe0\x7f\x09\x00": "DoubleFloatPixelData"}
+ELEMENT_TAGS = {"FloatPixelData": "(7FE0,0008)", "DoubleFloatPixelData": "(7FE0,0009)"}
+_FLOAT_BE = {b"\x7f\xe0\x00\x08": "FloatPixelData", b"\x7f\xe0\x00\x09": "DoubleFloatPixelData"}
+
 
 def pixel_location(fp: Any, rows: Any, ts: str | None, size: int,
-                    sop_class: Any = None) -> tuple[int | None, int | None, str | None]:
-    """(value offset, value length or -1 when encapsulated, truncation error) of PixelData at ``fp``.
+                   sop_class: Any = None) -> tuple[int | None, int | None, str | None, str | None]:
+    """(value offset, value length or -1 when encapsulated, truncation error, float element) of the
+    pixel data at ``fp``; the last is ``FloatPixelData``/``DoubleFloatPixelData`` for floating-point
+    pixels (7FE0,0008)/(7FE0,0009), ``None`` for (7FE0,0010) PixelData.
 
     A file that ends cleanly where PixelData would start has none: an error (truncated) for an
     image SOP class, the normal case for a non-image one (raw data, spectroscopy, a vendor's
     private class), whose row then has ``pixel_length`` 0.
     """
     if ts in (DEFLATED_LE, EXPLICIT_BE):
-        # The file position means nothing for a deflated stream; big endian is too rare to bother.
-        return None, None, None
+        # The file position means nothing for a deflated stream; big endian is too rare to bother
+        # (but its float pixels must be known: their values are not integers).
+        return None, None, None, _FLOAT_BE.get(fp.read(4)) if ts == EXPLICIT_BE else None
     start = fp.tell()
     head = fp.read(12)
-    if len(head) < 8 or head[:4] != b"\xe0\x7f\x10\x00":
+    element = FLOAT_ELEMENTS.get(head[:4])
+    if len(head) < 8 or (head[:4] != b"\xe0\x7f\x10\x00" and element is None):
         if not rows:
-            return None, None, None
+            return None, None, None, None
         if not needs_pixel_data(sop_class):
-            return None, 0, None
-        return None, None, f"truncated: no (7FE0,0010) PixelData before end of file ({size} bytes)"
+            return None, 0, None, None
+        return None, None, f"truncated: no (7FE0,0010) PixelData before end of file ({size} bytes)", None
     implicit = ts == IMPLICIT_LE
     if implicit:
         offset, length = start + 8, int.from_bytes(head[4:8], "little")
     else:
         offset, length = start + 12, int.from_bytes(head[8:12], "little")
     if length == 0xFFFFFFFF:
-        return offset, -1, _encapsulated_problem(fp, offset, size)
+        return offset, -1, _encapsulated_problem(fp, offset, size), element
     if offset + length > size:
+        name = ELEMENT_TAGS.get(element or "", "(7FE0,0010)")
         return offset, length, (
-            f"truncated: (7FE0,0010) PixelData length {length} but only {size - offset} bytes in file"
-        )
-    return offset, length, None
+            f"truncated: {name} {element or 'PixelData'} length {length} but only {size - offset} bytes in file"
+        ), element
+    return offset, length, None, element
 
 
 def _encapsulated_problem(fp: Any, pos: int, size: int) -> str | None:

@@ -40,20 +40,25 @@ class PixelFormat:
     length: int | None
     padding: int | None = None  # PixelPaddingValue (stored value)
     padding_limit: int | None = None  # PixelPaddingRangeLimit (stored value)
+    floating: bool = False  # (7FE0,0008) FloatPixelData / (7FE0,0009) DoubleFloatPixelData
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> PixelFormat:
-        alloc = int(row["bits_alloc"])
+        element = row.get("pixel_element")
+        alloc = int(row.get("bits_alloc") or FLOAT_BITS.get(str(element)) or 0)
         stored = row.get("bits_stored")
         return cls(
             rows=int(row["rows"]), cols=int(row["cols"]), n_frames=int(row.get("n_frames") or 1),
-            bits_alloc=alloc, bits_stored=int(stored) if stored else alloc, signed=row.get("pixel_rep") == 1,
+            bits_alloc=alloc, bits_stored=int(stored) if stored and not element else alloc,
+            signed=row.get("pixel_rep") == 1 or bool(element),
             ts=row.get("ts"), offset=row.get("pixel_offset"), length=row.get("pixel_length"),
-            padding=row.get("padding"), padding_limit=row.get("padding_limit"),
+            padding=row.get("padding"), padding_limit=row.get("padding_limit"), floating=bool(element),
         )
 
     @property
     def dtype(self) -> np.dtype[Any]:
+        if self.floating:
+            return np.dtype(f"<f{self.bits_alloc // 8}")
         return np.dtype(f"<{'i' if self.signed else 'u'}{self.bits_alloc // 8}")
 
     @property
@@ -66,7 +71,7 @@ class PixelFormat:
     @property
     def native(self) -> bool:
         """Readable straight from the file at the recorded offset."""
-        return is_native(self.ts) and bool(self.offset) and self.bits_alloc in (8, 16, 32)
+        return is_native(self.ts) and bool(self.offset) and self.bits_alloc in ((32, 64) if self.floating else (8, 16, 32))
 
     def padding_mask(self, stored: np.ndarray) -> np.ndarray | None:
         """Where ``stored`` holds padding (PixelPaddingValue, or the range up to PixelPaddingRangeLimit)."""
@@ -78,9 +83,18 @@ class PixelFormat:
         return (stored >= lo) & (stored <= hi)
 
 
+# BitsAllocated of the floating-point pixel elements (PS3.3 C.7.6.24: 32 and 64, the only values).
+FLOAT_BITS = {"FloatPixelData": 32, "DoubleFloatPixelData": 64}
+
+
 def problem(row: dict[str, Any]) -> str | None:
     """Why this file's pixels cannot be read as stored values, or ``None``."""
     alloc, stored, high = row.get("bits_alloc"), row.get("bits_stored"), row.get("high_bit")
+    element = row.get("pixel_element")
+    if element:  # floating-point pixels: no BitsStored/HighBit/PixelRepresentation; the element fixes the size
+        if alloc not in (None, FLOAT_BITS[element]):
+            return f"invalid (0028,0100) BitsAllocated = {alloc} with {element} (must be {FLOAT_BITS[element]})"
+        return None
     if alloc is None:  # an image SOP class without its pixel description: say what is missing
         what = "" if row.get("rows") else " and (0028,0010) Rows"
         return f"missing (0028,0100) BitsAllocated{what}: no pixel description at the top level of the file"
@@ -121,6 +135,8 @@ def common_dtype(fmts: Iterable[PixelFormat]) -> np.dtype[Any]:
     types = {f.dtype for f in items}
     if len(types) == 1:
         return types.pop()
+    if any(f.floating for f in items):  # float beside another format: float64 holds every value
+        return np.dtype("<f8")
     lo = min(f.stored_range[0] for f in items)
     hi = max(f.stored_range[1] for f in items)
     return next(t for t in _HOLDERS if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
@@ -181,6 +197,9 @@ def read_file_frames(path: str, row: dict[str, Any], file_ref: str) -> np.ndarra
             f"'{fmt.ts}' ({ts_name(fmt.ts)}): {type(exc).__name__}"
         ) from exc
     arr = arr.reshape(fmt.n_frames, fmt.rows, fmt.cols)
+    if (arr.dtype.kind == "f") != fmt.floating:  # never cast floats into integers (or the reverse) unseen
+        raise VolumeError(f"file {file_ref}: decoded pixel type {arr.dtype} does not match the header's "
+                          f"{'floating-point' if fmt.floating else 'integer'} pixel data")
     if arr.dtype.kind in "iu" and arr.dtype.itemsize * 8 == fmt.bits_alloc and fmt.bits_stored < fmt.bits_alloc:
         # Whatever a decoder plugin leaves above BitsStored goes here, by this file's own format.
         # (the decoded array is this call's own: masked in place unless it must change byte order)

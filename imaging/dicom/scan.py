@@ -26,14 +26,14 @@ from imaging.dicom.header import HEADER_TAGS, read_header
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6  # 2: tkey holds diffusion, component, acquisition time and mosaic entries; 3: + pixel format, padding, FoR, Philips scale; 4: + policy; 5: tkey + Siemens slice times, PE polarity, bandwidth; 6: enhanced frames carry their ASL context
+SCHEMA_VERSION = 7  # 2: tkey holds diffusion, component, acquisition time and mosaic entries; 3: + pixel format, padding, FoR, Philips scale; 4: + policy; 5: tkey + Siemens slice times, PE polarity, bandwidth; 6: enhanced frames carry their ASL context; 7: + pixel_element (float pixel data)
 COLUMNS = [
     "path", "size", "mtime", "kind", "error", "sop_class", "sop_uid", "study_uid", "series_uid",
     "patient_id", "modality", "ts", "rows", "cols", "n_frames", "iop", "ipp", "spacing",
     "image_type", "instance_number", "tkey", "slope", "intercept", "bits_alloc", "bits_stored",
     "pixel_rep", "samples", "photometric", "pixel_offset", "pixel_length", "frames", "params",
     "ref_series_uid", "segments", "high_bit", "padding", "padding_limit", "for_uid", "philips_ss", "rwvm",
-    "policy", "seen",
+    "policy", "pixel_element", "seen",
 ]
 # Files per task sent to a worker: big enough to amortise inter-process traffic.
 CHUNK = 64

@@ -236,8 +236,9 @@ def _rescale(raw: np.ndarray, slices: list[list[Slice]]) -> np.ndarray:
             wide = np.add(np.multiply(raw.astype(work), slope.astype(work)[..., None, None]),
                           icpt.astype(work)[..., None, None])
             return wide.astype(target)
-    return (raw.astype(np.float32) * slope.astype(np.float32)[..., None, None]
-            + icpt.astype(np.float32)[..., None, None])
+    real = np.dtype(np.float64 if raw.dtype == np.float64 else np.float32)  # double pixels keep their precision
+    return (raw.astype(real) * slope.astype(real)[..., None, None]
+            + icpt.astype(real)[..., None, None])
 
 
 def resample_stack(stack: np.ndarray, grid: Grid) -> np.ndarray:

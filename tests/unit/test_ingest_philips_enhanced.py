@@ -24,6 +24,7 @@ from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 from tests.fixtures.datasets import WrittenSlice
 from tests.fixtures.philips_enhanced import (
     PHILIPS_PRIVATE_CLASS,
+    to_float_pixels,
     write_philips_field_map,
     write_philips_pcasl,
     write_philips_private_series_data,
@@ -162,3 +163,35 @@ def test_image_without_bits_allocated_is_refused_naming_what_is_missing(tmp_path
     (row,) = run(tmp_path / "in", tmp_path).rows
     assert row.status == "error" and row.reason.startswith("file file-")
     assert row.reason.endswith("missing (0028,0100) BitsAllocated: no pixel description at the top level of the file")
+
+
+@pytest.mark.parametrize(("element", "big_endian", "bits_allocated"), [
+    ("FloatPixelData", False, True), ("DoubleFloatPixelData", False, True),
+    ("FloatPixelData", True, True), ("FloatPixelData", False, False)])
+def test_float_pixel_data_is_read_as_floats(tmp_path: Path, element: str, big_endian: bool,
+                                           bits_allocated: bool) -> None:
+    """Philips writes some derived maps as (7FE0,0008)/(7FE0,0009) float pixels: once refused as
+    "truncated: no (7FE0,0010) PixelData", now each frame's own float values."""
+    src = tmp_path / "in" / "IM_0001"
+    frames = write_philips_pcasl(src, n_dyn=2)
+    values = to_float_pixels(src, frames, element, big_endian=big_endian, bits_allocated=bits_allocated)
+    if bits_allocated:  # pydicom's reading agrees with what was written (it needs BitsAllocated)
+        np.testing.assert_array_equal(pydicom.dcmread(src).pixel_array, values)
+    summary = run(tmp_path / "in", tmp_path)
+    assert summary.counts == {"ok": 2}, [(r.status, r.reason) for r in summary.rows]
+    ds = pydicom.dcmread(src, stop_before_pixels=True)
+    by_key: dict[tuple[object, ...], list[WrittenSlice]] = defaultdict(list)
+    for i, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        by_key[_asl_key(item)].append(WrittenSlice(
+            src, tuple(map(float, item.PlanePositionSequence[0].ImagePositionPatient)),
+            tuple(map(float, item.PlaneOrientationSequence[0].ImageOrientationPatient)),
+            tuple(map(float, item.PixelMeasuresSequence[0].PixelSpacing)), values[i].astype(np.float64), 1.0, 0.0))
+    for r in summary.rows:
+        img = nib.load(tmp_path / "ds" / r.volume_path)
+        assert img.get_data_dtype() == np.dtype(values.dtype)  # no precision lost, no integer cast
+        context = "LABEL" if "ASL label" in r.reason else "CONTROL"
+        for dyn in range(2):
+            assert_matches_dicom(tmp_path / "ds" / r.volume_path, by_key[(context, dyn)], t=dyn)
+    if element == "FloatPixelData" and not big_endian and bits_allocated:
+        theirs = dcm2niix(tmp_path / "in", tmp_path / "d2n", "-p", "n")
+        assert_same_volumes_as_dcm2niix([tmp_path / "ds" / r.volume_path for r in summary.rows], theirs)
