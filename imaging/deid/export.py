@@ -25,7 +25,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from tqdm import tqdm
 
-from imaging.deid.apply import DeidOptions, DeidStats, action_plan, deidentify_dataset
+from imaging.deid.apply import DeidOptions, DeidStats, deidentify_dataset
+from imaging.deid.plan import action_plan
 from imaging.dicom.syntax import bare_transfer_syntax
 from imaging.errors import UsageError
 from imaging.fsutil import atomic_path, atomic_write_json

@@ -47,7 +47,8 @@ def deidentified_header(ds: Dataset, pseudo: Pseudonymizer, options: DeidOptions
     keyed IDs and UIDs here, with every other patient/study attribute dropped.
     ``options`` are the configured ``deid_options`` (the same as ``imaging deid``'s).
     """
-    from imaging.deid.apply import deidentify_dataset, map_uid, shift_da, truncate_tm
+    from imaging.deid.apply import deidentify_dataset, shift_da, truncate_tm
+    from imaging.deid.elements import map_uid
     from imaging.keys import subject_identity
 
     header = copy.deepcopy(ds)  # deid works in place; the source header stays as read
@@ -86,7 +87,7 @@ def deidentified_headers(headers: Sequence[Dataset], pseudo: Pseudonymizer,
     The first header is de-identified whole (the SEG copies its patient and study
     modules). Of the others highdicom reads only the instance, series and plane:
     those attributes are copied and their UIDs mapped by the de-identification's own
-    :func:`~imaging.deid.apply.map_uid`. De-identifying each slice's whole header was
+    :func:`~imaging.deid.elements.map_uid`. De-identifying each slice's whole header was
     half of a SEG's writing time (a deep copy and a walk of every element per slice);
     ``tests/unit/test_deid_seg_header.py`` checks the SEG and RTSTRUCT are the same.
     """
@@ -99,7 +100,7 @@ def deidentified_headers(headers: Sequence[Dataset], pseudo: Pseudonymizer,
 
 
 def _per_image_deidentified(ds: Dataset, pseudo: Pseudonymizer, options: DeidOptions | None) -> Dataset:
-    from imaging.deid.apply import map_uid
+    from imaging.deid.elements import map_uid
 
     out = Dataset()
     for kw in _PER_IMAGE_KEPT:

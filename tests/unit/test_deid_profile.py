@@ -9,7 +9,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-from imaging.deid.apply import SUPPORTED_OPTIONS, DeidOptions, deidentify_dataset
+from imaging.deid.apply import DeidOptions, deidentify_dataset
+from imaging.deid.plan import SUPPORTED_OPTIONS
 from imaging.deid.profile import MASKED_ROWS, OPTION_COLUMNS, ROWS, Option, resolve_action
 from imaging.keys import Pseudonymizer
 from tests.unit.deid_factory import CANARY, SECRET

@@ -14,7 +14,8 @@ import hmac
 
 import pytest
 
-from imaging.deid.apply import deidentify_dataset, map_uid
+from imaging.deid.apply import deidentify_dataset
+from imaging.deid.elements import map_uid
 from imaging.deid.options import DeidOptions
 from imaging.deid.values import shift_da
 from imaging.keys import Pseudonymizer, subject_identity
