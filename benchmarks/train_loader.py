@@ -33,8 +33,8 @@ from rich.table import Table
 from imaging.data.datasets import build_train_loader
 from imaging.data.splits import split_by_subject
 from imaging.data.transforms import build_train_transforms, pipeline_hash
-from imaging.engine.config import validate_config
 from imaging.models.registry import build_network
+from imaging.plan.train import validate_config
 from imaging.resources import CONF_DIR
 
 CONF = str(CONF_DIR)

@@ -91,6 +91,6 @@ def register_resolvers() -> None:
 
 def _config_hash(*, _root_: Any) -> str:
     # Imported on use: the package imports without the training stack.
-    from imaging.engine.identity import resolve_config_hash
+    from imaging.plan.identity import resolve_config_hash
 
     return resolve_config_hash(_root_=_root_)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from imaging.pipelines.federate import FederateResult
     from imaging.pipelines.infer.run import InferenceOutcome
     from imaging.pipelines.ingest import IngestSummary
-    from imaging.pipelines.train import TrainResult
+    from imaging.pipelines.train.run import TrainResult
 
 Overrides = Mapping[str, Any] | Sequence[str] | None
 
@@ -78,7 +78,7 @@ def ingest(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str]
 
 def train(experiment: str | None = None, overrides: Overrides = None) -> TrainResult:
     """``imaging train``: one training run (MLflow run, registered model) of ``experiment``."""
-    from imaging.pipelines.train import run
+    from imaging.pipelines.train.run import run
 
     return run(compose("train", _override_list(overrides, experiment=experiment)))
 

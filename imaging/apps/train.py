@@ -1,6 +1,6 @@
 """`imaging train experiment=demo_seg [model=segresnet] [trainer.max_epochs=...]`.
 
-Thin: compose the config, call :func:`imaging.pipelines.train.run`, print a summary.
+Thin: compose the config, call :func:`imaging.pipelines.train.run.run`, print a summary.
 Exit codes: 0 done, 2 config error (before any work), 3 (``EXIT_PREEMPTED``)
 stopped for a signal after checkpointing: the Slurm script requeues on it.
 """
@@ -20,7 +20,7 @@ from imaging.launch.preempt import EXIT_PREEMPTED
 from imaging.resources import CONF_DIR
 
 if TYPE_CHECKING:
-    from imaging.pipelines.train import TrainResult
+    from imaging.pipelines.train.run import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def summary_table(r: TrainResult) -> Table:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
-    from imaging.pipelines.train import run
+    from imaging.pipelines.train.run import run
 
     # A ConfigError (a UsageError) reaches imaging.cli: one line, exit 2.
     result = run(cfg)

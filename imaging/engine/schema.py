@@ -3,7 +3,7 @@
 Each group is a dataclass whose fields carry their type and, in ``metadata``,
 their range (``min``, ``max``, ``gt``, ``choices``). :func:`check_schema` walks a
 composed config against them before any work and raises
-:class:`imaging.engine.config.ConfigError` naming the dotted key, the value and
+:class:`imaging.plan.train.ConfigError` naming the dotted key, the value and
 what was expected, so ``trainer.lr=-1``, ``trainer.amp=maybe`` or
 ``data.augment.noise_prob=2`` fail with exit 2 (the CLI error contract) instead
 of deep in the loop. Hydra already refuses keys that do not exist (struct mode),
@@ -147,7 +147,7 @@ def _range_problem(value: Any, meta: dict[str, Any]) -> str | None:
 
 
 def _check(node: Any, schema: type, prefix: str) -> None:
-    from imaging.engine.config import ConfigError
+    from imaging.plan.train import ConfigError
 
     hints = get_type_hints(schema)
     for f in fields(schema):

@@ -23,11 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from imaging.data.datasets import build_train_loader, build_val_loader
 from imaging.data.splits import split_by_subject
 from imaging.data.transforms import build_inference_transforms, build_train_transforms
-from imaging.engine.config import ConfigError, TrainPlan, validate_config
 from imaging.engine.distributed import Dist, setup
 from imaging.engine.loops import lr_lambda, train_one_epoch, validate
 from imaging.engine.recipe import build_loss
 from imaging.models.registry import build_network
+from imaging.plan.train import ConfigError, TrainPlan, validate_config
 
 log = logging.getLogger(__name__)
 

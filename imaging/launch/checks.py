@@ -1,7 +1,7 @@
 """Checks ``imaging submit`` runs before ``sbatch``, so a bad config fails now, not after the queue.
 
 Each job kind is checked with what the job itself checks first (``train``:
-:func:`imaging.engine.config.validate_config`: dataset, labels, network and its
+:func:`imaging.plan.train.validate_config`: dataset, labels, network and its
 arguments, trainer values; ``ingest``/``infer``: input and output folders, the
 de-identification secret), plus the launcher's secrets. Paths that an earlier
 job of a ``--dependency`` chain creates (``produced``) are not required to exist yet.
@@ -69,7 +69,7 @@ def check_job(kind: str, cfg: DictConfig, produced: Collection[str] = ()) -> Non
         Names the key and value (``ConfigError`` for training is one).
     """
     if kind == "train":
-        from imaging.engine.config import ConfigError, validate_config
+        from imaging.plan.train import ConfigError, validate_config
 
         try:
             validate_config(cfg)

@@ -98,7 +98,7 @@ class _DatasetInfo(Protocol):
 
 
 class RegistrablePlan(Protocol):
-    """What registration reads of a training plan (``imaging.engine.config.TrainPlan`` has it):
+    """What registration reads of a training plan (``imaging.plan.train.TrainPlan`` has it):
     a protocol, so tracking does not import the engine. Read-only members: any plan whose
     fields have these types fits."""
 
@@ -117,7 +117,7 @@ class RegistrablePlan(Protocol):
 
 
 class MlflowTracker:
-    """The engine's :class:`imaging.pipelines.train.Tracker` backed by MLflow."""
+    """The training pipeline's :class:`imaging.pipelines.train.tracker.Tracker` backed by MLflow."""
 
     def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None,
                  registered_model_name: str, alias: str) -> None:

@@ -53,8 +53,8 @@ def register_random_model(root: Path, seed: int = 7, *, cfg: Any = None, name: s
     import torch
 
     from imaging.data.transforms import preprocessing_from_config
-    from imaging.engine.config import _network_config, precision_record
     from imaging.models.registry import build_network
+    from imaging.plan.train import _network_config, precision_record
     from imaging.tracking.registry import register_model
     from imaging.tracking.store import activate
 

@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from imaging.cli import main as cli
-from imaging.pipelines.train import run
+from imaging.pipelines.train.run import run
 from imaging.tracking.registry import load_bundle
 from imaging.tracking.sync import OFFLINE_RUN_TAG, sync_run_dir
 from tests.fixtures.mlflow_server import MlflowServer, _free_port

@@ -16,7 +16,7 @@ from mlflow.entities import ViewType
 
 from imaging.cli import main as cli
 from imaging.launch.preempt import PreemptionFlag
-from imaging.pipelines.train import TrainResult, run
+from imaging.pipelines.train.run import TrainResult, run
 from tests.fixtures.mlflow_server import running_server
 from tests.fixtures.train_data import compose_train, make_train_dataset
 

@@ -12,9 +12,9 @@ import pytest
 from mlflow import MlflowClient
 
 import imaging.engine.loops as loops
-import imaging.pipelines.train as train_pipeline
+import imaging.pipelines.train.run as train_pipeline
 from imaging.engine.checkpoint import load_checkpoint
-from imaging.pipelines.train import run
+from imaging.pipelines.train.run import run
 from tests.fixtures.train_data import compose_train, make_train_dataset
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from imaging.engine.config import ConfigError, validate_config
-from imaging.pipelines.train import run
+from imaging.pipelines.train.run import run
+from imaging.plan.train import ConfigError, validate_config
 from imaging.tracking.registry import load_bundle
 from tests.fixtures.train_data import compose_train, make_train_dataset
 

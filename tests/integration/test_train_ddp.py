@@ -19,12 +19,12 @@ from imaging.data.datasets import build_val_loader
 from imaging.data.splits import split_by_subject
 from imaging.data.transforms import build_inference_transforms
 from imaging.engine.checkpoint import load_checkpoint
-from imaging.engine.config import validate_config
 from imaging.engine.distributed import Dist, setup, teardown
 from imaging.engine.loops import validate
 from imaging.engine.metrics import SegMetricAccumulator
 from imaging.jobenv import DistEnv
 from imaging.models.registry import build_network
+from imaging.plan.train import validate_config
 from tests.fixtures.train_data import compose_train, make_train_dataset, tiny_train_overrides
 
 pytestmark = pytest.mark.integration
@@ -131,7 +131,7 @@ def _preempt_worker(rank: int, port: int, root: str, dataset: str, queue: mp.Que
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(port), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"})
     from imaging.launch.preempt import PreemptionFlag
-    from imaging.pipelines.train import run
+    from imaging.pipelines.train.run import run
 
     flag = PreemptionFlag()
     if rank == 1:

@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from imaging.launch.preempt import PreemptionFlag
-from imaging.pipelines.train import run
+from imaging.pipelines.train.run import run
 from imaging.tracking.registry import load_bundle
 from tests.fixtures.mlflow_server import MlflowServer
 from tests.fixtures.train_data import compose_train, make_train_dataset

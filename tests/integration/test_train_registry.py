@@ -15,10 +15,10 @@ from imaging.apps.model import main as model_cli
 from imaging.data.splits import split_by_subject
 from imaging.data.transforms import build_inference_transforms
 from imaging.engine.checkpoint import load_checkpoint
-from imaging.engine.config import validate_config
 from imaging.engine.predict import SeriesPredictor
 from imaging.models.registry import build_network
-from imaging.pipelines.train import TrainResult, run
+from imaging.pipelines.train.run import TrainResult, run
+from imaging.plan.train import validate_config
 from imaging.tracking.registry import load_bundle
 from tests.fixtures.train_data import compose_train, make_train_dataset
 

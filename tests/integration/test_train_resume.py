@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from imaging.engine.checkpoint import load_checkpoint
 from imaging.launch.preempt import EXIT_PREEMPTED, PreemptionFlag
-from imaging.pipelines.train import run
+from imaging.pipelines.train.run import run
 from tests.fixtures.train_data import compose_train, make_train_dataset, tiny_train_overrides
 
 pytestmark = pytest.mark.integration
@@ -125,7 +125,7 @@ def test_app_exits_with_preempted_code_on_sigusr1(tmp_path: Path, dataset: Path)
 
 
 def test_run_dir_guards_against_resuming_another_network_or_dataset(tmp_path: Path, dataset: Path) -> None:
-    from imaging.engine.config import ConfigError
+    from imaging.plan.train import ConfigError
 
     first = run(compose_train(tmp_path, dataset, *NO_REGISTRY, "trainer.max_epochs=1"))
     # Another network is another configuration: its own run dir and MLflow run, never a resume.

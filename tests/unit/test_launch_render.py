@@ -37,7 +37,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
 }
 
 
-# The run dir ends in the config hash (imaging/engine/identity.py), which changes with any
+# The run dir ends in the config hash (imaging/plan/identity.py), which changes with any
 # shipped default: references hold a placeholder so a conf change does not churn them.
 _CFG_HASH = re.compile(r"-cfg[0-9a-f]{8}\b")
 

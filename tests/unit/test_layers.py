@@ -7,6 +7,8 @@ depth (function-level and TYPE_CHECKING imports included), checked against the h
 - dicom (reading DICOM only): not deid, engine, data, tracking, pipelines; not torch, mlflow, monai
 - tracking (the MLflow adapter only): not engine, selection, launch, pipelines, data
 - data (catalog -> MONAI datasets): not engine, tracking, pipelines, launch
+- plan (the training config checked -> TrainPlan, run identity; below pipelines, federated and
+  launch, which all use it): not tracking, launch, selection, federated, review, pipelines
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ NEVER = {
               "torch", "mlflow", "monai"),
     "tracking": ("imaging.engine", "imaging.selection", "imaging.launch", "imaging.pipelines", "imaging.data"),
     "data": ("imaging.engine", "imaging.tracking", "imaging.pipelines", "imaging.launch"),
+    "plan": ("imaging.tracking", "imaging.launch", "imaging.selection", "imaging.federated", "imaging.review",
+             "imaging.pipelines"),
 }
 # Top-level modules that sit above every layer (the command line and the demo script).
 ENTRY_MODULES = ("cli", "__main__", "demo", "train")  # train: `python -m imaging.train`, as torchrun starts it

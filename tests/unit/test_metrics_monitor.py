@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from imaging.engine.config import ConfigError, validate_config
 from imaging.engine.distributed import Dist, DistEnv
 from imaging.engine.loops import validate
+from imaging.plan.train import ConfigError, validate_config
 from tests.fixtures.train_data import compose_train, make_train_dataset
 
 REPO = Path(__file__).resolve().parents[2]

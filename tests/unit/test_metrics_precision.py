@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from imaging.engine.config import validate_config
 from imaging.engine.distributed import Dist, DistEnv
-from imaging.engine.evaluate import review_cases
 from imaging.engine.loops import AMP_DTYPES, validate
 from imaging.engine.predict import InferenceOptions, SeriesPredictor, served_precision
+from imaging.engine.review_cases import review_cases
 from imaging.models.registry import build_network
+from imaging.plan.train import validate_config
 from imaging.tracking.registry import read_bundle_dir, write_bundle
 from tests.fixtures.train_data import compose_train, make_train_dataset
 

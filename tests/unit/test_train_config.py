@@ -11,8 +11,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from imaging.data.splits import split_by_subject
-from imaging.engine.config import ConfigError, validate_config
-from imaging.pipelines.train import run
+from imaging.pipelines.train.run import run
+from imaging.plan.train import ConfigError, validate_config
 from imaging.resources import CONF_DIR
 from tests.fixtures.train_data import make_train_dataset
 

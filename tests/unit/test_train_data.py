@@ -14,9 +14,9 @@ from imaging.data.transforms import (
     build_train_transforms,
     pipeline_hash,
 )
-from imaging.engine.config import validate_config
 from imaging.engine.loops import lr_lambda
 from imaging.models.registry import NETWORKS, build_network
+from imaging.plan.train import validate_config
 from tests.fixtures.train_data import compose_train, make_train_dataset
 
 

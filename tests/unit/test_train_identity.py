@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from imaging.data.datasets import build_dataset, item_identity
 from imaging.data.splits import split_by_subject
 from imaging.data.transforms import build_train_transforms
-from imaging.engine.config import validate_config
-from imaging.engine.identity import RESUMABLE, config_hash, differing_keys, identity_config
+from imaging.plan.identity import RESUMABLE, config_hash, differing_keys, identity_config
+from imaging.plan.train import validate_config
 from imaging.resources import CONF_DIR
 from tests.fixtures.train_data import make_train_dataset
 

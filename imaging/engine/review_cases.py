@@ -1,4 +1,4 @@
-"""Evaluation helpers: whole-volume predictions for review images and checks.
+"""Whole-volume predictions of the first validation cases, for the reviewer's images.
 
 Review cases carry only the series key (a keyed hash), the preprocessed image,
 label and prediction arrays and the voxel spacing: nothing identifying.
@@ -13,7 +13,7 @@ import torch
 
 from imaging.engine.loops import predict_volume
 from imaging.engine.metrics import voxel_spacing
-from imaging.records import ReviewCase  # re-exported: the loops produce it
+from imaging.records import ReviewCase
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """What a training run finds in its run directory: resume, refuse, or nothing to do.
 
-- ``identity.json``: the config that defines the run (:mod:`imaging.engine.identity`);
+- ``identity.json``: the config that defines the run (:mod:`imaging.plan.identity`);
   a run directory forced onto another config (``run_dir=...``) is refused with the
   differing keys named, never resumed.
 - ``checkpoints/last.pt``: resumed when it exists (``trainer.resume=auto|must``)
@@ -19,9 +19,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from imaging.engine import checkpoint as ckpt
-from imaging.engine.config import ConfigError, TrainPlan
-from imaging.engine.identity import differing_keys, identity_config
 from imaging.fsutil import atomic_write_text
+from imaging.plan.identity import differing_keys, identity_config
+from imaging.plan.train import ConfigError, TrainPlan
 
 log = logging.getLogger(__name__)
 

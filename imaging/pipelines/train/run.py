@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +32,6 @@ from imaging.data.transforms import (
     pipeline_hash,
 )
 from imaging.engine import checkpoint as ckpt
-from imaging.engine.config import TrainPlan, validate_config
 from imaging.engine.distributed import (
     Dist,
     any_rank,
@@ -42,37 +41,21 @@ from imaging.engine.distributed import (
     sync_buffers,
     teardown,
 )
-from imaging.engine.evaluate import ReviewCase, review_cases
 from imaging.engine.loops import ValidationInterrupted, lr_lambda, train_one_epoch, validate
 from imaging.engine.recipe import build_loss, configure_determinism, wrap_model
-from imaging.fsutil import atomic_write_text
+from imaging.engine.review_cases import review_cases
 from imaging.launch.preempt import PreemptionFlag, mark_preempted
 from imaging.models.registry import build_network
-from imaging.pipelines.train_resume import (
+from imaging.pipelines.train.resume import (
     check_identity,
     find_resume,
     read_finished,
     write_finished,
 )
+from imaging.pipelines.train.tracker import Tracker, default_tracker, open_run
+from imaging.plan.train import TrainPlan, validate_config
 
 log = logging.getLogger(__name__)
-
-RUN_ID_FILE = "mlflow_run_id"
-
-
-class Tracker(Protocol):
-    """What the loop needs from experiment tracking (rank 0 only); see
-    :class:`imaging.tracking.runs.MlflowTracker`."""
-
-    def start(self, run_id: str | None, run_name: str) -> str: ...
-    def log_setup(self, config: dict[str, Any], split: dict[str, Any], dataset: dict[str, Any]) -> None: ...
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-    def log_review(self, cases: list[ReviewCase], names: dict[int, str]) -> None: ...
-    def log_checkpoints(self, paths: list[Path]) -> None: ...
-    def register(self, network: torch.nn.Module, plan: TrainPlan, metrics: dict[str, float],
-                 selection: dict[str, Any]) -> dict[str, Any]: ...
-    def end(self, status: str) -> None: ...
-    def describe(self) -> dict[str, str]: ...
 
 
 @dataclass
@@ -97,17 +80,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-def default_tracker(cfg: DictConfig) -> Tracker | None:
-    # The one upward hop (engine -> tracking) is made here, lazily and only by
-    # default: callers (tests, benchmarks) may pass their own factory or none.
-    if not cfg.tracking.get("enabled", True):
-        return None
-    from imaging.selection.apply import rule_for_registry
-    from imaging.tracking.runs import MlflowTracker
-
-    return MlflowTracker.from_config(cfg, series_rule=rule_for_registry(cfg))
 
 
 def run(cfg: DictConfig, *, tracker_factory: Callable[[DictConfig], Tracker | None] | None = default_tracker,
@@ -142,38 +114,6 @@ def run(cfg: DictConfig, *, tracker_factory: Callable[[DictConfig], Tracker | No
             flag.uninstall()
         if d is not None:
             teardown(d)
-
-
-def _run_in_store(run_dir: Path, store: str, known: str | None, fresh: bool) -> str | None:
-    """The run to continue in ``store``: one training, one run, whatever stores it touched.
-
-    The run dir's ledger names this training's run in each store. Back on a server after an
-    offline segment (server down, job requeued), the offline epochs are uploaded into the
-    training's server run first and that run continues; offline, the store's own run continues.
-    ``known`` (the checkpoint's id) is used only when the ledger says nothing of this store and
-    the id is not another store's. ``fresh``: a new training here (no checkpoint, no run id):
-    it continues nothing (an earlier training's offline runs are uploaded as their own).
-    """
-    from imaging.tracking.connect import is_server
-    from imaging.tracking.sync import forget_runs, read_runs, rejoin, store_key
-
-    if fresh:
-        forget_runs(run_dir)
-
-    if is_server(store):
-        try:
-            rejoined = rejoin(run_dir, store)
-        except Exception as exc:  # noqa: BLE001 - training goes on; `imaging mlflow sync` uploads it later
-            log.warning("could not upload this training's offline MLflow store (%s): `imaging mlflow sync %s` "
-                        "will", type(exc).__name__, run_dir)
-            rejoined = None
-        if rejoined:
-            return rejoined
-    runs = read_runs(run_dir)
-    mine = runs.get(store_key(run_dir, store))
-    if mine:
-        return mine
-    return None if known in runs.values() else known
 
 
 def _cached_part(preprocessing: dict[str, Any]) -> dict[str, Any]:
@@ -212,29 +152,7 @@ def _run(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker_factory: Any, flag: 
                              int(cfg.data.split.seed))
 
     tracker = tracker_factory(cfg) if (tracker_factory is not None and d.is_main) else None
-    run_id: str | None = None
-    if tracker is not None:
-        id_file = plan.run_dir / RUN_ID_FILE
-        # A run id without a checkpoint: the job died before its first checkpoint; reuse the run.
-        known = state.run_id or (id_file.read_text().strip() if id_file.is_file() and payload is None
-                                 and str(t.resume) != "never" and not (plan.run_dir / "checkpoints").is_dir()
-                                 else None)
-        store = getattr(tracker, "tracking_uri", None)  # MlflowTracker's; a test's own tracker may lack it
-        if isinstance(store, str):
-            known = _run_in_store(plan.run_dir, store, known, fresh=payload is None and known is None)
-        run_id = tracker.start(known, str(cfg.tracking.run_name))
-        atomic_write_text(id_file, run_id + "\n")
-        if isinstance(store, str):
-            from imaging.tracking.sync import record_run
-
-            record_run(plan.run_dir, store, run_id)
-        if run_id != known:  # a new run (or the old one could not be reopened)
-            tracker.log_setup(OmegaConf.to_container(cfg, resolve=True), split.to_json(), {  # type: ignore[arg-type]
-                "catalog_sha256": plan.dataset.catalog_sha256, "n_rows": len(plan.dataset.rows),
-                "n_ok": len(plan.dataset.ok_rows), "n_items": len(plan.items),
-                "n_subjects": len({i["subject_key"] for i in plan.items}),
-                "n_train": len(split.train), "n_val": len(split.val), "config_hash": plan.config_hash,
-            })
+    run_id = open_run(cfg, plan, tracker, state.run_id, payload, split) if tracker is not None else None
     run_id = broadcast_object(run_id, d)  # type: ignore[assignment]
     state.run_id = run_id
     try:
@@ -287,7 +205,7 @@ def _train(cfg: DictConfig, plan: TrainPlan, d: Dist, tracker: Tracker | None, f
     if payload is not None:
         ckpt.restore(payload, model=network, optimizer=optimizer, scheduler=scheduler, scaler=scaler, rng=True)
 
-    # Resolved and checked against the metrics validate() returns (imaging.engine.config._monitor).
+    # Resolved and checked against the metrics validate() returns (imaging.plan.train._monitor).
     maximize = plan.monitor_mode == "max"
     monitor = plan.monitor
     last_val: dict[str, float] = dict(state.extra.get("last_val", {}))

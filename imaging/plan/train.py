@@ -5,7 +5,8 @@
 ``model.channels``...) and the offending value. Unknown group options
 (``model=foo``) are already refused by Hydra at compose time with the group's
 name. The checked, derived facts come back as a :class:`TrainPlan` so nothing is
-read twice.
+read twice. Central training (:mod:`imaging.pipelines.train`), the federated sites and
+the launch pre-flight checks all start from this plan, hence its place below them.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from imaging.data.items import (
     segmentation_items,
 )
 from imaging.data.transforms import preprocessing_from_config
-from imaging.engine.identity import config_hash
 from imaging.engine.schema import check_schema
 from imaging.errors import UsageError, closest
 from imaging.models.registry import check_network_config, network_task
+from imaging.plan.identity import config_hash
 
 TASKS = ("segmentation", "classification")
 CACHES = ("none", "memory", "disk")
@@ -58,7 +59,7 @@ class TrainPlan:
     network_config: dict[str, Any]       # the resolved model dict, out_channels filled in
     preprocessing: dict[str, Any]
     run_dir: Path
-    config_hash: str = ""                # imaging.engine.identity.config_hash: part of run_dir
+    config_hash: str = ""                # imaging.plan.identity.config_hash: part of run_dir
     monitor: str = "dice_mean"           # trainer.monitor, 'auto' resolved: a metric validate() returns
     monitor_mode: str = "max"            # trainer.monitor_mode, 'auto' resolved from the metric
 
@@ -182,7 +183,7 @@ def validate_config(cfg: DictConfig) -> TrainPlan:
 
     Raises:
         ConfigError: names the key: a ``trainer``/``data`` value of the wrong type or
-            out of range (:mod:`imaging.engine.schema`), a GPU asked for but absent,
+            out of range (:mod:`imaging.settings.train`), a GPU asked for but absent,
             missing dataset folder/catalog/dataset.json,
             labels not in ``dataset.json`` or not present in any catalog row,
             a ``trainer.monitor`` this run does not compute or a ``monitor_mode`` against it,
