@@ -277,7 +277,7 @@ ORTHONORMAL_TOL = 1e-3
 def _orthonormal(iop: tuple[float, ...]) -> bool:
     """Row and column directions of unit length and perpendicular (cached: slices share them).
 
-    Within 1e-3, the tolerance of the SEG/RTSTRUCT writers (imaging.dicom.seg.frame_geometry)
+    Within 1e-3, the tolerance of the SEG/RTSTRUCT writers (imaging.dicom.source_frames.frame_geometry)
     and of highdicom's perpendicularity check: a series ingest accepts must be one the
     writers downstream accept (at 1e-2, a slice 0.004 off passed here and failed its SEG).
     """
