@@ -294,6 +294,36 @@ def _walk(buf: bytes, pos: int, explicit: bool, *, nested: bool, out: dict[str, 
     return pos, None
 
 
+def file_meta(buf: bytes) -> tuple[int, str] | None:
+    """(where the dataset after the File Meta group starts, transfer syntax), or ``None`` when
+    the fast path does not apply (no preamble, no syntax, a syntax other than little endian).
+
+    Raises:
+        UnicodeDecodeError, struct.error: a damaged File Meta group.
+    """
+    if buf[128:132] != b"DICM":
+        return None
+    pos, meta_end, ts = 132, None, None
+    while pos + 8 <= len(buf):
+        group, elem = _TAG.unpack_from(buf, pos)
+        if group != 0x0002:
+            break
+        vr = buf[pos + 4:pos + 6]
+        if vr in _LONG_VRS:
+            length, hdr = _U32.unpack_from(buf, pos + 8)[0], 12
+        else:
+            length, hdr = _U16.unpack_from(buf, pos + 6)[0], 8
+        if elem == 0x0010:
+            ts = buf[pos + hdr:pos + hdr + length].decode("ascii").rstrip(" \x00")
+        pos += hdr + length
+        meta_end = pos
+    # Little-endian syntaxes only (native, JPEG family, RLE); anything else goes to pydicom.
+    if meta_end is None or ts is None or (ts not in (IMPLICIT_LE, EXPLICIT_LE, "1.2.840.10008.1.2.5")
+                                          and not ts.startswith("1.2.840.10008.1.2.4")):
+        return None
+    return meta_end, ts
+
+
 def read_fast(buf: bytes, complete: bool = True) -> tuple[dict[str, Any], str, int | None] | None:
     """(attributes by keyword, transfer syntax, PixelData element start) or ``None`` to use pydicom.
 
@@ -305,26 +335,10 @@ def read_fast(buf: bytes, complete: bool = True) -> tuple[dict[str, Any], str, i
         NeedMore: ``buf`` is a prefix that ends before the pixel data.
     """
     try:
-        if buf[128:132] != b"DICM":
+        meta = file_meta(buf)
+        if meta is None:
             return None
-        pos, meta_end, ts = 132, None, None
-        while pos + 8 <= len(buf):
-            group, elem = _TAG.unpack_from(buf, pos)
-            if group != 0x0002:
-                break
-            vr = buf[pos + 4:pos + 6]
-            if vr in _LONG_VRS:
-                length, hdr = _U32.unpack_from(buf, pos + 8)[0], 12
-            else:
-                length, hdr = _U16.unpack_from(buf, pos + 6)[0], 8
-            if elem == 0x0010:
-                ts = buf[pos + hdr:pos + hdr + length].decode("ascii").rstrip(" \x00")
-            pos += hdr + length
-            meta_end = pos
-        # Little-endian syntaxes only (native, JPEG family, RLE); anything else goes to pydicom.
-        if meta_end is None or ts is None or (ts not in (IMPLICIT_LE, EXPLICIT_LE, "1.2.840.10008.1.2.5")
-                                              and not ts.startswith("1.2.840.10008.1.2.4")):
-            return None
+        meta_end, ts = meta
         out: dict[str, Any] = {}
         try:
             _, pixel_pos = _walk(buf, meta_end, ts != IMPLICIT_LE, nested=False, out=out, encoding="latin-1")

@@ -21,7 +21,8 @@ from imaging.dicom.dims import (
     header_dims,
     private_getter,
 )
-from imaging.dicom.fastheader import RWVM_KEYWORD, NeedMore, read_fast
+from imaging.dicom.fastheader import RWVM_KEYWORD, NeedMore
+from imaging.dicom.fastlayout import read_fast_replayed as read_fast
 from imaging.dicom.pixel_location import pixel_location
 from imaging.dicom.syntax import bare_transfer_syntax
 
@@ -220,7 +221,10 @@ def _specific_tags() -> list[BaseTag]:
 
 
 def _read_fast_growing(fp: Any, buf: bytes, size: int) -> Any:
-    """The fast reader on a growing prefix of the file; ``None`` sends the file to pydicom."""
+    """The fast reader on a growing prefix of the file; ``None`` sends the file to pydicom.
+
+    (``read_fast`` replays the layout of a file read before where one fits: the full walk's result.)
+    """
     while True:
         try:
             return read_fast(buf, complete=len(buf) >= size)
