@@ -11,8 +11,9 @@ and runs the same pipeline, returning its result object instead of printing a ta
     outcome = api.infer("models:/demo_seg@champion", "new_export/", "predictions/", demo_key=True)
 
 Overrides are Hydra's, as a mapping (``{"trainer.max_epochs": 2}``) or a list
-(``["trainer.max_epochs=2", "model=segresnet"]``). A bad key or value raises Hydra's own
-exception (the command line turns it into one line and exit 2). Like nnU-Net's
+(``["trainer.max_epochs=2", "model=segresnet"]``). A bad key raises Hydra's own exception, a
+value of the wrong type or out of range :class:`imaging.settings.SettingsError` naming the key
+(the command line turns either into one line and exit 2). Like nnU-Net's
 predictor class beside its command line, this is a thin layer: the pipelines hold the work.
 It lives with the commands (``imaging.apps``): only they call the pipelines.
 """
@@ -58,8 +59,12 @@ def _hydra_value(value: Any) -> str:
 def compose(command: str, overrides: Overrides = None) -> DictConfig:
     """The resolved config ``imaging <command>`` would run with these overrides."""
     from imaging.launch.submit import compose as compose_resolved
+    from imaging.settings import COMMANDS, check_command
 
-    return compose_resolved(command, _override_list(overrides))
+    cfg = compose_resolved(command, _override_list(overrides))
+    if command in COMMANDS:  # every group checked, as the command does before any work
+        check_command(command, cfg)
+    return cfg
 
 
 def ingest(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str], overrides: Overrides = None, *,

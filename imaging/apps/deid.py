@@ -12,6 +12,7 @@ from imaging.deid.export import DeidConfigError, DeidSummary, deidentify_export
 from imaging.errors import require_dir, require_writable_dir
 from imaging.keys import Pseudonymizer, SecretError
 from imaging.resources import CONF_DIR
+from imaging.settings import check_command
 
 EXIT_CONFIG = 2
 
@@ -46,6 +47,7 @@ def print_summary(summary: DeidSummary, console: Console | None = None) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="deid")
 def main(cfg: DictConfig) -> None:
     console = Console()
+    check_command("deid", cfg)  # a bad value: one line naming the key, exit 2, before any work
     require_dir("input_dir", cfg.input_dir)
     require_writable_dir("output_dir", cfg.output_dir)
     try:

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imaging.resources import CONF_DIR
+from imaging.settings import check_command
 
 
 def result_table(result: dict[str, Any], title: str) -> Table:
@@ -43,6 +44,7 @@ def main() -> None:
 def _main(cfg: DictConfig) -> None:
     from imaging.pipelines.evaluate import run
 
+    check_command("evaluate", cfg)  # a bad value: one line naming the key, exit 2, before any work
     out = run(cfg)
     r = out.result
     console = Console()

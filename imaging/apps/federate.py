@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imaging.resources import CONF_DIR
+from imaging.settings import check_command
 
 
 def summary_table(summary: dict[str, Any], monitor: str = "dice_mean") -> Table:
@@ -36,6 +37,7 @@ def summary_table(summary: dict[str, Any], monitor: str = "dice_mean") -> Table:
 def main(cfg: DictConfig) -> None:
     from imaging.pipelines.federate import run
 
+    check_command("federate", cfg)  # a bad value: one line naming the key, exit 2, before any work
     result = run(cfg)
     s = result.summary
     console = Console()

@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from imaging.resources import CONF_DIR
+from imaging.settings import check_command
 
 
 def main() -> None:
@@ -40,6 +41,7 @@ def _main(cfg: DictConfig) -> None:
 
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every copied module at INFO
     console = Console()
+    check_command("infer", cfg)  # a bad value: one line naming the key, exit 2, before any work
     if not str(cfg.input).startswith(("http://", "https://")):
         require_input("input", cfg.input)
     require_writable_dir("output_dir", cfg.output_dir)

@@ -11,6 +11,7 @@ from imaging.errors import require_dir, require_writable_dir
 from imaging.keys import Pseudonymizer
 from imaging.pipelines.ingest import IngestSummary, ingest, ingest_options
 from imaging.resources import CONF_DIR
+from imaging.settings import check_command
 
 EXIT_FAILED = 1
 
@@ -47,6 +48,7 @@ def print_summary(summary: IngestSummary, console: Console | None = None) -> Non
 def main(cfg: DictConfig) -> None:
     console = Console()
     # Bad invocations raise UsageError: imaging.cli prints one line and exits 2.
+    check_command("ingest", cfg)
     require_dir("input_dir", cfg.input_dir)
     require_writable_dir("output_dir", cfg.output_dir)
     ps = Pseudonymizer.from_config(cfg.secret_file, cfg.demo_key)

@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from imaging.resources import CONF_DIR
+from imaging.settings import check_command
 
 EXIT_FAILED = 1
 
@@ -30,6 +31,7 @@ def main(cfg: DictConfig) -> None:
     from imaging.errors import UsageError, require_writable_dir
     from imaging.keys import Pseudonymizer, SecretError
 
+    check_command("pull", cfg)  # a bad value: one line naming the key, exit 2, before any work
     require_writable_dir("output_dir", cfg.output_dir)
     settings = DicomwebSettings(str(cfg.url), cfg.dicomweb.auth, float(cfg.dicomweb.timeout_s))
     client = settings.client()

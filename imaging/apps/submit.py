@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from imaging.launch.checks import check_job, check_secrets
     from imaging.launch.submit import Prepared, SubmitError, pin_model, prepare, submit
     from imaging.launch.sweep import expand_sweep, point_suffix, swept_keys
+    from imaging.settings import check_command
 
     args = list(sys.argv[1:] if argv is None else argv)
     console, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
@@ -67,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             stages = [(p, set()) for p in prepared]
         # Everything the job would refuse at start, refused now (before it waits in the queue).
         for prep, produced in stages:
+            check_launcher(prep.launcher)
             check_secrets(prep.launcher)
             if prep.cfg is not None:
                 try:
+                    check_command(prep.kind, prep.cfg)
                     check_job(prep.kind, prep.cfg, produced)
                     pin_model(prep, produced)  # infer: @alias -> the version it names now, for every task
                 except Exception:
@@ -111,6 +114,19 @@ def main(argv: list[str] | None = None) -> int:
         if not dry:
             console.print(f"  follow : imaging status {sub.job_id}   |   tail -f {sub.log_for(0 if sub.array else None)}")
     return status
+
+
+def check_launcher(launcher: dict[str, object]) -> None:
+    """The job's launcher values (types, ranges) as the ``launcher`` settings declare them.
+
+    Raises:
+        SettingsError: the first ``launcher.*`` key out of range (exit 2, nothing submitted).
+    """
+    from omegaconf import OmegaConf
+
+    from imaging.settings import check_command
+
+    check_command("submit", OmegaConf.create({"launcher": launcher}))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from imaging.resources import CONF_DIR
+from imaging.settings import check_command
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="synth")
@@ -15,6 +16,7 @@ def main(cfg: DictConfig) -> None:
 
     from imaging.synth import generate
 
+    check_command("synth", cfg)  # a bad value: one line naming the key, exit 2, before any work
     if not cfg.output_dir:
         raise SystemExit("imaging synth: output_dir=... is required")
     cases = OmegaConf.to_object(cfg.cases) if OmegaConf.is_list(cfg.cases) else str(cfg.cases)

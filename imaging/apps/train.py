@@ -18,6 +18,7 @@ from rich.table import Table
 from imaging.jobenv import dist_env
 from imaging.launch.preempt import EXIT_PREEMPTED
 from imaging.resources import CONF_DIR
+from imaging.settings import check_command
 
 if TYPE_CHECKING:
     from imaging.pipelines.train.run import TrainResult
@@ -54,7 +55,8 @@ def summary_table(r: TrainResult) -> Table:
 def main(cfg: DictConfig) -> None:
     from imaging.pipelines.train.run import run
 
-    # A ConfigError (a UsageError) reaches imaging.cli: one line, exit 2.
+    # A ConfigError or SettingsError (UsageErrors) reaches imaging.cli: one line, exit 2.
+    check_command("train", cfg)
     result = run(cfg)
     if result.run_dir is not None and (result.metrics or result.preempted or result.already_done) \
             and dist_env().is_main:

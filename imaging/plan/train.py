@@ -27,10 +27,10 @@ from imaging.data.items import (
     segmentation_items,
 )
 from imaging.data.transforms import preprocessing_from_config
-from imaging.engine.schema import check_schema
 from imaging.errors import UsageError, closest
 from imaging.models.registry import check_network_config, network_task
 from imaging.plan.identity import config_hash
+from imaging.settings.train import check_schema
 
 TASKS = ("segmentation", "classification")
 CACHES = ("none", "memory", "disk")
