@@ -118,7 +118,8 @@ def plan_grid(
         tilt: ``resample`` or ``refuse`` slices whose positions drift in-plane (gantry tilt).
         uneven: ``refuse`` (default) or ``resample`` (interpolate) uneven or missing slices.
             A planned variable spacing (:func:`planned_runs`) is equalized whatever ``uneven``
-            says, as dcm2niix does: it is how the scanner was told to acquire, not a fault.
+            says, as dcm2niix does: it is how the scanner was told to acquire, not a fault
+            (``keep`` cuts such stacks with :func:`native_runs` before they reach this).
 
     Returns:
         The grid, remarks for the catalog, and the slices ordered as ``[t][k]``.
@@ -287,6 +288,43 @@ def planned_runs(gaps: np.ndarray) -> list[tuple[int, float]] | None:
         elif len(sides) == 2 and _same(sides[0][1], sides[1][1]) and _multiple(g, sides[0][1]):
             return None
     return runs
+
+
+def native_runs(stacks: list[list[Slice]]) -> list[tuple[list[list[Slice]], str]] | None:
+    """``uneven=keep``: a stack of varying spacing cut into runs of regular spacing, each written
+    with its own acquired slices at their own positions (nothing interpolated), or ``None`` when the
+    spacing is regular. A NIfTI volume has one slice spacing, so this is the only way to keep every
+    native slice: the slice where two runs meet ends one volume and starts the next (both hold it).
+
+    Returns:
+        ``[(stacks of the run, remark)]``, in order along the slice normal.
+
+    Raises:
+        PlanError: a slice that belongs to no run of at least two equal gaps (three slices).
+    """
+    n = slice_normal(stacks[0][0].iop)[2]
+    d = np.unique(np.round([float(np.dot(s.ipp, n)) for s in stacks[0]], 2))
+    if len(d) <= MIN_POSITIONS or not _spacing(d, np.diff(d))[2]:
+        return None
+    pieces, covered, start = [], np.zeros(len(d), dtype=bool), 0
+    for count, gap in _runs(np.diff(d)):
+        if count >= 2:
+            pieces.append((start, start + count, gap))
+            covered[start:start + count + 1] = True
+        start += count
+    if not covered.all():
+        stray = ", ".join(f"{v - d[0]:.4g}" for v in d[~covered][:5])
+        raise PlanError(f"uneven slice spacing: slice(s) at {stray} mm from the first along the normal belong to no run of "
+                        "regular spacing (0020,0032); refused (config uneven=keep keeps runs of 3 or more "
+                        "equally spaced slices; uneven=resample interpolates)")
+    out = []
+    for i, (a, b, gap) in enumerate(pieces):
+        lo, hi = d[a] - 0.01, d[b] + 0.01
+        part = [[s for s in st if lo <= float(np.dot(s.ipp, n)) <= hi] for st in stacks]
+        shared = " (first slice shared with the run before)" if i and pieces[i - 1][1] == a else ""
+        out.append((part, f"spacing run {i + 1} of {len(pieces)}: {b - a + 1} native slices at {gap:.4g} mm{shared}, "
+                          "not interpolated (config uneven=keep)"))
+    return out
 
 
 def sparse_grid(grid: Grid, max_divisor: int = 16) -> Grid:

@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from imaging.dicom.dims import AXIS_NAMES
-from imaging.dicom.geometry import MIN_POSITIONS, Grid, PlanError, Slice, plan_grid
+from imaging.dicom.geometry import MIN_POSITIONS, Grid, PlanError, Slice, native_runs, plan_grid
 from imaging.dicom.mosaic import MosaicError, mosaic_items
 from imaging.dicom.pixel_location import needs_pixel_data
 from imaging.dicom.pixels import problem as pixel_problem
@@ -108,7 +108,9 @@ def plan_series(
         rows: decoded index rows (see :func:`imaging.dicom.scan.decode_row`) of kind ``dicom``.
         name_of: names a file in reasons by key (``FileNames.file_key``), never by path.
         tilt: ``resample`` (onto an orthogonal grid) or ``refuse`` a gantry-tilted stack.
-        uneven: ``refuse`` (default: an error row) or ``resample`` (interpolate) uneven or missing slices.
+        uneven: ``refuse`` (default: an error row) or ``resample`` (interpolate) uneven or missing slices;
+            ``keep``: a stack of varying spacing (planned or with missing slices) becomes one volume per
+            run of regular spacing, of its own slices (:func:`imaging.dicom.geometry.native_runs`).
         split_4d: write each timepoint as its own 3D volume instead of one 4D volume.
         philips_precise: Philips "precise" floating-point values (private scale slope (2005,100E),
             as dcm2niix ``-p y``) instead of the displayed RescaleSlope/Intercept values.
@@ -329,13 +331,16 @@ def _plan_volumes(plan: SeriesPlan, slices: list[Slice], *, tilt: str, uneven: s
     problems = []
     for vol_slices, t_key, label in stacks:
         try:
-            grid, vol_remarks, ordered = plan_grid(vol_slices, tilt=tilt, uneven=uneven)
+            # uneven=keep: a stack of varying spacing is one volume per run of regular spacing
+            runs = native_runs(vol_slices) if uneven == "keep" else None
+            for part, run in runs or [(vol_slices, "")]:
+                grid, vol_remarks, ordered = plan_grid(part, tilt=tilt, uneven="refuse" if runs else uneven)
+                # The catalog says what the 4th axis is (the sidecar's FourthAxis says it too).
+                axis = f"4th axis ({len(ordered)}): {KEY_TAGS[t_key]}" if t_key and len(ordered) > 1 else ""
+                plan.volumes.append(VolumePlan(
+                    ordered, grid, [*remarks, *filter(None, [label, axis, run]), *vol_remarks], t_key))
         except PlanError as exc:
             problems.append(f"{label}: {exc}" if label else str(exc))
-            continue
-        # The catalog says what the 4th axis is (the sidecar's FourthAxis says it too).
-        axis = f"4th axis ({len(ordered)}): {KEY_TAGS[t_key]}" if t_key and len(ordered) > 1 else ""
-        plan.volumes.append(VolumePlan(ordered, grid, [*remarks, *filter(None, [label, axis]), *vol_remarks], t_key))
     if problems and not plan.volumes:
         _done(plan, "error", "; ".join(problems))
     elif problems:

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 3  # 2: 4D by real dimensions, bval/bvec, per-volume sidecars; 3: + exact stored values, padding policy
 POLICIES = ("resample", "refuse")
+UNEVEN_POLICIES = (*POLICIES, "keep")  # keep: one volume per run of regular spacing (geometry.native_runs)
 NAMES_FILE = "names.jsonl"
 
 
@@ -146,9 +147,9 @@ def ingest(
         NotADirectoryError: ``input_dir`` is not a folder.
         ValueError: a bad option, or ``private_dir`` inside ``output_dir``.
     """
-    for name, value in (("tilt", tilt), ("uneven", uneven)):
-        if value not in POLICIES:
-            raise ValueError(f"{name}='{value}' is not one of {POLICIES}")
+    for name, value, allowed in (("tilt", tilt, POLICIES), ("uneven", uneven, UNEVEN_POLICIES)):
+        if value not in allowed:
+            raise ValueError(f"{name}='{value}' is not one of {allowed}")
     src = Path(input_dir).resolve()
     if not src.is_dir():
         raise NotADirectoryError(f"input_dir '{input_dir}' is not a folder")
