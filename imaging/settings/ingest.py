@@ -13,7 +13,7 @@ class IngestOptions:
     """How an export becomes volumes (``imaging/conf/ingest_options/default.yaml``)."""
 
     tilt: str = setting("resample", choices=("resample", "refuse"))
-    uneven: str = setting("refuse", choices=("refuse", "resample"))
+    uneven: str = setting("refuse", choices=("refuse", "resample", "keep"))
     philips_precise: bool = setting(False)
     split_4d: bool = setting(False)
     keep_patient_characteristics: bool = setting(False)

@@ -200,6 +200,10 @@ def test_choices_copied_from_lower_layers_match_them() -> None:
     assert set(mode.metadata["choices"]) == {m.value for m in BlendMode}  # MONAI's sliding-window blending
     geometry = {f.name: f for f in dataclasses.fields(IngestOptions)}
     assert set(geometry["tilt"].metadata["choices"]) == {"resample", "refuse"}
+    from imaging.pipelines.ingest import POLICIES, UNEVEN_POLICIES
+
+    assert set(geometry["tilt"].metadata["choices"]) == set(POLICIES)
+    assert set(geometry["uneven"].metadata["choices"]) == set(UNEVEN_POLICIES)  # keep: geometry.native_runs
     from imaging.settings.inference import SegSettings
 
     assert {f.name: f for f in dataclasses.fields(SegSettings)}["geometry"].metadata["choices"] == GEOMETRIES
@@ -238,6 +242,9 @@ CLI: list[tuple[list[str], str]] = [
       "inference.overlap=1.5"], "inference.overlap"),
     (["submit", "ingest", "launcher=slurm", "launcher.cpus_per_task=0", "--dry-run", "input_dir={p}/export",
       "output_dir={p}/out", "demo_key=true"], "launcher.cpus_per_task"),
+    # A job's own value: refused even in a dry run (which only warns about what the job would find).
+    (["submit", "ingest", "launcher=slurm", "--dry-run", "input_dir={p}/export", "output_dir={p}/out",
+      "demo_key=true", "workers=0"], "workers"),
 ]
 
 
