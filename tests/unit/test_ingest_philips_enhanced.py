@@ -32,6 +32,8 @@ from tests.fixtures.philips_enhanced import (
 from tests.fixtures.vendor_mr import dcm2niix
 from tests.unit.test_ingest_geometry import assert_matches_dicom, run
 
+RAW_DATA = "1.2.840.10008.5.1.4.1.1.66"  # Raw Data Storage: a standard class without pixels
+
 
 def dicom_frames(path: Path, key: Callable[[Dataset], tuple[object, ...]]) -> dict[tuple[object, ...], list[WrittenSlice]]:
     """The file's frames by ``key(per-frame item)``: position, orientation, spacing, stored values, rescale."""
@@ -75,12 +77,13 @@ def _asl_key(item: Dataset) -> tuple[object, ...]:
             int(item.FrameContentSequence[0].TemporalPositionIndex) - 1)
 
 
-def test_philips_pcasl_beside_private_series_data_is_label_and_control_4d(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sop_class", [PHILIPS_PRIVATE_CLASS, RAW_DATA])
+def test_philips_pcasl_beside_private_series_data_is_label_and_control_4d(tmp_path: Path, sop_class: str) -> None:
     """The reported failure: Philips' private series-data object (no pixels, no BitsAllocated)
     shares the pCASL series' UID; the series was refused as "BitsAllocated = None"."""
     src = tmp_path / "in" / "IM_0001"
     write_philips_pcasl(src, n_dyn=2)
-    write_philips_private_series_data(tmp_path / "in" / "XX_0001", like=src)
+    write_philips_private_series_data(tmp_path / "in" / "XX_0001", like=src, sop_class=sop_class)
     summary = run(tmp_path / "in", tmp_path)
     assert summary.counts == {"ok": 2}, [(r.status, r.reason) for r in summary.rows]
     frames = dicom_frames(src, _asl_key)
@@ -89,7 +92,7 @@ def test_philips_pcasl_beside_private_series_data_is_label_and_control_4d(tmp_pa
         assert f"ASL {context.lower()}" in r.reason and r.shape == "24x20x3x2" and r.n_instances == 1
         assert "4th axis (2): (0020,0100) TemporalPositionIdentifier / (0020,9128) TemporalPositionIndex" in r.reason
         assert "1 non-image instance(s) of the series left out (no pixel data): file file-" in r.reason
-        assert PHILIPS_PRIVATE_CLASS in r.reason and "XX_0001" not in r.reason
+        assert sop_class in r.reason and "XX_0001" not in r.reason
         for dyn in range(2):
             assert_matches_dicom(tmp_path / "ds" / r.volume_path, frames[(context, dyn)], t=dyn)
     # one 4D file, label and control interleaved; -p n: displayed values (RescaleSlope), as ours
