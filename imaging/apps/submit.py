@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             check_launcher(prep.launcher)
             check_secrets(prep.launcher)
             if prep.cfg is not None:
+                check_command(prep.kind, prep.cfg)  # a value out of range: refused even in a dry run
                 try:
-                    check_command(prep.kind, prep.cfg)
                     check_job(prep.kind, prep.cfg, produced)
                     pin_model(prep, produced)  # infer: @alias -> the version it names now, for every task
                 except Exception:

@@ -242,6 +242,9 @@ CLI: list[tuple[list[str], str]] = [
       "inference.overlap=1.5"], "inference.overlap"),
     (["submit", "ingest", "launcher=slurm", "launcher.cpus_per_task=0", "--dry-run", "input_dir={p}/export",
       "output_dir={p}/out", "demo_key=true"], "launcher.cpus_per_task"),
+    # A job's own value: refused even in a dry run (which only warns about what the job would find).
+    (["submit", "ingest", "launcher=slurm", "--dry-run", "input_dir={p}/export", "output_dir={p}/out",
+      "demo_key=true", "workers=0"], "workers"),
 ]
 
 
