@@ -35,6 +35,7 @@ from imaging.federated.config import SERVER_CONFIG, write_server_config
 from imaging.fsutil import atomic_write_text
 from imaging.launch.render import LauncherConfigError, _check, default_templates_dir
 from imaging.launch.submit import CONF_DIR, compose, sbatch, split_overrides
+from imaging.settings import check_command
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,8 @@ def prepare(overrides: Sequence[str], *, cwd: Path | None = None,
         raise LauncherConfigError(f"launcher={launcher.get('name')}: a federation on Slurm needs launcher=slurm "
                                   "(or a cluster profile); `imaging federate` runs a local one")
     cfg = compose("federate", job_ov, conf_dir)
+    check_command("federate", cfg)  # as `imaging federate` does; and the Slurm launcher's values:
+    check_command("submit", OmegaConf.create({"launcher": launcher}))
     run_dir = Path(str(cfg.run_dir))
     run_dir = run_dir if run_dir.is_absolute() else cwd / run_dir
     cfg.run_dir = str(run_dir)

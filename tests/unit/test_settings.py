@@ -184,6 +184,19 @@ def test_the_launchers_of_submit_are_checked(tmp_path: Path) -> None:
         check_command("submit", compose("submit", ["launcher=slurm", "launcher.array_tasks=0"]))
 
 
+def test_federation_on_slurm_checks_the_job_and_its_launcher(tmp_path: Path) -> None:
+    """`python -m imaging.launch.federate` composes the federate config itself: the same check."""
+    from imaging.launch.federate import prepare
+
+    base = ["experiment=demo_federated", "launcher=slurm", f"run_dir={tmp_path}/run"]
+    for override, key in (("federation.dp.mode=local", "federation.dp.mode"),
+                          ("launcher.gpus_per_node=-1", "launcher.gpus_per_node")):
+        with pytest.raises(SettingsError) as excinfo:
+            prepare([*base, override], cwd=tmp_path)
+        assert excinfo.value.key == key
+    assert not (tmp_path / "run").exists()
+
+
 def test_choices_copied_from_lower_layers_match_them() -> None:
     """settings import nothing above imaging.errors, so the choices they copy are compared here."""
     from monai.utils import BlendMode
