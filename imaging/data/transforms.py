@@ -1,6 +1,7 @@
 """MONAI dictionary transforms, built from plain dicts.
 
-The *preprocessing* dict is the contract between training, validation and
+The *preprocessing* dict (its versioned record in the model bundle:
+:class:`imaging.records.Preprocessing`) is the contract between training, validation and
 inference: it is stored with the registered model, and
 :func:`build_inference_transforms` turns it into exactly the deterministic
 pipeline training used. Example::

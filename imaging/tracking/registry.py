@@ -29,6 +29,7 @@ from mlflow.types.schema import Schema, TensorSpec
 from safetensors.torch import load_file, save_file
 
 from imaging.models.registry import build_network
+from imaging.records import Preprocessing
 from imaging.tracking.store import activate, client_for
 
 log = logging.getLogger(__name__)
@@ -81,11 +82,12 @@ def write_bundle(directory: Path, network: torch.nn.Module, network_config: dict
 
     ``selection``: the series selection rule inference applies (imaging.selection), if any.
     """
+    stored = Preprocessing.from_dict(preprocessing).to_dict()  # checked (names a missing key), with its version
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS
     save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(weights))
     bundle = {
-        "format": BUNDLE_FORMAT, "task": task, "network_config": network_config, "preprocessing": preprocessing,
+        "format": BUNDLE_FORMAT, "task": task, "network_config": network_config, "preprocessing": stored,
         "labels": {str(k): v for k, v in sorted(labels.items())},
         "input": {"channels": int(network_config.get("in_channels", 1)), "roi_size": preprocessing["roi_size"],
                   "dtype": "float32", "layout": "NCXYZ (RAS after preprocessing)"},
@@ -102,7 +104,8 @@ def read_bundle_dir(directory: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
     Raises:
         FileNotFoundError: either file is missing (names the folder).
-        ValueError: unknown bundle format.
+        ValueError: unknown bundle format; a ``preprocessing`` of an unknown version or
+            without a required key (names the key).
     """
     bundle_path = next(directory.rglob(BUNDLE_JSON), None)
     weights_path = next(directory.rglob(WEIGHTS), None)
@@ -111,6 +114,10 @@ def read_bundle_dir(directory: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     bundle = json.loads(bundle_path.read_text(encoding="utf-8"))
     if bundle.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"'{bundle_path}': bundle format {bundle.get('format')!r} is not {BUNDLE_FORMAT}")
+    try:  # an older bundle (no version) is read as version 1; a newer one is refused by name
+        bundle["preprocessing"] = Preprocessing.from_dict(bundle.get("preprocessing") or {}).to_dict()
+    except ValueError as exc:
+        raise ValueError(f"'{bundle_path}': {exc}") from exc
     network = build_network(bundle["network_config"])
     network.load_state_dict(load_file(str(weights_path)))
     network.eval()

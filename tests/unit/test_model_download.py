@@ -19,6 +19,9 @@ from imaging.tracking.registry import (
 
 NET = {"name": "unet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8],
        "strides": [2], "num_res_units": 0}
+# A bundle.json as write_bundle makes it (written by hand here: the test is about the files).
+PRE = {"task": "segmentation", "modality": "CT", "orientation": "RAS", "spacing": [4.0, 4.0, 5.0],
+       "intensity": {"kind": "window", "a_min": -200, "a_max": 300}, "roi_size": [16, 16, 8], "version": 1}
 
 
 def _bundle(folder: Path) -> dict:
@@ -26,7 +29,8 @@ def _bundle(folder: Path) -> dict:
     torch.manual_seed(0)
     net = build_network(NET)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / WEIGHTS))
-    (folder / BUNDLE_JSON).write_text(json.dumps({"format": BUNDLE_FORMAT, "network_config": NET}))
+    (folder / BUNDLE_JSON).write_text(json.dumps({"format": BUNDLE_FORMAT, "network_config": NET,
+                                                       "preprocessing": PRE}))
     return net.state_dict()
 
 
