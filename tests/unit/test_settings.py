@@ -270,3 +270,26 @@ def test_the_cli_exits_2_naming_the_key(tmp_path: Path, args: list[str], key: st
     line = assert_one_line(imaging([a.format(p=tmp_path) for a in args], tmp_path), f"'{key}'")
     assert line.startswith(f"imaging {args[0]}"), line
     assert not (tmp_path / "out").exists()  # nothing done
+
+
+def test_push_checks_take_the_typed_seg_settings() -> None:
+    """pipelines.infer.remote.check_push_config reads the checked ``seg`` dataclass, not the DictConfig."""
+    from imaging.pipelines.infer.remote import check_push_config
+    from imaging.settings.inference import SegSettings
+
+    def seg(*overrides: str) -> SegSettings:
+        cfg = compose("infer", [*BASE["infer"], *overrides])
+        return build(SegSettings, cfg.seg, "seg")
+
+    url = "http://pacs:8042/dicom-web"
+    check_push_config(seg(), "/in")  # no push: nothing asked of the input
+    check_push_config(seg("seg.push=true", "seg.identity=source"), url)
+    check_push_config(seg("seg.push=true", "seg.identity=source", "seg.dimse.host=pacs"), "/in")
+    cases = {
+        ("seg.push=true", "seg.identity=source"): "input must be the DICOMweb URL",
+        ("seg.push=true",): "needs seg.identity=source",
+        ("seg.push=true", "seg.identity=source", "seg.dimse.host=pacs", "seg.dimse.called_aet=' '"): "called_aet",
+    }
+    for overrides, needle in cases.items():
+        with pytest.raises(UsageError, match=needle):
+            check_push_config(seg(*overrides), url if "needs" in needle else "/in")

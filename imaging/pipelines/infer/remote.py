@@ -28,6 +28,7 @@ from imaging.dicomweb.qido import PullQuery, as_uid_list, find_studies
 from imaging.errors import UsageError
 from imaging.fsutil import atomic_write_text
 from imaging.keys import Pseudonymizer
+from imaging.settings.inference import SegSettings
 
 log = logging.getLogger(__name__)
 
@@ -62,28 +63,27 @@ def settings_from_config(cfg: DictConfig) -> DicomwebSettings:
     return DicomwebSettings(str(cfg.input), auth, timeout)  # type: ignore[arg-type]
 
 
-def check_push_config(cfg: DictConfig) -> None:
-    """``seg.push`` needs a DICOMweb input and the source identity.
+def check_push_config(seg: SegSettings, source: str) -> None:
+    """``seg.push`` needs a DICOMweb input (``source``, infer's ``input``) and the source identity.
+
+    Args:
+        seg: the checked ``seg`` settings (``imaging.settings.build(SegSettings, cfg.seg, "seg")``).
 
     Raises:
         UsageError: names the key that is wrong.
     """
-    if not cfg.seg.get("push", False):
+    if not seg.push:
         return
-    dimse = cfg.seg.get("dimse") or {}
-    if dimse.get("host"):
-        if not str(dimse.get("called_aet") or "").strip():
+    dimse = seg.dimse
+    if dimse.host:
+        if not str(dimse.called_aet or "").strip():
             raise UsageError("seg.dimse.called_aet: the archive's AE title is needed for C-STORE")
-        try:
-            port = int(str(dimse.get("port")))
-        except (TypeError, ValueError):
-            port = 0
-        if not 0 < port < 65536:
-            raise UsageError(f"seg.dimse.port={dimse.get('port')}: a TCP port (1-65535)")
-    elif not is_url(cfg.input):
+        if not 0 < dimse.port < 65536:  # also a settings range; kept for a hand-built SegSettings
+            raise UsageError(f"seg.dimse.port={dimse.port}: a TCP port (1-65535)")
+    elif not is_url(source):
         raise UsageError("seg.push=true: input must be the DICOMweb URL the SEGs go back to "
                          "(or set seg.dimse.host for DIMSE C-STORE)")
-    if str(cfg.seg.identity) != "source":
+    if seg.identity != "source":
         raise UsageError("seg.push=true needs seg.identity=source (a de-identified SEG cannot attach to the "
                          "archive's study)")
 

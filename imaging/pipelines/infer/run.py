@@ -34,6 +34,8 @@ from imaging.pipelines.infer.remote import (
 )
 from imaging.pipelines.infer.resume import ModelInfo, merge_reports, options_key
 from imaging.selection import apply as selection_hook
+from imaging.settings import build
+from imaging.settings.inference import SegSettings
 from imaging.tracking.registry import ModelBundle, load_bundle, parse_model_uri
 from imaging.tracking.runs import MlflowTracker, tracking_uri_from_config
 
@@ -141,7 +143,7 @@ def run_inference(cfg: DictConfig) -> InferenceOutcome:
     model = ModelInfo(bundle.name, str(bundle.version), alias or "", labels)
     index, count = _shard(cfg)
     remote = is_url(cfg.input)
-    check_push_config(cfg)
+    check_push_config(build(SegSettings, cfg.seg, "seg"), str(cfg.input))
     is_pacs = remote or not (Path(str(cfg.input)).is_file() or (Path(str(cfg.input)) / "catalog.csv").is_file())
     pseudo = _pseudonymizer(cfg, needed=is_pacs or (cfg.seg.enabled and cfg.seg.identity == "deidentified"))
     if cfg.merge_only:
