@@ -6,7 +6,7 @@ b-value and gradient direction (standard tags, else Siemens CSA read with
 nibabel, GE, Philips private tags), echo, image component (magnitude, phase,
 real, imaginary), ASL label/control, temporal position, acquisition number and
 time; an enhanced object's frames get theirs from their functional groups
-(:func:`frame_dims` adds what the header's generic per-frame reading does not).
+(:mod:`imaging.dicom.enhanced` adds what the header's generic per-frame reading does not).
 :mod:`imaging.dicom.split4d` splits a series into volumes by these records.
 
 Private tags are read at their usual element numbers, gated by Manufacturer as
@@ -241,33 +241,6 @@ def header_dims(get: Callable[[str], Any]) -> dict[str, Any]:
         if vec is not None:
             out["bvec"] = vec
     return out
-
-
-PHILIPS_FRAME_PRIVATE = 0x2005140F  # Philips' per-frame private item (a classic header's private tags)
-PHILIPS_DD_005 = (0x20050014, "Philips MR Imaging DD 005")  # the creator of block (2005,14xx)
-
-
-def frame_dims(frame: Any) -> dict[str, Any]:
-    """Dimension entries of one enhanced frame that the generic functional-group reading misses.
-
-    ASL label/control: (0018,9251) MRArterialSpinLabelingSequence > (0018,9257) ASLContext,
-    else Philips' private label type (2005,1429) in the frame's (2005,140F) item (its
-    classic-header copy, which dcm2niix reads too). Each context is a volume of its own, as for
-    classic Philips ASL.
-    """
-    if frame is None:
-        return {}
-    asl = frame.get("MRArterialSpinLabelingSequence")
-    context = asl[0].get("ASLContext") if asl else None
-    private = frame.get(PHILIPS_FRAME_PRIVATE)
-    items = private.value if private is not None and private.VR in ("SQ", "UN") else None
-    if not context and items and not isinstance(items, (bytes, bytearray)):
-        creator = items[0].get(PHILIPS_DD_005[0])
-        if creator is not None and decode_value(creator.value, "s") == PHILIPS_DD_005[1]:
-            label = items[0].get(0x20051429)
-            context = decode_value(label.value, "s") if label is not None else None
-    context = str(context or "").strip().upper()
-    return {"asl": context} if context in ("LABEL", "CONTROL", "M_ZERO_SCAN") else {}
 
 
 def _component(itype: list[str], complex_component: Any, ge_type: Any) -> str | None:

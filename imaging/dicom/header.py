@@ -14,13 +14,8 @@ import warnings
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from imaging.dicom.dims import (
-    EXTRA_WANTED,
-    PRIVATE_KEYWORDS,
-    frame_dims,
-    header_dims,
-    private_getter,
-)
+from imaging.dicom.dims import EXTRA_WANTED, PRIVATE_KEYWORDS, header_dims, private_getter
+from imaging.dicom.enhanced import frame_dims, frame_scale_slope
 from imaging.dicom.fastheader import RWVM_KEYWORD, NeedMore
 from imaging.dicom.fastlayout import read_fast_replayed as read_fast
 from imaging.dicom.pixel_location import pixel_location
@@ -126,6 +121,7 @@ def _frame_info(frame: Dataset | None, shared: Dataset | None) -> dict[str, Any]
         "slope": pick("PixelValueTransformationSequence", "RescaleSlope"),
         "intercept": pick("PixelValueTransformationSequence", "RescaleIntercept"),
         "seg": pick("SegmentIdentificationSequence", "ReferencedSegmentNumber"),
+        "philips_ss": frame_scale_slope(frame),
     }
     t = {
         "tpi": pick("FrameContentSequence", "TemporalPositionIndex"),

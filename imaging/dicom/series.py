@@ -266,7 +266,7 @@ def _rescale_of(r: dict[str, Any], f: dict[str, Any], philips_precise: bool) -> 
         slope, intercept = rwvm
     rs = 1.0 if slope is None else float(slope)
     ri = 0.0 if intercept is None else float(intercept)
-    ss = r.get("philips_ss")
+    ss = f.get("philips_ss") or r.get("philips_ss")  # enhanced: each frame's own (2005,140F) copy
     if philips_precise and ss:
         return 1.0 / float(ss), ri / (rs * float(ss))
     return rs, ri

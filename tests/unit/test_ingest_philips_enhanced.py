@@ -58,7 +58,7 @@ def canonical_volumes(path: Path) -> tuple[np.ndarray, list[np.ndarray]]:
     return img.affine, vols
 
 
-def assert_same_volumes_as_dcm2niix(ours: list[Path], theirs: list[Path]) -> None:
+def assert_same_volumes_as_dcm2niix(ours: list[Path], theirs: list[Path], rtol: float = 0.0) -> None:
     """Every 3D volume of ours equals exactly one of dcm2niix's (same affine, same values), and none is left over."""
     their_vols = [(aff, v) for p in theirs for aff, vs in [canonical_volumes(p)] for v in vs]
     used: set[int] = set()
@@ -66,7 +66,7 @@ def assert_same_volumes_as_dcm2niix(ours: list[Path], theirs: list[Path]) -> Non
         aff, vols = canonical_volumes(path)
         for v in vols:
             hits = [j for j, (a, w) in enumerate(their_vols) if w.shape == v.shape
-                    and np.allclose(a, aff, atol=1e-3) and np.allclose(w, v, atol=1e-3)]
+                    and np.allclose(a, aff, atol=1e-3) and np.allclose(w, v, rtol=rtol, atol=1e-3)]
             assert len(hits) == 1 and hits[0] not in used, (path.name, hits)
             used.add(hits[0])
     assert len(used) == len(their_vols)
@@ -198,3 +198,17 @@ def test_float_pixel_data_is_read_as_floats(tmp_path: Path, element: str, big_en
     if element == "FloatPixelData" and not big_endian and bits_allocated:
         theirs = dcm2niix(tmp_path / "in", tmp_path / "d2n", "-p", "n")
         assert_same_volumes_as_dcm2niix([tmp_path / "ds" / r.volume_path for r in summary.rows], theirs)
+
+
+def test_philips_precise_values_of_enhanced_frames_match_dcm2niix(tmp_path: Path) -> None:
+    """philips_precise=true: each frame's own scale slope (2005,100E), which Philips keeps in the
+    frame's private (2005,140F) item (not at the top level): dcm2niix's default -p y values."""
+    src = tmp_path / "in" / "IM_0001"
+    write_philips_pcasl(src, n_dyn=1)
+    ds = pydicom.dcmread(src)
+    slopes = {float(item[0x2005140F].value[0][0x2005100E].value) for item in ds.PerFrameFunctionalGroupsSequence}
+    assert len(slopes) == 1 and 0x2005100E not in ds  # the real file's frame copies, none at the top level
+    summary = run(tmp_path / "in", tmp_path, philips_precise=True)
+    assert summary.counts == {"ok": 2}, [(r.status, r.reason) for r in summary.rows]
+    theirs = dcm2niix(tmp_path / "in", tmp_path / "d2n")  # -p y is dcm2niix's default
+    assert_same_volumes_as_dcm2niix([tmp_path / "ds" / r.volume_path for r in summary.rows], theirs, rtol=1e-6)
