@@ -26,7 +26,7 @@ from imaging.dicom.header import HEADER_TAGS, read_header
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 8  # 2: tkey holds diffusion, component, acquisition time and mosaic entries; 3: + pixel format, padding, FoR, Philips scale; 4: + policy; 5: tkey + Siemens slice times, PE polarity, bandwidth; 6: enhanced frames carry their ASL context; 7: + pixel_element (float pixel data); 8: enhanced frames carry their Philips scale slope
+SCHEMA_VERSION = 9  # 2: tkey holds diffusion, component, acquisition time and mosaic entries; 3: + pixel format, padding, FoR, Philips scale; 4: + policy; 5: tkey + Siemens slice times, PE polarity, bandwidth; 6: enhanced frames carry their ASL context; 7: + pixel_element (float pixel data); 8: enhanced frames carry their Philips scale slope; 9: + their image component from FrameType or (2005,1011)
 COLUMNS = [
     "path", "size", "mtime", "kind", "error", "sop_class", "sop_uid", "study_uid", "series_uid",
     "patient_id", "modality", "ts", "rows", "cols", "n_frames", "iop", "ipp", "spacing",

@@ -138,23 +138,32 @@ def _echo_component_key(item: Dataset) -> tuple[object, ...]:
             float(item.MREchoSequence[0].EffectiveEchoTime))
 
 
-def test_philips_multi_echo_field_maps_are_one_volume_per_echo_and_component(tmp_path: Path) -> None:
-    for name, comps in (("mp", ("MAGNITUDE", "PHASE")), ("ri", ("REAL", "IMAGINARY"))):
-        src = tmp_path / name / "in" / "IM_0001"
-        write_philips_field_map(src, components=comps)
-        write_philips_private_series_data(tmp_path / name / "in" / "XX_0001", like=src)
-        summary = run(tmp_path / name / "in", tmp_path / name)
-        assert summary.counts == {"ok": 4}, [(r.status, r.reason) for r in summary.rows]
-        frames = dicom_frames(src, _echo_component_key)
-        seen = set()
-        for r in summary.rows:
-            (comp, te), = [k for k in frames if f"component {k[0]}, echo {k[1]:g}" in r.reason]
-            seen.add((comp, te))
-            assert r.shape == "24x20x3"
-            assert_matches_dicom(tmp_path / name / "ds" / r.volume_path, frames[(comp, te)])
-        assert seen == set(frames)
-        theirs = dcm2niix(tmp_path / name / "in", tmp_path / name / "d2n", "-p", "n")
-        assert_same_volumes_as_dcm2niix([tmp_path / name / "ds" / r.volume_path for r in summary.rows], theirs)
+@pytest.mark.parametrize(("comps", "standard_component"), [
+    (("MAGNITUDE", "PHASE"), True), (("REAL", "IMAGINARY"), True),
+    # no (0008,9208) ComplexImageComponent: FrameType (M) or Philips' (2005,1011) (P) names the component
+    (("MAGNITUDE", "PHASE"), False)])
+def test_philips_multi_echo_field_maps_are_one_volume_per_echo_and_component(
+        tmp_path: Path, comps: tuple[str, str], standard_component: bool) -> None:
+    src = tmp_path / "in" / "IM_0001"
+    write_philips_field_map(src, components=comps)
+    write_philips_private_series_data(tmp_path / "in" / "XX_0001", like=src)
+    frames = dicom_frames(src, _echo_component_key)  # each frame's own component and echo time
+    if not standard_component:
+        ds = pydicom.dcmread(src)
+        for item in ds.PerFrameFunctionalGroupsSequence:
+            del item.MRImageFrameTypeSequence[0].ComplexImageComponent
+        ds.save_as(src)
+    summary = run(tmp_path / "in", tmp_path)
+    assert summary.counts == {"ok": 4}, [(r.status, r.reason) for r in summary.rows]
+    seen = set()
+    for r in summary.rows:
+        (comp, te), = [k for k in frames if f"component {k[0]}, echo {k[1]:g}" in r.reason]
+        seen.add((comp, te))
+        assert r.shape == "24x20x3"
+        assert_matches_dicom(tmp_path / "ds" / r.volume_path, frames[(comp, te)])
+    assert seen == set(frames)
+    theirs = dcm2niix(tmp_path / "in", tmp_path / "d2n", "-p", "n")
+    assert_same_volumes_as_dcm2niix([tmp_path / "ds" / r.volume_path for r in summary.rows], theirs)
 
 
 def test_image_without_bits_allocated_is_refused_naming_what_is_missing(tmp_path: Path) -> None:
