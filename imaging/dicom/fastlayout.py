@@ -201,9 +201,9 @@ def _build(buf: bytes, start: int, ts: str, rwvm: Any) -> _Layout | None:
             else:
                 stag, length = _IMPLICIT_HEAD_S.unpack_from(buf, pos)
                 vr, hdr, len_off, len_size = 0, 8, 4, 4
-            if stag == _S_PIXEL_DATA:
+            if stag == _S_PIXEL_DATA:  # its header only: the pixels differ from file to file
                 pixel_entry = count
-                keep(pos, pos + 12, -1)
+                keep(pos, pos + hdr, -1)
                 break
             if stag in _S_SPECIAL and stag != _S_RWVM:
                 return None
@@ -223,7 +223,7 @@ def _build(buf: bytes, start: int, ts: str, rwvm: Any) -> _Layout | None:
                 first = count
                 keep(pos, pos + hdr, len(records))
                 records.append((first, count, len_off, len_size, length))
-            if stag in table:
+            if stag in table and length != 0xFFFFFFFF:  # (the full walk skips an undefined length)
                 keyword, kind = table[stag]
                 raw = buf[pos + hdr:end]
                 value = _decode(raw, kind, encoding)

@@ -93,3 +93,21 @@ def test_damaged_and_cut_copies_get_the_full_walks_answer(philips: list[Path]) -
             del copy[at:at + rng.randrange(1, 4)]
         _same(bytes(copy))
         _same(bytes(copy[:rng.randrange(200, len(copy))]), complete=False)
+
+
+def test_implicit_vr_files_are_replayed_too() -> None:
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    for i in range(12):
+        ds.ImagePositionPatient = [1.5, -2.25 * i, 0.125 * i]
+        ds.InstanceNumber = 37 * i
+        ds.PixelData = bytes([i]) + ds.PixelData[1:]  # pixels differ from file to file, as they do
+        out = io.BytesIO()
+        pydicom.dcmwrite(out, ds, implicit_vr=True, little_endian=True)
+        kind, result = _same(out.getvalue())
+        assert kind == "ok" and result is not None
+        assert result[1] == pydicom.uid.ImplicitVRLittleEndian  # type: ignore[index]
+        assert result[0]["ImagePositionPatient"] == [1.5, -2.25 * i, 0.125 * i]  # type: ignore[index]
+    assert fastlayout.served() >= 10
