@@ -2,7 +2,7 @@
 
 Order of work: validate the config (fail before anything starts), join the
 process group, find the run directory (deterministic from the config:
-``paths.output_dir/<experiment>/<run_name>``) and its last checkpoint, open
+``paths.output_dir/<experiment>/<run_name>-cfg<hash>``) and its last checkpoint, open
 (or reopen) the MLflow run on rank 0, build data/model/optimizer, restore,
 loop, and at the end register the best model. A preemption signal on any rank
 stops every rank at the same step; the last checkpoint is written and the run
