@@ -65,9 +65,10 @@ class _Layout:
     expected: np.ndarray  # those bytes (uint8)
     owner: np.ndarray  # for each position: its record (-1: compared whole, never shifted)
     records: list[tuple[int, int, int, int, int]]  # (first idx entry, end entry, length offset, size, length)
-    # (record or -1: compared whole, keyword, kind, encoding, header size, the template's value bytes
-    # and value): an unchanged value is not decoded again
-    wanted: list[tuple[int, str, str, str, int, bytes, Any]]
+    # (record or -1: compared whole, keyword, kind, encoding, header size, the template's value bytes,
+    # value and value length): an unchanged value is not decoded again
+    wanted: list[tuple[int, str, str, str, int, bytes, Any, int]]
+    value_heads: np.ndarray  # idx entry of each wanted element's first header byte (0 when compared whole)
     pixel_entry: int  # idx entry of the PixelData element's first byte
 
 
@@ -146,13 +147,13 @@ def _replay(layout: _Layout, buf: bytes, start: int) -> tuple[dict[str, Any], st
     else:
         return None
     out: dict[str, Any] = {}
-    for r, keyword, kind, encoding, hdr, raw, known in layout.wanted:
+    heads = pos[layout.value_heads].tolist()  # one conversion, not a NumPy scalar per value
+    for (r, keyword, kind, encoding, hdr, raw, known, old), head in zip(layout.wanted, heads, strict=True):
         if r < 0:
             value = list(known) if isinstance(known, list) else known
         else:
-            first, _, _, _, old = layout.records[r]
-            value_at = int(pos[first]) + hdr
-            value_end = value_at + lengths.get(r, old)
+            value_at = head + hdr
+            value_end = value_at + (lengths.get(r, old) if lengths else old)
             if value_end > n:
                 return None
             data = buf[value_at:value_end]
@@ -177,7 +178,8 @@ def _build(buf: bytes, start: int, ts: str, rwvm: Any) -> _Layout | None:
     idx: list[np.ndarray] = []
     owner: list[np.ndarray] = []
     records: list[tuple[int, int, int, int, int]] = []
-    wanted: list[tuple[int, str, str, str, int, bytes, Any]] = []
+    wanted: list[tuple[int, str, str, str, int, bytes, Any, int]] = []
+    heads: list[int] = []
     count, pos, encoding = 0, start, "latin-1"
 
     def keep(a: int, b: int, record: int) -> None:
@@ -218,7 +220,8 @@ def _build(buf: bytes, start: int, ts: str, rwvm: Any) -> _Layout | None:
             if whole:
                 keep(pos, end, -1)
                 if stag == _S_RWVM:
-                    wanted.append((-1, RWVM_KEYWORD, "", "", 0, b"", rwvm))
+                    wanted.append((-1, RWVM_KEYWORD, "", "", 0, b"", rwvm, 0))
+                    heads.append(0)
             else:
                 first = count
                 keep(pos, pos + hdr, len(records))
@@ -227,7 +230,8 @@ def _build(buf: bytes, start: int, ts: str, rwvm: Any) -> _Layout | None:
                 keyword, kind = table[stag]
                 raw = buf[pos + hdr:end]
                 value = _decode(raw, kind, encoding)
-                wanted.append((-1 if whole else len(records) - 1, keyword, kind, encoding, hdr, raw, value))
+                wanted.append((-1 if whole else len(records) - 1, keyword, kind, encoding, hdr, raw, value, length))
+                heads.append(0 if whole else records[-1][0])
                 if stag == _S_CHARSET:
                     encoding = {"ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}.get(
                         value if isinstance(value, str) else "", "latin-1")
@@ -239,4 +243,5 @@ def _build(buf: bytes, start: int, ts: str, rwvm: Any) -> _Layout | None:
     at = np.concatenate(idx)
     return _Layout(ts=ts, idx=at,
                    expected=np.frombuffer(buf, dtype=np.uint8)[at + start].copy(), owner=np.concatenate(owner),
-                   records=records, wanted=wanted, pixel_entry=pixel_entry)
+                   records=records, wanted=wanted, value_heads=np.asarray(heads, dtype=np.int64),
+                   pixel_entry=pixel_entry)
