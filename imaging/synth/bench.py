@@ -7,6 +7,7 @@ same schema as :func:`imaging.synth.generate`, without DICOMDIR or labels.
 from __future__ import annotations
 
 import math
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,7 @@ def write_many_small_series(
 # first frame's private classic header (2005,140F) make one classic Philips file, as Philips
 # classic exports carry them, with the Real World Value Mapping at the top level.
 PHILIPS_TEMPLATE = "philips_mprage.dcm.gz"
+_DS_HEAD_IPP = b"\x20\x00\x32\x00DS"  # (0020,0032) ImagePositionPatient, explicit VR little endian
 _ENHANCED_ONLY = (0x52009229, 0x52009230, 0x00209221, 0x00209222, 0x00289001, 0x00289002, 0x00280008,
                   0x7FE00010, 0x20051402)  # (2005,1402) holds a second copy of the classic header
 
@@ -149,9 +151,11 @@ def write_philips_export(out_dir: str | Path, n_files: int = 7000, slices: int =
     """Write ~``n_files`` classic Philips MR files (real headers, RWVM, private sequences): one 3D
     series of ``slices`` slices per study, positions and UIDs varied; returns the number written.
 
-    Each series is encoded once by pydicom with fixed-width placeholders that each slice then
-    overwrites (UID, InstanceNumber, position, pixels): thousands of files in seconds. No manifest:
-    a benchmark input only.
+    Each series is encoded once by pydicom with placeholders that each slice then overwrites (UID,
+    InstanceNumber, position, pixels): thousands of files in seconds. The position is written at
+    its own width with its element length, as Philips writes it ("-91.39636993\\..."): a reader
+    cannot count on every slice's elements sitting at the same offsets. No manifest: a benchmark
+    input only.
     """
     import copy
     import io
@@ -185,14 +189,19 @@ def write_philips_export(out_dir: str | Path, n_files: int = 7000, slices: int =
         data = buf.getvalue()
         holders = [(f"{sop_root}.{ph_uid}".encode(), 2), (ph_number.encode(), 1), (ph_ipp.encode(), 1)]
         assert all(data.count(h) == n for h, n in holders), "a placeholder is not unique"
+        ph_value = ph_ipp.encode() + b" " * (len(ph_ipp) % 2)  # as pydicom padded it
+        ipp_element = _DS_HEAD_IPP + struct.pack("<H", len(ph_value)) + ph_value
+        assert data.count(ipp_element) == 1, "the position is not a top-level explicit VR element"
         origin = first + rng.uniform(-20, 20, 3)
         step = float(rng.choice([1.0, 2.0, 3.0]))
         folder = root / f"DICOM/P{s // 4:05d}/SE{s:05d}"
         folder.mkdir(parents=True, exist_ok=True)
         for k in range(slices):
-            ipp = "\\".join(f"{v:+013.6f}" for v in origin + k * step * normal)
+            ipp = "\\".join(f"{v:.10g}" for v in origin + k * step * normal).encode()
+            ipp += b" " * (len(ipp) % 2)  # even length, as DICOM pads
             out = (data[:-n_pix].replace(holders[0][0], f"{sop_root}.1{k + 1:05d}".encode())
-                   .replace(holders[1][0], f"{k + 1:08d}".encode()).replace(holders[2][0], ipp.encode()))
+                   .replace(holders[1][0], f"{k + 1:08d}".encode())
+                   .replace(ipp_element, _DS_HEAD_IPP + struct.pack("<H", len(ipp)) + ipp))
             pixels = rng.integers(0, 4096, size=(matrix, matrix), dtype=np.uint16).tobytes()
             (folder / f"IM{k + 1:05d}").write_bytes(out + pixels)
             written += 1
