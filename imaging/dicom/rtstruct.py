@@ -178,7 +178,10 @@ def write_rtstruct(
     # labels, tta_flip) is a new object under a new UID, never a stale one under the old UID.
     seed = (f"rtstruct:{first.SeriesInstanceUID}:{algorithm_name}:{algorithm_version}:"
             f"{_mask_digest(labels, affine_ras, {v: label_names.get(v, str(v)) for v in present})}")
-    uid_src = pseudonymizer.uid if pseudonymizer is not None else (lambda s: generate_uid())
+    # Without a pseudonymizer (identity=source, no secret) as the SEG: derived from the seed, so a
+    # re-run writes the same UIDs (the archive answers "present") and a changed mask new ones.
+    uid_src = pseudonymizer.uid if pseudonymizer is not None else (
+        lambda s: str(generate_uid(prefix="2.25.", entropy_srcs=[s])))
     ds = _base(first, uid_src(seed + ":series"), uid_src(seed + ":sop"), algorithm_name, algorithm_name,
                str(algorithm_version))
     frame_uid = str(first.FrameOfReferenceUID)

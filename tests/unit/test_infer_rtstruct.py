@@ -157,3 +157,22 @@ def test_rtstruct_uid_follows_the_mask(tmp_path: Path) -> None:
     changed = uids(only_liver, "c.dcm")
     assert first == again
     assert changed[0] != first[0] and changed[1] != first[1]
+
+
+def test_rtstruct_uid_follows_the_mask_without_a_pseudonymizer(tmp_path: Path) -> None:
+    """identity=source without a secret, as the SEG: UIDs derived from the source series and the mask
+    (they were random per run, so a re-run pushed a duplicate RTSTRUCT under a new UID)."""
+    source = load_source(write_source(tmp_path / "src", "axial", rows=28, cols=30))
+    labels, affine = nifti_mask()
+
+    def uids(mask: np.ndarray, name: str) -> tuple[str, str]:
+        write_rtstruct(tmp_path / name, source, mask, affine, NAMES, algorithm_name="m", algorithm_version="1",
+                       identity="source")
+        ds = pydicom.dcmread(tmp_path / name, stop_before_pixels=True)
+        return str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+
+    first, again = uids(labels, "a.dcm"), uids(labels.copy(), "b.dcm")
+    changed = uids(np.where(labels == 1, labels, 0).astype(labels.dtype), "c.dcm")
+    assert first == again and all(u.startswith("2.25.") for u in first)
+    assert changed[0] != first[0] and changed[1] != first[1]
+    assert len(set(first)) == 2  # series and instance UIDs differ
