@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from imaging.dicom.index_row import SliceRow, image_size
+
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Positions in exports are written with a few decimals: differences below these are noise.
 POSITION_TOL_MM = 0.01
@@ -46,7 +48,7 @@ class Slice:
     slope: float
     intercept: float
     sop_uid: str
-    row: dict[str, Any]  # the file's index row (pixel location, bits, transfer syntax)
+    row: SliceRow  # the file's index row (pixel location, bits, transfer syntax)
 
 
 @dataclass
@@ -156,7 +158,7 @@ def plan_grid(
         remarks.append(f"only {MIN_POSITIONS} slice positions (0020,0032): spacing from their one gap")
     tilt_deg = 0.0
     dx, dy = float(first.spacing[1]), float(first.spacing[0])
-    nx, ny = int(first.row["cols"]), int(first.row["rows"])
+    ny, nx = image_size(first.row)
     lattice = (0, 0)
     if np.abs(offsets).max() > OFFSET_TOL_MM:
         drift = float(np.linalg.norm(offsets[-1] - offsets[0]))

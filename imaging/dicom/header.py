@@ -12,12 +12,13 @@ import os
 import struct
 import warnings
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from imaging.dicom.dims import EXTRA_WANTED, PRIVATE_KEYWORDS, header_dims, private_getter
 from imaging.dicom.enhanced import frame_dims, frame_scale_slope
 from imaging.dicom.fastheader import RWVM_KEYWORD, NeedMore
 from imaging.dicom.fastlayout import read_fast_replayed as read_fast
+from imaging.dicom.index_row import FrameInfo, IndexRow
 from imaging.dicom.pixel_location import pixel_location
 from imaging.dicom.syntax import bare_transfer_syntax
 
@@ -103,7 +104,7 @@ def _first(ds: Dataset | None, seq: str) -> Dataset | None:
     return items[0] if items else None
 
 
-def _frame_info(frame: Dataset | None, shared: Dataset | None) -> dict[str, Any]:
+def _frame_info(frame: Dataset | None, shared: Dataset | None) -> FrameInfo:
     """Geometry, timing and rescale of one enhanced frame (per-frame groups, shared fallback)."""
 
     def pick(seq: str, keyword: str) -> Any:
@@ -113,7 +114,7 @@ def _frame_info(frame: Dataset | None, shared: Dataset | None) -> dict[str, Any]
                 return _get(item, keyword)
         return None
 
-    info: dict[str, Any] = {
+    info: FrameInfo = {
         "ipp": pick("PlanePositionSequence", "ImagePositionPatient"),
         "iop": pick("PlaneOrientationSequence", "ImageOrientationPatient"),
         "sp": pick("PixelMeasuresSequence", "PixelSpacing"),
@@ -146,14 +147,14 @@ FIRST_READ_BYTES = 1 << 14
 FAST_READ_BYTES = 1 << 20
 
 
-def header_row(path: str) -> dict[str, Any]:
+def header_row(path: str) -> IndexRow:
     """The index row of one file: ``kind`` is dicom, dicomdir, non_dicom or unreadable."""
     return read_header(path)[0]
 
 
-def read_header(path: str) -> tuple[dict[str, Any], bool]:
+def read_header(path: str) -> tuple[IndexRow, bool]:
     """(:func:`header_row`, whether the fast reader read it): the scan counts the fast path."""
-    row: dict[str, Any] = {"kind": "non_dicom"}
+    row: IndexRow = {"kind": "non_dicom"}
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as fp:
@@ -181,9 +182,7 @@ def read_header(path: str) -> tuple[dict[str, Any], bool]:
             ts_str = str(ts_value) if ts_value else bare_transfer_syntax(ds)
             location = pixel_location(fp, ds.get("Rows"), ts_str, size, ds.get("SOPClassUID"))
     except Exception as exc:  # noqa: BLE001 - any parse failure makes the file unreadable, never fatal
-        row["kind"] = "unreadable"
-        row["error"] = f"unreadable: {type(exc).__name__}: {str(exc)[:160]}"
-        return row, False
+        return _unreadable(exc), False
     media_class = meta.get("MediaStorageSOPClassUID") if meta is not None else None
     if media_class == DICOMDIR_CLASS:
         row["kind"] = "dicomdir"
@@ -194,7 +193,14 @@ def read_header(path: str) -> tuple[dict[str, Any], bool]:
             row["kind"] = "unreadable"
             row["error"] = f"DICM preamble but {row['error']} (damaged file?)"
         return row, False
-    return _fill(row, lambda kw: _get(ds, kw), ts_str, location, ds), False
+    try:
+        return _fill(row, lambda kw: _get(ds, kw), ts_str, location, ds), False
+    except Exception as exc:  # noqa: BLE001 - a value pydicom leaves raw (IS '1A', badVR.dcm) raised out of the scan
+        return _unreadable(exc), False
+
+
+def _unreadable(exc: Exception) -> IndexRow:
+    return {"kind": "unreadable", "error": f"unreadable: {type(exc).__name__}: {str(exc)[:160]}"}
 
 
 def fast_attributes(path: str) -> dict[str, Any] | None:
@@ -231,14 +237,16 @@ def _read_fast_growing(fp: Any, buf: bytes, size: int) -> Any:
             buf = fp.read(min(size, 8 * len(buf)))
 
 
-def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, Any, Any, Any],
-          ds: Dataset | None) -> dict[str, Any]:
+def _fill(row: IndexRow, get: Any, ts: str | None, location: tuple[Any, Any, Any, Any],
+          ds: Dataset | None) -> IndexRow:
     """Fill an index row from ``get(keyword)`` (a plain value); ``ds`` adds sequences (pydicom path)."""
     offset, length, truncated, row["pixel_element"] = location
     row["kind"] = "dicom"
     if truncated:
         row["kind"], row["error"] = "unreadable", truncated
     row["ts"] = ts
+    # The copy loops name columns by variable, which a TypedDict cannot check: the same dict, untyped.
+    flat = cast("dict[str, Any]", row)
     for col, kw in (
         ("sop_class", "SOPClassUID"), ("sop_uid", "SOPInstanceUID"), ("study_uid", "StudyInstanceUID"),
         ("series_uid", "SeriesInstanceUID"), ("patient_id", "PatientID"), ("modality", "Modality"),
@@ -250,9 +258,9 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
         ("samples", "SamplesPerPixel"), ("photometric", "PhotometricInterpretation"),
         ("high_bit", "HighBit"), ("for_uid", "FrameOfReferenceUID"),
     ):
-        row[col] = get(kw)
+        flat[col] = get(kw)
     for col, kw in (("padding", "PixelPaddingValue"), ("padding_limit", "PixelPaddingRangeLimit")):
-        row[col] = _as_stored(get(kw), row["bits_alloc"], row["pixel_rep"])
+        flat[col] = _as_stored(get(kw), row["bits_alloc"], row["pixel_rep"])
     policy = {kw: get(kw) for kw in POLICY_TAGS}
     row["policy"] = {k: str(v) for k, v in policy.items() if v not in (None, "")}
     scale = get("PhilipsScaleSlope") if get("PhilipsCreator") == PHILIPS_CREATOR else None
@@ -260,8 +268,8 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
     if isinstance(row["image_type"], str):
         row["image_type"] = [row["image_type"]]
     for col in ("sop_class", "sop_uid", "study_uid", "series_uid", "patient_id", "for_uid"):
-        if row[col] is not None:
-            row[col] = str(row[col])
+        if flat[col] is not None:
+            flat[col] = str(flat[col])
     row["n_frames"] = int(get("NumberOfFrames") or 1)
     row["pixel_offset"], row["pixel_length"] = offset, length
     tkey = {
@@ -288,8 +296,8 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
     shared = _first(ds, "SharedFunctionalGroupsSequence")
     if per_frame is not None or shared is not None:
         frames = per_frame if per_frame is not None else [None] * row["n_frames"]
-        row["frames"] = [_frame_info(f, shared) for f in frames]
-        _dimension_indices(row["frames"], frames, ds.get("DimensionIndexSequence"))
+        row["frames"] = infos = [_frame_info(f, shared) for f in frames]
+        _dimension_indices(infos, frames, ds.get("DimensionIndexSequence"))
         _enhanced_params(row["params"], shared)
     rwvm = ds.get("RealWorldValueMappingSequence")
     if rwvm and "RealWorldValueSlope" in rwvm[0]:  # the fast reader reads the same first item
@@ -304,7 +312,7 @@ def _fill(row: dict[str, Any], get: Any, ts: str | None, location: tuple[Any, An
     return row
 
 
-def _dimension_indices(infos: list[dict[str, Any]], frames: Any, index_seq: Any) -> None:
+def _dimension_indices(infos: list[FrameInfo], frames: Any, index_seq: Any) -> None:
     """Each frame's DimensionIndexValues without the in-stack position (``t['dimidx']``)."""
     pointers = [int(item.get("DimensionIndexPointer", 0)) for item in index_seq or []]
     drop = {i for i, p in enumerate(pointers) if p in (0x00209057, 0x00200032)}  # InStackPosition, IPP

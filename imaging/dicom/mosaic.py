@@ -15,16 +15,17 @@ the mosaic and tile sizes along the row and column directions. Slice k then lies
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
+
+from imaging.dicom.index_row import FrameInfo, IndexRow, MosaicTiles, SliceRow, image_size
 
 
 class MosaicError(ValueError):
     """A mosaic whose tiles cannot be located (message names the tag and value)."""
 
 
-def mosaic_layout(row: dict[str, Any]) -> tuple[int, int, int, int]:
+def mosaic_layout(row: IndexRow) -> tuple[int, int, int, int]:
     """(number of tiles, tiles per side, tile rows, tile columns) of a mosaic index row.
 
     Raises:
@@ -34,14 +35,14 @@ def mosaic_layout(row: dict[str, Any]) -> tuple[int, int, int, int]:
     if not isinstance(n, int) or n < 1:
         raise MosaicError("mosaic without the number of tiles (CSA NumberOfImagesInMosaic / (0019,100A))")
     side = math.ceil(math.sqrt(n))
-    rows, cols = int(row["rows"]), int(row["cols"])
+    rows, cols = image_size(row)
     if rows % side or cols % side:
         raise MosaicError(f"mosaic (0028,0010) Rows={rows} (0028,0011) Columns={cols} is not "
                           f"{side}x{side} tiles for NumberOfImagesInMosaic={n}")
     return n, side, rows // side, cols // side
 
 
-def mosaic_items(row: dict[str, Any], base: dict[str, Any]) -> list[dict[str, Any]]:
+def mosaic_items(row: IndexRow, base: FrameInfo) -> list[FrameInfo]:
     """One frame item (ipp, iop, sp, slope, intercept, t, row) per tile of a mosaic file.
 
     ``base`` is the file's own item; when its geometry is missing it is returned
@@ -56,11 +57,12 @@ def mosaic_items(row: dict[str, Any], base: dict[str, Any]) -> list[dict[str, An
             and len(ipp) == 3 and len(iop) == 6 and len(sp) == 2):
         return [base]
     n, side, tile_rows, tile_cols = mosaic_layout(row)
+    rows, cols = image_size(row)
     r_dir, c_dir = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
     d_row, d_col = float(sp[0]), float(sp[1])
     # nibabel MosaicWrapper.image_position: Q = fliplr(iop) * pix_spacing, times (md_rc - rd_rc) / 2
-    first = (np.asarray(ipp, float) + c_dir * d_row * (int(row["rows"]) - tile_rows) / 2
-             + r_dir * d_col * (int(row["cols"]) - tile_cols) / 2)
+    first = (np.asarray(ipp, float) + c_dir * d_row * (rows - tile_rows) / 2
+             + r_dir * d_col * (cols - tile_cols) / 2)
     t = dict(base.get("t") or {})
     normal = t.pop("csa_normal", None)
     times = t.pop("slice_times", None)  # CSA MosaicRefAcqTimes: tile k's acquisition time (ms)
@@ -76,15 +78,15 @@ def mosaic_items(row: dict[str, Any], base: dict[str, Any]) -> list[dict[str, An
         raise MosaicError(f"mosaic without slice spacing: (0018,0088) SpacingBetweenSlices = "
                           f"{params.get('SpacingBetweenSlices')!r}, (0018,0050) SliceThickness = "
                           f"{params.get('SliceThickness')!r}")
-    tile_row = {**row, "rows": tile_rows, "cols": tile_cols, "n_frames": n,
-                "mosaic": {"n": n, "side": side, "rows": int(row["rows"]), "cols": int(row["cols"])}}
+    tile_row: SliceRow = {**row, "rows": tile_rows, "cols": tile_cols, "n_frames": n,
+                          "mosaic": {"n": n, "side": side, "rows": rows, "cols": cols}}
     return [{"ipp": [float(v) for v in first + k * float(dz) * nvec], "iop": iop, "sp": sp,
              "slope": base.get("slope"), "intercept": base.get("intercept"),
              "t": t if times is None else {**t, "slice_time": times[k]}, "row": tile_row}
             for k in range(n)]
 
 
-def unmosaic(image: np.ndarray, mosaic: dict[str, Any]) -> np.ndarray:
+def unmosaic(image: np.ndarray, mosaic: MosaicTiles) -> np.ndarray:
     """The tiles of one mosaic image ``(rows, cols)`` as ``(n, tile rows, tile cols)``."""
     side, n = int(mosaic["side"]), int(mosaic["n"])
     tr, tc = image.shape[0] // side, image.shape[1] // side

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from imaging.dicom.index_row import IndexRow, SliceRow, image_size
 from imaging.dicom.mosaic import unmosaic
 from imaging.dicom.syntax import is_native, read_dataset, ts_name
 
@@ -43,12 +44,13 @@ class PixelFormat:
     floating: bool = False  # (7FE0,0008) FloatPixelData / (7FE0,0009) DoubleFloatPixelData
 
     @classmethod
-    def of(cls, row: dict[str, Any]) -> PixelFormat:
+    def of(cls, row: SliceRow) -> PixelFormat:
         element = row.get("pixel_element")
         alloc = int(row.get("bits_alloc") or FLOAT_BITS.get(str(element)) or 0)
         stored = row.get("bits_stored")
+        rows, cols = image_size(row)
         return cls(
-            rows=int(row["rows"]), cols=int(row["cols"]), n_frames=int(row.get("n_frames") or 1),
+            rows=rows, cols=cols, n_frames=int(row.get("n_frames") or 1),
             bits_alloc=alloc, bits_stored=int(stored) if stored and not element else alloc,
             signed=row.get("pixel_rep") == 1 or bool(element),
             ts=row.get("ts"), offset=row.get("pixel_offset"), length=row.get("pixel_length"),
@@ -87,7 +89,7 @@ class PixelFormat:
 FLOAT_BITS = {"FloatPixelData": 32, "DoubleFloatPixelData": 64}
 
 
-def problem(row: dict[str, Any]) -> str | None:
+def problem(row: IndexRow) -> str | None:
     """Why this file's pixels cannot be read as stored values, or ``None``."""
     alloc, stored, high = row.get("bits_alloc"), row.get("bits_stored"), row.get("high_bit")
     element = row.get("pixel_element")
@@ -100,6 +102,8 @@ def problem(row: dict[str, Any]) -> str | None:
         return f"missing (0028,0100) BitsAllocated{what}: no pixel description at the top level of the file"
     if alloc not in (8, 16, 32):
         return f"unsupported (0028,0100) BitsAllocated = {alloc}"
+    if not row.get("rows") or not row.get("cols"):  # (the series builder needs the image size)
+        return f"missing (0028,0010) Rows = {row.get('rows')!r} or (0028,0011) Columns = {row.get('cols')!r}"
     if stored is not None and not 1 <= int(stored) <= int(alloc):
         return f"invalid (0028,0101) BitsStored = {stored} with (0028,0100) BitsAllocated = {alloc}"
     if high is not None and stored is not None and int(high) != int(stored) - 1:
@@ -161,7 +165,7 @@ def read_native_into(dest: np.ndarray, path: str, fmt: PixelFormat, frame: int) 
     return True
 
 
-def read_file_frames(path: str, row: dict[str, Any], file_ref: str) -> np.ndarray:
+def read_file_frames(path: str, row: SliceRow, file_ref: str) -> np.ndarray:
     """All stored frames of one file as ``(frames, rows, cols)`` stored values (no rescale).
 
     Args:
@@ -173,8 +177,8 @@ def read_file_frames(path: str, row: dict[str, Any], file_ref: str) -> np.ndarra
         VolumeError: truncated, undecodable or wrongly sized pixel data, naming ``file_ref``; a
             decoder's own text only as the exception's cause (it may hold the path).
     """
-    if row.get("mosaic"):  # Siemens mosaic: read the whole image, return its tiles as frames
-        m = row["mosaic"]
+    m = row.get("mosaic")
+    if m:  # Siemens mosaic: read the whole image, return its tiles as frames
         whole = read_file_frames(path, {**row, "rows": m["rows"], "cols": m["cols"], "n_frames": 1, "mosaic": None},
                                  file_ref)
         return unmosaic(whole[0], m)

@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tqdm import tqdm
 
 from imaging.dicom.header import HEADER_TAGS, read_header
+from imaging.dicom.index_row import IndexRow
 
 log = logging.getLogger(__name__)
 
@@ -243,13 +244,17 @@ def _chunks(it: Iterator[os.DirEntry[str]], n: int) -> Iterator[list[os.DirEntry
         yield chunk
 
 
-def decode_row(row: sqlite3.Row) -> dict[str, Any]:
-    """An index row as a dict with the JSON columns decoded."""
+def decode_row(row: sqlite3.Row) -> IndexRow:
+    """An index row (all columns or those selected) as a dict with the JSON columns decoded."""
     out = dict(row)
-    for c in ("iop", "ipp", "spacing", "image_type", "tkey", "frames", "params", "segments", "rwvm", "policy"):
+    for c in _JSON_COLUMNS:
         if out.get(c) is not None:
             out[c] = json.loads(out[c])
-    return out
+    return cast(IndexRow, out)  # the columns are IndexRow's keys (tests/unit/test_index_row.py)
+
+
+# The columns stored as JSON text (read_chunk encodes every list/dict value).
+_JSON_COLUMNS = ("iop", "ipp", "spacing", "image_type", "tkey", "frames", "params", "segments", "rwvm", "policy")
 
 
 __all__ = ["HEADER_TAGS", "ScanStats", "decode_row", "iter_files", "open_index", "scan"]

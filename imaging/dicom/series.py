@@ -14,10 +14,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from imaging.dicom.dims import AXIS_NAMES
 from imaging.dicom.geometry import MIN_POSITIONS, Grid, PlanError, Slice, native_runs, plan_grid
+from imaging.dicom.index_row import FrameInfo, IndexRow, slice_row
 from imaging.dicom.mosaic import MosaicError, mosaic_items
 from imaging.dicom.pixel_location import needs_pixel_data
 from imaging.dicom.pixels import problem as pixel_problem
@@ -74,7 +75,7 @@ class SeriesPlan:
     volumes: list[VolumePlan] = field(default_factory=list)
     n_instances: int = 0
     params: dict[str, Any] = field(default_factory=dict)
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[IndexRow] = field(default_factory=list)
 
 
 @lru_cache(maxsize=64)
@@ -94,7 +95,7 @@ def ts_supported(ts: str | None) -> bool:
 
 
 def plan_series(
-    rows: list[dict[str, Any]],
+    rows: list[IndexRow],
     name_of: FileNamer,
     *,
     tilt: str = "resample",
@@ -142,9 +143,9 @@ def plan_series(
         return _done(plan, "skipped", f"non-image SOP class: file {rel} (0008,0016) SOPClassUID = '{sop}' ({name})")
     rows = images or rows
     for r in rows:
-        itype = [str(v).upper() for v in (r.get("image_type") or [])]
-        if "LOCALIZER" in itype:
-            value = "\\".join(r["image_type"])
+        raw_type = r.get("image_type") or []
+        if "LOCALIZER" in [str(v).upper() for v in raw_type]:
+            value = "\\".join(raw_type)
             return _done(plan, "skipped", f"localizer: file {name_of(r['path'])} (0008,0008) ImageType = '{value}'")
     for r in rows:
         problem = _file_problem(r)
@@ -164,7 +165,7 @@ def plan_series(
     return plan
 
 
-def _non_image(r: dict[str, Any]) -> bool:
+def _non_image(r: IndexRow) -> bool:
     """An instance that holds no image: a non-image SOP class, or a class that need not hold pixels
     (a vendor's private one: Philips series data) without PixelData. SEGs are never "non-image" here."""
     sop = str(r.get("sop_class") or "")
@@ -174,7 +175,7 @@ def _non_image(r: dict[str, Any]) -> bool:
     return sop.startswith(NON_IMAGE_PREFIXES) or (no_pixels and not needs_pixel_data(sop))
 
 
-def _left_out_remark(rows: list[dict[str, Any]], name_of: FileNamer) -> str:
+def _left_out_remark(rows: list[IndexRow], name_of: FileNamer) -> str:
     named = ", ".join(f"file {name_of(r['path'])} (0008,0016) SOPClassUID = '{r.get('sop_class') or ''}'"
                       for r in rows[:MAX_NAMED])
     more = f" and {len(rows) - MAX_NAMED} more" if len(rows) > MAX_NAMED else ""
@@ -186,7 +187,7 @@ def _done(plan: SeriesPlan, kind: str, reason: str) -> SeriesPlan:
     return plan
 
 
-def _file_problem(r: dict[str, Any]) -> str | None:
+def _file_problem(r: IndexRow) -> str | None:
     ts = r.get("ts")
     if not ts_supported(ts):
         return f"unsupported transfer syntax (0002,0010) TransferSyntaxUID = '{ts or ''}'"
@@ -196,10 +197,10 @@ def _file_problem(r: dict[str, Any]) -> str | None:
     return pixel_problem(r)
 
 
-def _mixed_identity(rows: list[dict[str, Any]], name_of: FileNamer) -> str | None:
+def _mixed_identity(rows: list[IndexRow], name_of: FileNamer) -> str | None:
     """One series must belong to one patient and one study: anything else is a broken export."""
     for col, tag in (("patient_id", "(0010,0020) PatientID"), ("study_uid", "(0020,000D) StudyInstanceUID")):
-        first: dict[str, dict[str, Any]] = {}
+        first: dict[str, IndexRow] = {}
         for r in rows:
             first.setdefault(str(r.get(col) or ""), r)
         if len(first) > 1:
@@ -210,7 +211,7 @@ def _mixed_identity(rows: list[dict[str, Any]], name_of: FileNamer) -> str | Non
     return None
 
 
-def _expand(rows: list[dict[str, Any]], name_of: FileNamer, *,
+def _expand(rows: list[IndexRow], name_of: FileNamer, *,
             philips_precise: bool = False) -> tuple[list[Slice], str | None]:
     """All frames of all files as :class:`Slice` records, or the first geometry problem."""
     out: list[Slice] = []
@@ -236,21 +237,23 @@ def _expand(rows: list[dict[str, Any]], name_of: FileNamer, *,
                 if not isinstance(value, list) or len(value) != n \
                         or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
                     return [], f"{_where(r, i, frames, name_of)}: invalid {tag} = {value!r}"
-            if not _orthonormal(tuple(f["iop"])):
+            # (checked just above: lists of 6, 3 and 2 finite numbers)
+            iop, ipp, sp = cast("list[float]", f["iop"]), cast("list[float]", f["ipp"]), cast("list[float]", f["sp"])
+            if not _orthonormal(tuple(iop)):
                 return [], (f"{_where(r, i, frames, name_of)}: invalid (0020,0037) ImageOrientationPatient = "
-                            f"{f['iop']!r} (not orthonormal)")
-            if min(f["sp"]) <= 0:
-                return [], f"{_where(r, i, frames, name_of)}: invalid (0028,0030) PixelSpacing = {f['sp']!r}"
+                            f"{iop!r} (not orthonormal)")
+            if min(sp) <= 0:
+                return [], f"{_where(r, i, frames, name_of)}: invalid (0028,0030) PixelSpacing = {sp!r}"
             slope, intercept = _rescale_of(r, f, philips_precise)
             out.append(Slice(
-                path=r["path"], frame=i, ipp=tuple(f["ipp"]), iop=tuple(f["iop"]), spacing=tuple(f["sp"]),
+                path=r["path"], frame=i, ipp=(ipp[0], ipp[1], ipp[2]), iop=tuple(iop), spacing=(sp[0], sp[1]),
                 t=dict(f.get("t") or {}), slope=slope, intercept=intercept, sop_uid=r.get("sop_uid") or "",
-                row=f.get("row", r),
+                row=f.get("row") or slice_row(r),
             ))
     return out, None
 
 
-def _rescale_of(r: dict[str, Any], f: dict[str, Any], philips_precise: bool) -> tuple[float, float]:
+def _rescale_of(r: IndexRow, f: FrameInfo, philips_precise: bool) -> tuple[float, float]:
     """(slope, intercept) from stored to output values.
 
     Standard RescaleSlope/Intercept give displayed values. Philips MR without them
@@ -289,7 +292,7 @@ def _orthonormal(iop: tuple[float, ...]) -> bool:
         and abs(dot) <= ORTHONORMAL_TOL
 
 
-def _where(r: dict[str, Any], i: int, frames: Any, name_of: FileNamer) -> str:
+def _where(r: IndexRow, i: int, frames: Any, name_of: FileNamer) -> str:
     return f"file {name_of(r['path'])}" + (f" frame {i + 1}" if frames else "")
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from imaging.cpus import usable_cpus
 from imaging.dicom.geometry import Grid
+from imaging.dicom.index_row import SliceRow
 from imaging.dicom.nifti import nifti1_header
 from imaging.dicom.pixels import (
     PixelFormat,
@@ -74,7 +75,7 @@ def assemble(plan: VolumePlan, name_of: FileNamer) -> np.ndarray:
     nt, nk = len(plan.slices), len(plan.slices[0])
     slots: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
     fmts: dict[str, PixelFormat] = {}
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, SliceRow] = {}
     for t, stack in enumerate(plan.slices):
         for k, s in enumerate(stack):
             slots[s.path].append((s.frame, t, k))

@@ -30,8 +30,9 @@ from tqdm import tqdm
 
 from imaging.deid.withhold import WithholdPolicy
 from imaging.dicom.catalog import CATALOG_NAME, CatalogRow, write_catalog
+from imaging.dicom.index_row import IndexRow
 from imaging.dicom.labels import LabelTable, read_nifti_label_names
-from imaging.dicom.scan import ScanStats, open_index, scan
+from imaging.dicom.scan import ScanStats, decode_row, open_index, scan
 from imaging.dicom.series import SEG_CLASSES
 from imaging.fsutil import atomic_open, atomic_write_json, sync_filesystems
 from imaging.keys import FileNames, Pseudonymizer, write_private_names
@@ -191,7 +192,7 @@ def _ingest(src: Path, out: Path, private: Path, lab_dir: Path, pseudonymizer: P
     # Every name known up front, so integers do not depend on the order series are met
     # (and worker processes, whose tables are frozen, rarely meet a new one).
     ctx.table.add_numbered([(int(n), name) for segs in ctx.segs.values() for seg in segs
-                            for n, name in json.loads(seg["segments"] or "[]")]
+                            for n, name in seg.get("segments") or []]
                            + list(ctx.label_names.items()) + _unnamed_label_values(ctx.labels_dir, ctx.label_names, ctx.ps))
     summary = IngestSummary(out, private, out / CATALOG_NAME, [], stats)
     names = FileNames(pseudonymizer, src)
@@ -279,14 +280,14 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _seg_index(con: Any) -> dict[str, list[dict[str, Any]]]:
+def _seg_index(con: Any) -> dict[str, list[IndexRow]]:
     """Referenced SeriesInstanceUID -> SEG index rows (ground truth)."""
     marks = ",".join("?" * len(SEG_CLASSES))
-    out: dict[str, list[dict[str, Any]]] = {}
+    out: dict[str, list[IndexRow]] = {}
     query = f"SELECT path, size, mtime, ref_series_uid, segments FROM files WHERE kind='dicom' AND sop_class IN ({marks})"
     for r in con.execute(query, sorted(SEG_CLASSES)):
         if r["ref_series_uid"]:
-            out.setdefault(r["ref_series_uid"], []).append(dict(r))
+            out.setdefault(r["ref_series_uid"], []).append(decode_row(r))  # segments as a list
     return out
 
 

@@ -15,7 +15,7 @@ import logging
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from imaging.dicom.diffusion import diffusion_table, write_fsl
 from imaging.dicom.dims import TIME_AXES
 from imaging.dicom.geometry import Grid, PlanError, Slice, plan_grid, slice_normal, sparse_grid
 from imaging.dicom.header import POLICY_TAGS
+from imaging.dicom.index_row import IndexRow, image_size, slice_row
 from imaging.dicom.labels import (
     LABELMAP,
     LabelError,
@@ -58,7 +59,7 @@ class SeriesContext:
     labels_dir: Path | None
     label_names: dict[int, str]
     table: LabelTable
-    segs: dict[str, list[dict[str, Any]]]
+    segs: dict[str, list[IndexRow]]  # referenced series -> its SEGs' rows (path, size, mtime... only)
     keep_patient_characteristics: bool
     withhold: WithholdPolicy = field(default_factory=WithholdPolicy)
     keep_age_90_plus: bool = False
@@ -121,7 +122,7 @@ def process_batch(uids: list[str], ctx: SeriesContext) -> BatchResult:
     return result
 
 
-def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: BatchResult, names: FileNames, *,
+def _ingest_series(rows: list[IndexRow], ctx: SeriesContext, result: BatchResult, names: FileNames, *,
                    orphan_seg: bool = False) -> list[CatalogRow]:
     o = ctx.options
     plan = plan_series(rows, names.file_key, tilt=o["tilt"], uneven=o["uneven"], split_4d=o["split_4d"],
@@ -161,7 +162,7 @@ def _ingest_series(rows: list[dict[str, Any]], ctx: SeriesContext, result: Batch
     return out
 
 
-def _withheld(rows: list[dict[str, Any]], head: dict[str, Any], ctx: SeriesContext) -> Withheld | None:
+def _withheld(rows: list[IndexRow], head: dict[str, Any], ctx: SeriesContext) -> Withheld | None:
     """The withholding rule (the one policy ``imaging deid`` applies) that refuses this series.
 
     Every instance is checked with its own attributes: the index holds each file's SOP
@@ -190,7 +191,7 @@ def _withheld(rows: list[dict[str, Any]], head: dict[str, Any], ctx: SeriesConte
     return Withheld(hits[0].rule, f"{hits[0].detail}; {len(hits)} of {len(rows)} instance(s) of the series")
 
 
-def _fingerprint(vol: VolumePlan, segs: list[dict[str, Any]], label_file: Path | None, options: dict[str, Any]) -> str:
+def _fingerprint(vol: VolumePlan, segs: list[IndexRow], label_file: Path | None, options: dict[str, Any]) -> str:
     files = sorted({(s.path, s.row["size"], s.row["mtime"]) for st in vol.slices for s in st})
     extra: list[Any] = [(r["path"], r["size"], r["mtime"]) for r in segs]
     if segs:
@@ -304,7 +305,7 @@ def _write_orphan_seg(plan: SeriesPlan, key: str, ctx: SeriesContext, result: Ba
     return out
 
 
-def _write_orphan_instance(seg: dict[str, Any], key: str, what: str, ctx: SeriesContext, result: BatchResult,
+def _write_orphan_instance(seg: IndexRow, key: str, what: str, ctx: SeriesContext, result: BatchResult,
                            common: dict[str, Any], names: FileNames) -> CatalogRow:
     """One SEG instance's labels on its own frame grid.
 
@@ -315,12 +316,15 @@ def _write_orphan_instance(seg: dict[str, Any], key: str, what: str, ctx: Series
     ref = names.file_key(seg["path"])
     slices = []
     for i, f in enumerate(seg.get("frames") or []):
-        if f.get("ipp") is None or f.get("iop") is None or f.get("sp") is None:
+        ipp, iop, sp = f.get("ipp"), f.get("iop"), f.get("sp")
+        if ipp is None or iop is None or sp is None:
             return CatalogRow(key, status="error", n_instances=1, **common, reason=(
                 f"{what}: file {ref} frame {i + 1}: missing (0020,0032)/(0020,0037)/(0028,0030) "
                 "in functional groups"))
-        slices.append(Slice(path=seg["path"], frame=i, ipp=tuple(f["ipp"]), iop=tuple(f["iop"]),
-                            spacing=tuple(f["sp"]), t={}, slope=1.0, intercept=0.0, sop_uid=f"{i}", row=seg))
+        # (lengths unchecked here, as before: plan_grid and the label rasteriser meet a wrong one)
+        slices.append(Slice(path=seg["path"], frame=i, ipp=cast("tuple[float, float, float]", tuple(ipp)),
+                            iop=tuple(iop), spacing=cast("tuple[float, float]", tuple(sp)), t={}, slope=1.0,
+                            intercept=0.0, sop_uid=f"{i}", row=slice_row(seg)))
     try:
         if not slices:
             raise PlanError("no frames with (5200,9230) PerFrameFunctionalGroupsSequence geometry")
@@ -341,7 +345,7 @@ def _write_orphan_instance(seg: dict[str, Any], key: str, what: str, ctx: Series
     )
 
 
-def _one_position_grid(seg: dict[str, Any], slices: list[Slice]) -> Grid | None:
+def _one_position_grid(seg: IndexRow, slices: list[Slice]) -> Grid | None:
     """The grid of a SEG whose frames all lie on one plane (one annotated slice), else None.
 
     Two positions give the planner a slice spacing; one gives none, so the frame's
@@ -352,14 +356,15 @@ def _one_position_grid(seg: dict[str, Any], slices: list[Slice]) -> Grid | None:
     if not np.allclose(ipps, ipps[0], atol=1e-3) or not isinstance(thickness, (int, float)) or thickness <= 0:
         return None
     first = slices[0]
+    ny, nx = image_size(seg)
     r, c, n = slice_normal(first.iop)
     d = np.array([float(np.dot(ipps[0], n))])
     return Grid(row_dir=r, col_dir=c, normal=n, dx=float(first.spacing[1]), dy=float(first.spacing[0]),
-                nx=int(seg["cols"]), ny=int(seg["rows"]), origin=ipps[0], src_d=d, offsets=np.zeros((1, 2)),
+                nx=nx, ny=ny, origin=ipps[0], src_d=d, offsets=np.zeros((1, 2)),
                 dz=float(thickness), out_d=d)
 
 
-def _labels(plan: SeriesPlan, vol: VolumePlan, segs: list[dict[str, Any]], label_file: Path | None,
+def _labels(plan: SeriesPlan, vol: VolumePlan, segs: list[IndexRow], label_file: Path | None,
             ctx: SeriesContext, names: FileNames) -> Labels | None:
     if segs:
         # Every SEG instance of this series whole in one label volume, or a LabelError naming it.
