@@ -33,6 +33,27 @@ def summary_table(summary: dict[str, Any], monitor: str = "dice_mean") -> Table:
     return table
 
 
+def baselines_table(comparison: dict[str, Any]) -> Table:
+    """One row per model (federated, pooled, each site alone): held-out Dice per label over
+    all sites' validation subjects, and the federated model's ratio to the pooled one."""
+    models = comparison["models"]
+    keys = sorted({k for m in models for k in m["metrics"] if k.startswith("dice_") or k == "auc"},
+                  key=lambda k: (k == "dice_mean", k))
+    budget = comparison["budget"]
+    table = Table(title=f"same budget ({budget['rounds']} x {budget['local_epochs']} epochs): "
+                        "held-out, all sites' validation subjects")
+    table.add_column("model")
+    table.add_column("steps")
+    for k in keys:
+        table.add_column(k)
+    for m in models:
+        table.add_row(m["name"], str(m.get("steps") or "-"), *[f"{m['metrics'].get(k, float('nan')):.3f}" for k in keys])
+    for name, values in comparison["ratios"].items():
+        if name.endswith("_vs_pooled"):
+            table.add_row(f"ratio {name}", "", *[f"{values.get(k, float('nan')):.2f}x" for k in keys])
+    return table
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="federate")
 def main(cfg: DictConfig) -> None:
     from imaging.pipelines.federate import run
@@ -46,6 +67,8 @@ def main(cfg: DictConfig) -> None:
     console.print(f"best round {s['best_round']}: global dice_mean {s['best_metric']:.4f}")
     if reg:
         console.print(f"registered {reg['name']} v{reg['version']} @{reg['alias']}  ({reg['uri']})")
+    if s.get("baselines"):
+        console.print(baselines_table(s["baselines"]))
     console.print(f"run dir: {result.run_dir}")
 
 

@@ -71,7 +71,8 @@ def train(msg: Message, context: Context) -> Message:
                evaluate_first=bool(cfg.get("evaluate-first", False)),
                # Flower's configure_train puts the round in every train message's config.
                server_round=int(cfg.get("server-round", 1)),  # type: ignore[arg-type]
-               total_epochs=int(cfg["total-epochs"]) if "total-epochs" in cfg else None)  # type: ignore[arg-type]
+               total_epochs=int(cfg["total-epochs"]) if "total-epochs" in cfg else None,  # type: ignore[arg-type]
+               keep_optimizer=str(cfg.get("local-optimizer", "fresh")) == "keep")
     log.info("round %s trained, loss %.4f", cfg.get("server-round"), out["metrics"]["train_loss"])
     records: dict[str, ArrayRecord | MetricRecord] = {
         "arrays": ArrayRecord(array_dict={k: Array(ndarray=v) for k, v in out["state"].items()}),

@@ -191,7 +191,8 @@ class _Handler:
         evaluation = site.evaluate(state) if p.get("evaluate_first") else None
         new_state, metrics = site.train(state, epochs=p["epochs"], lr=p["lr"], proximal_mu=p["proximal_mu"],
                                         server_round=int(p.get("server_round", 1)),
-                                        total_epochs=p.get("total_epochs"))
+                                        total_epochs=p.get("total_epochs"),
+                                        keep_optimizer=bool(p.get("keep_optimizer", False)))
         return {"state": {k: v.numpy() for k, v in new_state.items()}, "metrics": metrics,
                 "evaluate": evaluation}
 

@@ -22,9 +22,11 @@ from typing import Any
 from omegaconf import DictConfig
 
 from imaging.errors import UsageError
+from imaging.federated.baselines import check_kinds, ratios, run_baselines
 from imaging.federated.config import write_server_config
-from imaging.federated.coordinator import SUMMARY
+from imaging.federated.coordinator import CHECKPOINT, SUMMARY, recipe_yaml
 from imaging.federated.processes import LocalFederation
+from imaging.fsutil import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ def run(cfg: DictConfig) -> FederateResult:
     if fed.get("superlink"):
         raise UsageError("federation.superlink: submitting to a remote SuperLink is done with "
                          "`flwr run` (docs/federated.md); `imaging federate` runs local federations")
+    kinds = check_kinds([str(k) for k in fed.get("baselines") or []])
     datasets = site_datasets(cfg)
     config_path = write_server_config(cfg, run_dir)
     local = LocalFederation(run_dir / "flower")
@@ -104,4 +107,39 @@ def run(cfg: DictConfig) -> FederateResult:
     if code != 0 or not summary_path.is_file():
         raise RuntimeError(f"the Flower run ended with code {code} and no {SUMMARY}; "
                            f"see {local.work_dir / 'flwr-run.log'}")
-    return FederateResult(json.loads(summary_path.read_text()), run_dir)
+    summary = json.loads(summary_path.read_text())
+    if kinds:
+        summary["baselines"] = compare(cfg, datasets, run_dir, kinds, summary)
+    return FederateResult(summary, run_dir)
+
+
+def compare(cfg: DictConfig, datasets: dict[str, Path], run_dir: Path, kinds: list[str],
+            summary: dict[str, Any]) -> dict[str, Any]:
+    """The federated model against same-budget baselines (:mod:`imaging.federated.baselines`),
+    written to ``<run_dir>/baselines.json`` and logged in the federation's MLflow run."""
+    import torch
+
+    from imaging.tracking.federation import log_baselines
+
+    fed = cfg.federation
+    epochs = int(fed.rounds) * int(fed.local_epochs)
+    payload = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    federated = {"federated_last": payload["state"]}
+    if payload.get("best_state") is not None and int(summary["best_round"]) != int(payload["round"]):
+        federated["federated_best"] = payload["best_state"]
+    scored = run_baselines(recipe_yaml(cfg), datasets, run_dir / "baselines", epochs=epochs,
+                           lr=float(cfg.trainer.lr), kinds=kinds, federated=federated)
+    steps = sum(int(site.get("train_steps", 0)) for h in summary["history"] for site in h["per_site"].values())
+    for s in scored:
+        if s.name.startswith("federated"):
+            s.steps = steps
+    names = [s.name for s in scored]
+    pairs = [(f, b) for f in federated for b in names if not b.startswith("federated")]
+    comparison = {"budget": {"rounds": int(fed.rounds), "local_epochs": int(fed.local_epochs), "epochs": epochs},
+                  "models": [{"name": s.name, "metrics": s.metrics, "per_site": s.per_site, "steps": s.steps}
+                             for s in scored],
+                  "ratios": {f"{a}_vs_{b}": ratios(scored, a, b) for a, b in pairs}}
+    atomic_write_json(run_dir / "baselines.json", comparison)
+    if summary.get("run_id"):
+        log_baselines(cfg, str(summary["run_id"]), comparison)
+    return comparison

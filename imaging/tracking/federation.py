@@ -108,3 +108,30 @@ def _logged_rounds(run_id: str) -> dict[int, dict[str, Any]]:
         return {}
     rounds = [json.loads(line) for line in text.splitlines() if line.strip()]
     return {int(r["round"]): r for r in rounds}
+
+
+BASELINES_ARTIFACT = "federation/baselines.json"
+
+
+def log_baselines(cfg: DictConfig, run_id: str, comparison: dict[str, Any]) -> None:
+    """The same-budget comparison of :mod:`imaging.federated.baselines` in the federation's run:
+    ``baseline.<model>.val_<metric>`` for every model scored, ``ratio.<a>_vs_<b>.<metric>``, and
+    the whole table as ``federation/baselines.json``."""
+    tracker = MlflowTracker.from_config(cfg)
+    tracker.start(run_id, str(cfg.tracking.run_name))
+    try:
+        metrics: dict[str, float] = {}
+        for model in comparison["models"]:
+            metrics.update({f"baseline.{model['name']}.val_{k}": float(v) for k, v in model["metrics"].items()
+                            if k != "num-examples"})
+            if model.get("steps") is not None:
+                metrics[f"baseline.{model['name']}.steps"] = float(model["steps"])
+        for name, values in comparison["ratios"].items():
+            metrics.update({f"ratio.{name}.{k}": float(v) for k, v in values.items()})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
+        mlflow.log_dict(comparison, BASELINES_ARTIFACT)
+        mlflow.set_tag("federation.baselines", ",".join(m["name"] for m in comparison["models"]))
+        mlflow.end_run("FINISHED")
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
