@@ -131,7 +131,9 @@ def log_baselines(cfg: DictConfig, run_id: str, comparison: dict[str, Any]) -> N
         mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
         mlflow.log_dict(comparison, BASELINES_ARTIFACT)
         mlflow.set_tag("federation.baselines", ",".join(m["name"] for m in comparison["models"]))
-        mlflow.end_run("FINISHED")
-    except BaseException:
-        mlflow.end_run("FAILED")
+    except BaseException as exc:
+        # The federation itself finished: its run stays FINISHED and says the comparison failed.
+        mlflow.set_tag("federation.baselines", f"failed: {type(exc).__name__}")
         raise
+    finally:
+        mlflow.end_run("FINISHED")

@@ -54,3 +54,34 @@ def test_rounds_jsonl_survives_a_resumed_coordinator(tmp_path: Path) -> None:
     client = MlflowClient(uri)
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "dp_epsilon")] == [(3, 3.5)]
     assert [m.value for m in client.get_metric_history(run_id, "dp_sites_aggregated")] == [2.0]
+
+
+def test_baselines_that_fail_to_log_leave_the_finished_federation_finished(tmp_path: Path) -> None:
+    """The comparison is logged into the federation's run after it ended FINISHED; a failure there
+    (here a metric that is not a number) is said in a tag, and the run is not turned FAILED."""
+    import pytest
+
+    from imaging.tracking.federation import BASELINES_ARTIFACT, log_baselines
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("federate", overrides=["experiment=demo_federated", f"paths.root_dir={tmp_path}",
+                                             "federation.synthetic=null"])
+    tracker = FederationTracker(cfg)
+    run_id = tracker.start(None, cfg, SITES)
+    tracker.mlflow.end("FINISHED")
+    good = {"models": [{"name": "pooled", "metrics": {"dice_mean": 0.9, "num-examples": 6.0}, "steps": 288}],
+            "ratios": {"federated_last_vs_pooled": {"dice_mean": 0.97}}}
+    log_baselines(cfg, run_id, good)
+    client = MlflowClient(str(mlflow.get_tracking_uri()))
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["federation.baselines"] == "pooled"
+    assert run.data.metrics["baseline.pooled.val_dice_mean"] == 0.9 and "baseline.pooled.val_num-examples" not in run.data.metrics
+    assert run.data.metrics["ratio.federated_last_vs_pooled.dice_mean"] == 0.97
+    assert json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{BASELINES_ARTIFACT}")) == good
+
+    bad = {"models": [{"name": "pooled", "metrics": {"dice_mean": "n/a"}}], "ratios": {}}
+    with pytest.raises(ValueError):
+        log_baselines(cfg, run_id, bad)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["federation.baselines"] == "failed: ValueError"
