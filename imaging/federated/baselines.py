@@ -26,6 +26,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,7 +46,7 @@ class Scored:
     name: str
     metrics: dict[str, float]
     per_site: dict[str, dict[str, float]]
-    steps: int | None = None  # optimizer steps it trained, over all sites (the pipeline fills the federation's)
+    steps: int | None = None  # optimizer steps it trained, over all sites
 
 
 def check_kinds(kinds: list[str]) -> list[str]:
@@ -66,7 +67,8 @@ def _score(name: str, state: dict[str, torch.Tensor], sites: Mapping[str, Site],
 
 
 def run_baselines(recipe: str, datasets: Mapping[str, Path], work_dir: Path, *, epochs: int, lr: float,
-                  kinds: list[str], federated: Mapping[str, dict[str, torch.Tensor]]) -> list[Scored]:
+                  kinds: list[str], federated: Mapping[str, dict[str, torch.Tensor]],
+                  federated_steps: int | None = None) -> list[Scored]:
     """Score the ``federated`` states and train + score the ``kinds`` baselines (module doc).
 
     Args:
@@ -77,23 +79,25 @@ def run_baselines(recipe: str, datasets: Mapping[str, Path], work_dir: Path, *, 
         lr: the peak learning rate (``trainer.lr``), scheduled as each site's in the federation.
         kinds: of :data:`KINDS`.
         federated: name -> the federated model's weights to score (e.g. last and best round).
+        federated_steps: the optimizer steps the federation's sites took, all together.
 
     Raises:
         UsageError: ``pooled`` over sites whose preprocessing (label numbering) differs.
     """
-    sites = {name: Site(site_config(recipe, SiteSettings(name, Path(ds), work_dir / name)),
-                        SiteSettings(name, Path(ds), work_dir / name)) for name, ds in datasets.items()}
+    def build(settings: SiteSettings, train_items: list[dict[str, Any]] | None = None) -> Site:
+        return Site(site_config(recipe, settings), settings, train_items=train_items)
+
+    sites = {name: build(SiteSettings(name, Path(ds), work_dir / name)) for name, ds in datasets.items()}
     first = next(iter(sites))
     init = sites[first].state()  # Site seeds torch with trainer.seed before building its network
-    scored = [_score(name, state, sites, None) for name, state in federated.items()]
+    scored = [_score(name, state, sites, federated_steps) for name, state in federated.items()]
     if "pooled" in kinds:
         pres = {s: site.plan.preprocessing for s, site in sites.items()}
         if any(p != pres[first] for p in pres.values()):
             raise UsageError("federation.baselines=[pooled]: the sites' preprocessing differs (label numbering "
                              "or intensity), so one model cannot train on their union; drop `pooled`")
         items = [item for site in sites.values() for item in site.train_items]
-        settings = SiteSettings("pooled", Path(datasets[first]), work_dir / "pooled")
-        pooled = Site(site_config(recipe, settings), settings, train_items=items)
+        pooled = build(SiteSettings("pooled", Path(datasets[first]), work_dir / "pooled"), items)
         log.info("baseline pooled: %d training cases of %d sites, %d epochs", len(items), len(sites), epochs)
         state, m = pooled.train(init, epochs=epochs, lr=lr, server_round=1, total_epochs=epochs)
         scored.append(_score("pooled", state, sites, int(m["steps"])))

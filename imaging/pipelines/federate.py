@@ -127,12 +127,9 @@ def compare(cfg: DictConfig, datasets: dict[str, Path], run_dir: Path, kinds: li
     federated = {"federated_last": payload["state"]}
     if payload.get("best_state") is not None and int(summary["best_round"]) != int(payload["round"]):
         federated["federated_best"] = payload["best_state"]
-    scored = run_baselines(recipe_yaml(cfg), datasets, run_dir / "baselines", epochs=epochs,
-                           lr=float(cfg.trainer.lr), kinds=kinds, federated=federated)
     steps = sum(int(site.get("train_steps", 0)) for h in summary["history"] for site in h["per_site"].values())
-    for s in scored:
-        if s.name.startswith("federated"):
-            s.steps = steps
+    scored = run_baselines(recipe_yaml(cfg), datasets, run_dir / "baselines", epochs=epochs,
+                           lr=float(cfg.trainer.lr), kinds=kinds, federated=federated, federated_steps=steps)
     names = [s.name for s in scored]
     pairs = [(f, b) for f in federated for b in names if not b.startswith("federated")]
     comparison = {"budget": {"rounds": int(fed.rounds), "local_epochs": int(fed.local_epochs), "epochs": epochs},
