@@ -13,30 +13,16 @@ import csv
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from imaging.launch.slurm import TaskState, job_states
 from tests.fixtures.slurm_cluster import SlurmCluster
 from tests.integration.test_federated_slurm import SITES, datasets  # noqa: F401 - the module fixture
 from tests.unit.test_evaluate_slurm import _register
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm, pytest.mark.federated, pytest.mark.slow]
-TIMEOUT_S = 900
-
-
-def _wait_finished(cluster: SlurmCluster, job_ids: list[str], logs_dir: Path) -> dict[str, list[TaskState]]:
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        states = {j: job_states(j, cluster.env) for j in job_ids}
-        if all(s and all(t.finished for t in s) for s in states.values()):
-            return states
-        time.sleep(2.0)
-    tails = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(logs_dir.glob("*.out")))
-    raise AssertionError(f"evaluation jobs {job_ids} did not finish in {TIMEOUT_S} s\n{tails}\n{cluster.logs()}")
 
 
 def labelled_ct(dataset: Path) -> int:
@@ -67,7 +53,7 @@ def test_evaluate_submits_the_federation_roles_and_the_superlink_job_logs_the_re
     job_ids = [r[1].strip() for r in rows]
     assert all(j.isdigit() for j in job_ids), rows
     run_dir = tmp_path / "runs" / "evaluation" / "central-v1-all"
-    states = _wait_finished(slurm_cluster, job_ids, run_dir / "slurm")
+    states = slurm_cluster.wait_finished(job_ids, run_dir / "slurm", "evaluation")
     text = {p.name: p.read_text(errors="replace") for p in (run_dir / "slurm").glob("slurm-*.out")}
     for job_id, tasks in states.items():
         assert [t.state for t in tasks] == ["COMPLETED"], (job_id, tasks, text)

@@ -10,17 +10,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from imaging.launch.slurm import TaskState, job_states
 from tests.fixtures.slurm_cluster import SlurmCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm, pytest.mark.federated, pytest.mark.slow]
 SITES = ("A", "B")
-TIMEOUT_S = 900
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +36,6 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ingest(export, out[site], Pseudonymizer.from_config(demo_key=True), private_dir=root / site / "private",
                workers=1, progress=False)
     return out
-
-
-def _wait_finished(cluster: SlurmCluster, job_ids: list[str], logs: list[Path]) -> dict[str, list[TaskState]]:
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        states = {j: job_states(j, cluster.env) for j in job_ids}
-        if all(s and all(t.finished for t in s) for s in states.values()):
-            return states
-        time.sleep(2.0)
-    tails = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.is_file())
-    raise AssertionError(f"federation jobs {job_ids} did not finish in {TIMEOUT_S} s\n{tails}\n{cluster.logs()}")
 
 
 def test_superlink_and_supernode_jobs_federate_two_sites(slurm_cluster: SlurmCluster, datasets: dict[str, Path],
@@ -78,7 +64,7 @@ def test_superlink_and_supernode_jobs_federate_two_sites(slurm_cluster: SlurmClu
     assert all(j.isdigit() for j in job_ids), rows
     run_dir = Path(rows[0][2]).parent.parent
     logs = sorted((run_dir / "slurm").glob("slurm-*.out"))
-    states = _wait_finished(slurm_cluster, job_ids, logs)
+    states = slurm_cluster.wait_finished(job_ids, logs, "federation")
     logs = sorted((run_dir / "slurm").glob("slurm-*.out"))
     text = {p.name: p.read_text(errors="replace") for p in logs}
     for job_id, tasks in states.items():

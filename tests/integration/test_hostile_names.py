@@ -183,6 +183,14 @@ def _file_hits(folder: Path, needles: set[str]) -> dict[str, list[str]]:
     return out
 
 
+def _assert_run_clean(client: MlflowClient, run: Any, needles: set[str], into: Path) -> None:
+    """No needle in an MLflow run's params, tags, metric names or artifacts (downloaded under ``into``)."""
+    text = json.dumps([run.data.params, run.data.tags, sorted(run.data.metrics)], ensure_ascii=False)
+    assert _hits(text.encode(), needles) == [], run.info.run_id
+    local = Path(client.download_artifacts(run.info.run_id, "", str(into / run.info.run_id)))
+    assert _file_hits(local, needles) == {}, run.info.run_id
+
+
 def _key(rel: str) -> str:
     return "file-" + PSEUDO.key(rel, "file")
 
@@ -238,8 +246,4 @@ def test_no_piece_of_a_name_in_outputs_console_or_mlflow(env: dict[str, Any], tm
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert sum(r.data.tags.get("imaging.stage") == "infer" for r in runs) == 2
     for run in runs:
-        data = run.data
-        text = json.dumps([data.params, data.tags, sorted(data.metrics)], ensure_ascii=False)
-        assert _hits(text.encode(), needles) == [], run.info.run_id
-        local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / run.info.run_id)))
-        assert _file_hits(local, needles) == {}, run.info.run_id
+        _assert_run_clean(client, run, needles, tmp_path)

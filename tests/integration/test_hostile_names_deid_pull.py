@@ -37,6 +37,7 @@ from tests.integration.test_hostile_names import (
     REPO,
     SERIES,
     UNREADABLE,
+    _assert_run_clean,
     _cli,
     _copy_series,
     _file_hits,
@@ -184,10 +185,7 @@ def test_infer_from_the_archive_keeps_names_out_of_transfers_and_outputs(archive
             if r.data.tags.get("imaging.stage") == "infer"]
     assert len(runs) == 1
     for run in runs:
-        text = json.dumps([run.data.params, run.data.tags, sorted(run.data.metrics)], ensure_ascii=False)
-        assert _hits(text.encode(), needles) == [], run.info.run_id
-        local = Path(client.download_artifacts(run.info.run_id, "", str(root / "artifacts" / run.info.run_id)))
-        assert _file_hits(local, needles) == {}, run.info.run_id
+        _assert_run_clean(client, run, needles, root / "artifacts")
     # The audit agrees: the predictions and the MLflow store, identities read from the export's headers.
     clean = _audit(root, str(out), "--export", str(root / "export"), "--mlflow", archive["uri"])
     assert clean.returncode == 0, clean.stdout[-3000:] + clean.stderr[-3000:]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
-import json
 import os
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from imaging.apps.api import _hydra_value
 from imaging.keys import DEMO_SECRET, Pseudonymizer
 from imaging.pipelines.ingest import ingest
 from imaging.synth import generate
-from tests.integration.test_hostile_names import REPO, _file_hits, _hits
+from tests.integration.test_hostile_names import REPO, _assert_run_clean, _file_hits, _hits
 
 pytestmark = [pytest.mark.integration, pytest.mark.federated, pytest.mark.slow]
 HOSTILE = "O'BRIEN^SEAMUS_19570312 (Müller, Jürgen 12.03.1957)/\"THX\" D'ANGELO, Rosa"
@@ -96,10 +95,7 @@ def test_a_site_under_a_patient_named_folder_leaves_no_trace_at_the_coordinator(
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1
     for run in runs:
-        text = json.dumps([run.data.params, run.data.tags, sorted(run.data.metrics)], ensure_ascii=False)
-        assert _hits(text.encode(), needles) == [], run.info.run_id
-        local = Path(client.download_artifacts(run.info.run_id, "", str(root / "artifacts" / run.info.run_id)))
-        assert _file_hits(local, needles) == {}, run.info.run_id
+        _assert_run_clean(client, run, needles, root / "artifacts")
     audit = subprocess.run([sys.executable, "-m", "imaging", "audit", "--mlflow", uri, "--export", str(exports["A"])],
                            cwd=root, env={**env, "COLUMNS": "400"}, capture_output=True, text=True, timeout=600)
     assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr[-3000:]
